@@ -1,0 +1,201 @@
+// swift-tools-version:6.1
+// MsgNet: a message-first peer-to-peer RPC framework for Swift on Linux, in the libp2p family.
+// One target per layer; dependencies point down only (see docs/architecture.md).
+import PackageDescription
+
+let strict: [SwiftSetting] = []
+
+let package = Package(
+    name: "MsgNet",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "MsgNetCore", targets: ["MsgNetCore"]),
+        .library(name: "MsgNetStreams", targets: ["MsgNetStreams"]),
+        .library(name: "MsgNetTransportPosix", targets: ["MsgNetTransportPosix"]),
+        .executable(name: "msgnet", targets: ["msgnet"]),
+        .executable(name: "msgnet-bench", targets: ["msgnet-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+    ],
+    targets: [
+        // MARK: C wall: protobuf-c and the generated code (regenerate with scripts/gen-protos.sh)
+        .systemLibrary(
+            name: "CProtobufC",
+            pkgConfig: "libprotobuf-c",
+            providers: [.apt(["libprotobuf-c-dev"])]
+        ),
+        .target(name: "MsgNetControlC", dependencies: ["CProtobufC"]),
+
+        // MARK: Layers, bottom to top
+        .target(
+            name: "MsgNetControl",
+            dependencies: ["MsgNetControlC"],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MsgNetCore",
+            dependencies: [
+                "MsgNetControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MsgNetMultistream",
+            dependencies: [
+                "MsgNetCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MsgNetSecurity",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MsgNetMplex",
+            dependencies: [
+                "MsgNetCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "MsgNetStreams",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetControl",
+                "MsgNetMultistream",
+                "MsgNetSecurity",
+                "MsgNetMplex",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The only target that opens sockets.
+        .target(
+            name: "MsgNetTransportPosix",
+            dependencies: [
+                "MsgNetCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // MARK: Applications
+        .executableTarget(
+            name: "msgnet",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetStreams",
+                "MsgNetTransportPosix",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "msgnet-bench",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetStreams",
+                "MsgNetTransportPosix",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "Demo",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetStreams",
+                "MsgNetTransportPosix",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/Demo",
+            swiftSettings: strict
+        ),
+
+        // MARK: Tests mirror sources
+        .testTarget(name: "MsgNetControlTests", dependencies: ["MsgNetControl"], swiftSettings: strict),
+        .testTarget(
+            name: "MsgNetCoreTests",
+            dependencies: ["MsgNetCore", .product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetMultistreamTests",
+            dependencies: [
+                "MsgNetMultistream", "MsgNetCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetSecurityTests",
+            dependencies: [
+                "MsgNetSecurity", "MsgNetCore", "MsgNetControl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetMplexTests",
+            dependencies: [
+                "MsgNetMplex", "MsgNetCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetStreamsTests",
+            dependencies: [
+                "MsgNetStreams", "MsgNetCore", "MsgNetTransportPosix", "MsgNetMultistream",
+                "MsgNetSecurity", "MsgNetMplex",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetInteropTests",
+            dependencies: [
+                "MsgNetStreams", "MsgNetCore", "MsgNetTransportPosix",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetControl
+
+@Test func placeholder() { #expect(Bool(true)) }

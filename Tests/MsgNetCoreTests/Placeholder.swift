@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetCore
+
+@Test func placeholder() { #expect(Bool(true)) }

@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetMplex
+
+@Test func placeholder() { #expect(Bool(true)) }

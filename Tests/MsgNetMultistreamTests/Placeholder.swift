@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetMultistream
+
+@Test func placeholder() { #expect(Bool(true)) }

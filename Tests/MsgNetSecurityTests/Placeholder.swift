@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetSecurity
+
+@Test func placeholder() { #expect(Bool(true)) }

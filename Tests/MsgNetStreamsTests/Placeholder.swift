@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetStreams
+
+@Test func placeholder() { #expect(Bool(true)) }
