@@ -1,0 +1,148 @@
+import Logging
+import MsgNetCore
+import MsgNetSecurity
+import MsgNetStreams
+import MsgNetTransportPosix
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// A log handler that keeps every message, so tests can assert that an error was logged.
+final class LogRecorder: Sendable {
+    struct Entry: Sendable {
+        let level: Logger.Level
+        let message: String
+        let metadata: String
+    }
+    private let entries = NIOLockedValueBox<[Entry]>([])
+
+    var all: [Entry] { entries.withLockedValue { $0 } }
+
+    func contains(level atLeast: Logger.Level, _ text: String) -> Bool {
+        all.contains { $0.level >= atLeast && ($0.message.contains(text) || $0.metadata.contains(text)) }
+    }
+
+    func logger(_ label: String) -> Logger {
+        Logger(label: label) { _ in Handler(recorder: self) }
+    }
+
+    struct Handler: LogHandler {
+        let recorder: LogRecorder
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(
+            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
+            file: String, function: String, line: UInt
+        ) {
+            let merged = self.metadata.merging(metadata ?? [:]) { $1 }
+            recorder.entries.withLockedValue {
+                $0.append(Entry(level: level, message: "\(message)", metadata: "\(merged)"))
+            }
+        }
+    }
+}
+
+enum SecurityKind: String, CaseIterable, Sendable, CustomStringConvertible {
+    case noise, plaintext
+    var description: String { rawValue }
+    func make(_ identity: PrivateKey) -> any SecurityProtocol {
+        switch self {
+        case .noise: return NoiseSecurity(identity: identity)
+        case .plaintext: return PlaintextSecurity(identity: identity)
+        }
+    }
+}
+
+func makeHost(
+    _ security: SecurityKind = .noise,
+    identity: PrivateKey = .generate(),
+    configure: (inout StreamHostConfiguration) -> Void = { _ in },
+    logger: Logger = Logger(label: "test")
+) -> StreamHost {
+    var config = StreamHostConfiguration()
+    configure(&config)
+    return StreamHost(
+        identity: identity,
+        transports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
+        security: [security.make(identity)],
+        configuration: config,
+        logger: logger
+    )
+}
+
+/// Runs `hosts` for the duration of `body`, then shuts them down.
+func running<R: Sendable>(
+    _ hosts: [StreamHost],
+    _ body: @Sendable () async throws -> R
+) async throws -> R {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for h in hosts { group.addTask { await h.run() } }
+        do {
+            let r = try await body()
+            for h in hosts { await h.shutdown() }
+            try await group.waitForAll()
+            return r
+        } catch {
+            for h in hosts { await h.shutdown() }
+            try? await group.waitForAll()
+            throw error
+        }
+    }
+}
+
+/// A raw TCP client for hostile-peer tests: sends what the test says and reports what it got
+/// and when the server closed the connection.
+final class RawClient: Sendable {
+    let channel: any Channel
+    private let received: NIOLockedValueBox<ByteBuffer>
+
+    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>) {
+        self.channel = channel
+        self.received = received
+    }
+
+    static func connect(to address: Multiaddr) async throws -> RawClient {
+        let received = NIOLockedValueBox(ByteBuffer())
+        let socket = try address.withoutPeerID().socketAddress()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Collector(received: received))
+                }
+            }
+            .connect(to: socket).get()
+        return RawClient(channel: channel, received: received)
+    }
+
+    func send(_ bytes: [UInt8]) async throws {
+        try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// Waits until the server closes the connection.
+    func closedByServer() async throws {
+        try await channel.closeFuture.get()
+    }
+
+    var bytesReceived: ByteBuffer { received.withLockedValue { $0 } }
+
+    final class Collector: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        let received: NIOLockedValueBox<ByteBuffer>
+        init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            var b = unwrapInboundIn(data)
+            received.withLockedValue { $0.writeBuffer(&b) }
+        }
+    }
+}
+
+/// Multistream frame bytes: uvarint(len + 1) || text || "\n".
+func msFrame(_ text: String) -> [UInt8] {
+    let body = Array(text.utf8) + [0x0A]
+    return UVarint.encode(UInt64(body.count)) + body
+}
