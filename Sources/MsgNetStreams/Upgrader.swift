@@ -125,7 +125,7 @@ public struct ConnectionUpgrader: Sendable {
                     channel: channel,
                     security: info,
                     muxer: mplex.connection,
-                    direction: initiator ? .outbound : .inbound
+                    ranInitiatorSide: initiator
                 )
             }.whenComplete { result in
                 switch result {
@@ -193,6 +193,6 @@ public struct UpgradedConnection: Sendable {
     public let security: SecuredConnectionInfo
     /// The stream multiplexer.
     public let muxer: MplexConnection
-    /// Whether we dialed or accepted.
-    public let direction: ConnectionDirection
+    /// Whether this side ran the initiator side of the negotiations (normally: we dialed).
+    public let ranInitiatorSide: Bool
 }

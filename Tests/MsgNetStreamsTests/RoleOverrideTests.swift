@@ -36,7 +36,7 @@ struct RoleOverrideTests {
             var results = upgraded.stream.makeAsyncIterator()
             let acceptorSide = try #require(await results.next()).get()
             #expect(acceptorSide.security.remotePeer == dialer.peerID)
-            #expect(acceptorSide.direction == .outbound)  // it ran the initiator side
+            #expect(acceptorSide.ranInitiatorSide)
             // The connection works: the acceptor opens a stream to the dialer's ping service.
             let stream = try await acceptorSide.muxer.openStream()
             var frames = ByteBuffer()
