@@ -129,7 +129,7 @@ struct HostileInputTests {
         #expect(machine.onBytes(&bad) == [.failed(.malformed(.invalidVarint))])
         var more = buffer(headerFrame + frame("/a"))
         #expect(machine.onBytes(&more).isEmpty)
-        #expect(more.readableBytes == headerFrame.count + 3)
+        #expect(more.readableBytes == headerFrame.count + 4)
         #expect(machine.onTimeout().isEmpty)
     }
 

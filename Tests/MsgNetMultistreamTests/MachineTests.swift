@@ -221,7 +221,7 @@ struct MachineBackToBackTests {
         #expect(machine.onTimeout().isEmpty)
         var input = buffer(headerFrame + frame("/a"))
         #expect(machine.onBytes(&input).isEmpty)
-        #expect(input.readableBytes == headerFrame.count + 3)
+        #expect(input.readableBytes == headerFrame.count + 4)
 
         var done = MultistreamMachine.responder(selector: ProtocolSelector(["/a"]))
         var negotiation = buffer(headerFrame + frame("/a"))

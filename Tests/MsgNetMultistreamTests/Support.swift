@@ -39,10 +39,17 @@ struct Outcome: Equatable {
     var sent: [UInt8] = []
     /// Its non-send actions, in order.
     var events: [Event] = []
-    /// Bytes after the negotiation: the `leftover` plus input it left unconsumed afterwards.
+    /// Bytes after the agreement: the `leftover` plus input left unconsumed afterwards.
     var trailing: [UInt8] = []
     /// Input bytes the machine left unconsumed while it was still negotiating (must stay empty).
     var unconsumedWhileActive = 0
+
+    var isNegotiated: Bool {
+        events.contains {
+            if case .negotiated = $0 { return true }
+            return false
+        }
+    }
 
     var isFinished: Bool {
         events.contains {
@@ -77,9 +84,9 @@ func feed(_ machine: MultistreamMachine, chunks: [[UInt8]]) -> Outcome {
         var input = buffer(chunk)
         let wasFinished = outcome.isFinished
         outcome.record(machine.onBytes(&input))
-        if wasFinished || outcome.isFinished {
+        if outcome.isNegotiated {
             outcome.trailing += Array(input.readableBytesView)
-        } else {
+        } else if !wasFinished && !outcome.isFinished {
             outcome.unconsumedWhileActive += input.readableBytes
         }
     }
@@ -163,11 +170,10 @@ func converse(
             result.toResponder += wireToResponder
             var input = buffer(wireToResponder)
             wireToResponder = []
-            let wasFinished = result.responder.isFinished
             process(
                 responder.onBytes(&input), into: &result.responder, wire: &wireToInitiator,
                 appData: responderAppData, wroteApp: &responderWroteApp)
-            if wasFinished || result.responder.isFinished {
+            if result.responder.isNegotiated {
                 result.responder.trailing += Array(input.readableBytesView)
             }
         }
@@ -175,11 +181,10 @@ func converse(
             result.toInitiator += wireToInitiator
             var input = buffer(wireToInitiator)
             wireToInitiator = []
-            let wasFinished = result.initiator.isFinished
             process(
                 initiator.onBytes(&input), into: &result.initiator, wire: &wireToResponder,
                 appData: initiatorAppData, wroteApp: &initiatorWroteApp)
-            if wasFinished || result.initiator.isFinished {
+            if result.initiator.isNegotiated {
                 result.initiator.trailing += Array(input.readableBytesView)
             }
         }
