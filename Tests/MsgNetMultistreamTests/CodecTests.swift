@@ -113,13 +113,15 @@ struct CodecTests {
         #expect(tooLarge.readableBytes == 2)
     }
 
-    @Test("decodeFrame errors are clear and leave the buffer alone", arguments: [
-        ([0x80, 0x00] as [UInt8], MultistreamError.malformed(.invalidVarint)),
-        ([0xFF, 0xFF], .frameTooLarge),
-        ([0x00], .malformed(.missingNewline)),
-        ([0x02, 0x61, 0x62], .malformed(.missingNewline)),
-        ([0x03, 0xC3, 0x28, 0x0A], .malformed(.invalidUTF8)),
-    ])
+    @Test(
+        "decodeFrame errors are clear and leave the buffer alone",
+        arguments: [
+            ([0x80, 0x00] as [UInt8], MultistreamError.malformed(.invalidVarint)),
+            ([0xFF, 0xFF], .frameTooLarge),
+            ([0x00], .malformed(.missingNewline)),
+            ([0x02, 0x61, 0x62], .malformed(.missingNewline)),
+            ([0x03, 0xC3, 0x28, 0x0A], .malformed(.invalidUTF8)),
+        ])
     func decodeErrors(bytes: [UInt8], error: MultistreamError) {
         var input = buffer(bytes)
         #expect(throws: error) { try MultistreamCodec.decodeFrame(from: &input) }

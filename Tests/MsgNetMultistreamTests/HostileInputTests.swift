@@ -38,13 +38,15 @@ struct HostileInputTests {
         #expect(empty.events == [.failed(.malformed(.missingNewline))])
     }
 
-    @Test("invalid UTF-8 is malformed", arguments: [
-        [0xC3, 0x28] as [UInt8],  // bad continuation
-        [0xC0, 0xAF],  // overlong "/"
-        [0xED, 0xA0, 0x80],  // UTF-16 surrogate
-        [0xF4, 0x90, 0x80, 0x80],  // beyond U+10FFFF
-        [0x2F, 0xFF],
-    ])
+    @Test(
+        "invalid UTF-8 is malformed",
+        arguments: [
+            [0xC3, 0x28] as [UInt8],  // bad continuation
+            [0xC0, 0xAF],  // overlong "/"
+            [0xED, 0xA0, 0x80],  // UTF-16 surrogate
+            [0xF4, 0x90, 0x80, 0x80],  // beyond U+10FFFF
+            [0x2F, 0xFF],
+        ])
     func invalidUTF8(bytes: [UInt8]) {
         let outcome = feedAllSplits(responder(), headerFrame + [UInt8(bytes.count + 1)] + bytes + [0x0A])
         #expect(outcome.events == [.failed(.malformed(.invalidUTF8))])
@@ -110,13 +112,15 @@ struct HostileInputTests {
             ])
     }
 
-    @Test("the lister rejects a malformed ls response", arguments: [
-        [0x03, 0x2F, 0x61, 0x0A] as [UInt8],  // "/a\n" is not a list of nested frames
-        [0x04, 0x05, 0x2F, 0x61, 0x0A],  // nested frame longer than the outer one
-        [0x05, 0x03, 0x2F, 0x61, 0x62, 0x0A],  // nested frame without its newline
-        [0x02, 0x00, 0x0A],  // empty nested frame
-        [0x05, 0x03, 0xFF, 0xFE, 0x0A, 0x0A],  // nested id not UTF-8
-    ])
+    @Test(
+        "the lister rejects a malformed ls response",
+        arguments: [
+            [0x03, 0x2F, 0x61, 0x0A] as [UInt8],  // "/a\n" is not a list of nested frames
+            [0x04, 0x05, 0x2F, 0x61, 0x0A],  // nested frame longer than the outer one
+            [0x05, 0x03, 0x2F, 0x61, 0x62, 0x0A],  // nested frame without its newline
+            [0x02, 0x00, 0x0A],  // empty nested frame
+            [0x05, 0x03, 0xFF, 0xFE, 0x0A, 0x0A],  // nested id not UTF-8
+        ])
     func malformedList(response: [UInt8]) {
         let outcome = feedAllSplits(.listProtocols(), headerFrame + response)
         #expect(outcome.events == [.failed(.malformed(.invalidProtocolList))])

@@ -242,15 +242,17 @@ struct MachineBackToBackTests {
         #expect(later.readableBytes == 4)
     }
 
-    @Test("invalid proposals fail at start", arguments: [
-        ([String](), MultistreamError.noProposals),
-        (["/a", ""], .invalidProtocolID("")),
-        (["/a\n/b"], .invalidProtocolID("/a\n/b")),
-        (["na"], .invalidProtocolID("na")),
-        (["ls"], .invalidProtocolID("ls")),
-        (["/multistream/1.0.0"], .invalidProtocolID("/multistream/1.0.0")),
-        ([String(repeating: "a", count: 1024)], .invalidProtocolID(String(repeating: "a", count: 1024))),
-    ])
+    @Test(
+        "invalid proposals fail at start",
+        arguments: [
+            ([String](), MultistreamError.noProposals),
+            (["/a", ""], .invalidProtocolID("")),
+            (["/a\n/b"], .invalidProtocolID("/a\n/b")),
+            (["na"], .invalidProtocolID("na")),
+            (["ls"], .invalidProtocolID("ls")),
+            (["/multistream/1.0.0"], .invalidProtocolID("/multistream/1.0.0")),
+            ([String(repeating: "a", count: 1024)], .invalidProtocolID(String(repeating: "a", count: 1024))),
+        ])
     func invalidProposals(proposals: [String], error: MultistreamError) {
         var machine = MultistreamMachine.initiator(proposals: proposals)
         #expect(machine.start() == [.failed(error)])
