@@ -9,7 +9,7 @@ import NIOCore
 ///
 /// Use it as a `NIOSingleStepByteToMessageDecoder` (each decoded value is one message without its
 /// newline), or call the static functions directly.
-public struct MultistreamCodec: NIOSingleStepByteToMessageDecoder {
+public struct MultistreamCodec: NIOSingleStepByteToMessageDecoder, Sendable {
     /// One decoded message, without its trailing newline.
     public typealias InboundOut = String
 
@@ -97,23 +97,40 @@ public struct MultistreamCodec: NIOSingleStepByteToMessageDecoder {
     /// Parses the body of an `ls` response (the outer frame without its final newline, as
     /// ``decodeFrame(from:)`` would strip it) into the list of protocol ids.
     ///
+    /// The body is a sequence of nested frames (the format go and rust write). When it is not, a
+    /// newline-separated list is accepted too (`"/a\n/b\n"`, as py-libp2p writes it).
+    ///
     /// - Throws: ``MultistreamError/malformed(_:)`` with
-    ///   ``MultistreamError/Malformation/invalidProtocolList`` when the body is not a sequence of
-    ///   complete nested frames with UTF-8 protocol ids.
+    ///   ``MultistreamError/Malformation/invalidProtocolList`` when the body is neither.
     public static func decodeProtocolList(_ body: ByteBuffer) throws(MultistreamError) -> [String] {
+        if let protocols = nestedFrameList(body) ?? lineList(body) {
+            return protocols
+        }
+        throw .malformed(.invalidProtocolList)
+    }
+
+    /// The ids of a body made of complete, non-empty, UTF-8 nested frames, or `nil`.
+    private static func nestedFrameList(_ body: ByteBuffer) -> [String]? {
         var rest = body
         var protocols: [String] = []
         while rest.readableBytes > 0 {
-            do {
-                guard let nested = try readFrameBody(from: &rest), nested.readableBytes > 0 else {
-                    throw MultistreamError.malformed(.invalidProtocolList)
-                }
-                protocols.append(try validatedString(nested))
-            } catch {
-                throw .malformed(.invalidProtocolList)
-            }
+            guard let nested = try? readFrameBody(from: &rest), nested.readableBytes > 0,
+                let id = try? validatedString(nested)
+            else { return nil }
+            protocols.append(id)
         }
         return protocols
+    }
+
+    /// The lines of a UTF-8 body where each id is followed by `\n`, or `nil`.
+    private static func lineList(_ body: ByteBuffer) -> [String]? {
+        guard body.readableBytesView.last == UInt8(ascii: "\n"), let text = try? validatedString(body) else {
+            return nil
+        }
+        let lines = text.utf8.dropLast().split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        if lines.count == 1 && lines[0].isEmpty { return [] }
+        guard lines.allSatisfy({ !$0.isEmpty }) else { return nil }
+        return lines.map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// Reads one frame and returns its body (without the newline), or `nil` when incomplete.

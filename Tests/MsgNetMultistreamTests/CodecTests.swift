@@ -133,6 +133,10 @@ struct CodecTests {
     func protocolListBody() throws {
         #expect(try MultistreamCodec.decodeProtocolList(buffer(frame("/a") + frame("/b"))) == ["/a", "/b"])
         #expect(try MultistreamCodec.decodeProtocolList(buffer([])) == [])
+        #expect(try MultistreamCodec.decodeProtocolList(buffer(utf8("/a\n/b/1.0\n"))) == ["/a", "/b/1.0"])
+        #expect(throws: MultistreamError.malformed(.invalidProtocolList)) {
+            try MultistreamCodec.decodeProtocolList(buffer(utf8("/a\n\n/b\n")))
+        }
         #expect(throws: MultistreamError.malformed(.invalidProtocolList)) {
             try MultistreamCodec.decodeProtocolList(buffer(frame("/a") + [0x05]))
         }

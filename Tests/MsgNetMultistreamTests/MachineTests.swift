@@ -164,6 +164,14 @@ struct MachineBackToBackTests {
         #expect(c.toInitiator == headerFrame + naFrame)
     }
 
+    @Test("the lister also accepts py-libp2p's newline-separated ls response")
+    func pyLibp2pListing() {
+        // Bytes captured from py-libp2p 0.8.1's Multiselect answering ls with /a and /b.
+        let response: [UInt8] = [0x07, 0x2F, 0x61, 0x0A, 0x2F, 0x62, 0x0A, 0x0A]
+        #expect(feedAllSplits(.listProtocols(), headerFrame + response).events == [.listed(["/a", "/b"])])
+        #expect(feedAllSplits(.listProtocols(), headerFrame + [0x02, 0x0A, 0x0A]).events == [.listed([])])
+    }
+
     @Test("ls then a proposal on the same stream: the responder answers both")
     func listingThenProposal() {
         let input = headerFrame + frame("ls") + frame("/a") + utf8("app")
