@@ -114,6 +114,7 @@ public final class MultistreamHandler: ChannelInboundHandler, RemovableChannelHa
         case .negotiating:
             apply(machine.onBytes(&bytes), context: context)
         case .negotiated(var buffered):
+            state = .done  // drop the state's reference so the append does not copy the storage
             buffered.writeBuffer(&bytes)
             state = .negotiated(buffered: buffered)
         case .idle, .done:
@@ -237,3 +238,7 @@ public final class MultistreamHandler: ChannelInboundHandler, RemovableChannelHa
         }
     }
 }
+
+/// The handler belongs to one channel's event loop; add it with `pipeline.syncOperations`.
+@available(*, unavailable)
+extension MultistreamHandler: Sendable {}
