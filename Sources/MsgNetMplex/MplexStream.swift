@@ -63,10 +63,13 @@ public final class MplexStream: Sendable {
             handler(.data(chunk))
         }
         if consumed > 0 { self.handler.value.consumed(id, bytes: consumed) }
-        if let error = state.value.error {
-            handler(.reset(error))
-        } else if state.value.remoteClosed {
+        let error = state.value.error
+        if state.value.remoteClosed && (error == nil || error?.code == .connectionClosed) {
             handler(.remoteClosed)
+        }
+        if let error {
+            state.value.inboundHandler = nil
+            handler(.reset(error))
         }
     }
 

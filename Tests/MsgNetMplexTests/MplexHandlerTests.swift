@@ -250,4 +250,34 @@ import Testing
         first.setInboundHandler(pair.inboundA.recorder("A1"))
         #expect(pair.inboundA.takeEvents() == ["A<-B data:from B"])
     }
+
+    @Test func asyncWritesWaitForWritability() throws {
+        let pair = try EmbeddedPair()
+        let stream = try pair.connectionA.openStreamOnEventLoop()
+        try pair.pump()
+        let handler = try pair.a.pipeline.syncOperations.handler(type: MplexHandler.self)
+        pair.a.isWritable = false
+        let written = handler.asyncWrite(stream, ByteBuffer(string: "queued"))
+        let closed = handler.asyncCloseWrite(stream)
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        let log = Collector()
+        written.whenSuccess { log.record("written") }
+        closed.whenSuccess { log.record("closed") }
+        #expect(log.events.isEmpty)
+        // Writable again: the queued write and close go out in order.
+        pair.a.isWritable = true
+        pair.a.pipeline.fireChannelWritabilityChanged()
+        #expect(log.takeEvents() == ["written", "closed"])
+        try pair.pump()
+        let streamB = try #require(pair.inboundB.streams.first)
+        streamB.setInboundHandler(pair.inboundB.recorder("B"))
+        #expect(pair.inboundB.takeEvents() == ["B data:queued", "B eof"])
+        // Writes still queued when the connection ends fail instead of hanging.
+        pair.a.isWritable = false
+        let other = try pair.connectionA.openStreamOnEventLoop()
+        let stuck = handler.asyncWrite(other, ByteBuffer(string: "never"))
+        stuck.whenFailure { log.record("failed: \(($0 as? MplexError)?.code == .connectionClosed)") }
+        _ = try pair.a.finish()
+        #expect(log.takeEvents() == ["failed: true"])
+    }
 }
