@@ -71,7 +71,8 @@ public enum MplexFrameEncoder {
     }
 
     /// The encoded frame in a new buffer.
-    public static func encode(_ frame: MplexFrame, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer {
+    public static func encode(_ frame: MplexFrame, allocator: ByteBufferAllocator = ByteBufferAllocator()) -> ByteBuffer
+    {
         var buffer = allocator.buffer(capacity: maxPrefixLength + frame.data.readableBytes)
         encode(frame, into: &buffer)
         return buffer

@@ -126,7 +126,8 @@ public struct MplexMachine: Sendable {
             return [.send(Self.frame(.reset, id))]
         }
         if stream.remoteWriteClosed {
-            return resetStream(id, MplexError(.streamProtocolViolation, "peer sent data on stream \(id) after closing it"))
+            return resetStream(
+                id, MplexError(.streamProtocolViolation, "peer sent data on stream \(id) after closing it"))
         }
         let count = data.readableBytes
         if count == 0 { return [] }
@@ -174,7 +175,9 @@ public struct MplexMachine: Sendable {
     public mutating func openStream() throws(MplexError) -> (MplexStreamID, [Action]) {
         guard case .open = state else { throw .connectionClosed() }
         guard outboundCount < configuration.maxConcurrentStreams else {
-            throw MplexError(.tooManyStreams, "\(outboundCount) outbound streams open, the limit is \(configuration.maxConcurrentStreams)")
+            throw MplexError(
+                .tooManyStreams,
+                "\(outboundCount) outbound streams open, the limit is \(configuration.maxConcurrentStreams)")
         }
         guard nextOutboundNumber <= MplexFrame.maxStreamID else {
             throw MplexError(.streamIDsExhausted, "all stream ids have been used")

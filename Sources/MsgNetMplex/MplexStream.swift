@@ -142,7 +142,8 @@ public final class MplexStream: Sendable {
     private func readOnLoop() -> EventLoopFuture<ByteBuffer?> {
         if state.value.inboundHandler != nil || state.value.pendingRead != nil {
             return eventLoop.makeFailedFuture(
-                MplexError(.invalidUse, "read() on stream \(id) while another read is pending or an inbound handler is set")
+                MplexError(
+                    .invalidUse, "read() on stream \(id) while another read is pending or an inbound handler is set")
             )
         }
         if var chunk = state.value.buffer.popFirst() {

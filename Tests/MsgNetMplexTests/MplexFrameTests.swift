@@ -35,8 +35,12 @@ import Testing
 
     @Test func exactBytes() {
         #expect(bytes(MplexFrame(streamID: 0, flag: .newStream, data: ByteBuffer(string: "0"))) == [0x00, 0x01, 0x30])
-        #expect(bytes(MplexFrame(streamID: 1, flag: .messageInitiator, data: ByteBuffer(string: "hi"))) == [0x0A, 0x02, 0x68, 0x69])
-        #expect(bytes(MplexFrame(streamID: 2, flag: .messageReceiver, data: ByteBuffer(string: "x"))) == [0x11, 0x01, 0x78])
+        #expect(
+            bytes(MplexFrame(streamID: 1, flag: .messageInitiator, data: ByteBuffer(string: "hi"))) == [
+                0x0A, 0x02, 0x68, 0x69,
+            ])
+        #expect(
+            bytes(MplexFrame(streamID: 2, flag: .messageReceiver, data: ByteBuffer(string: "x"))) == [0x11, 0x01, 0x78])
         #expect(bytes(MplexFrame(streamID: 3, flag: .closeReceiver)) == [0x1B, 0x00])
         #expect(bytes(MplexFrame(streamID: 3, flag: .closeInitiator)) == [0x1C, 0x00])
         // 17 << 3 | 5 = 141 needs two varint bytes.
@@ -48,7 +52,10 @@ import Testing
     }
 
     @Test func flagRoles() {
-        #expect(MplexFrame.Flag.allCases.filter(\.isFromInitiator) == [.newStream, .messageInitiator, .closeInitiator, .resetInitiator])
+        #expect(
+            MplexFrame.Flag.allCases.filter(\.isFromInitiator) == [
+                .newStream, .messageInitiator, .closeInitiator, .resetInitiator,
+            ])
     }
 
     @Test(arguments: [1, 2, 3, 7, Int.max])
