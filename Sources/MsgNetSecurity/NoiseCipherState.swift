@@ -99,7 +99,9 @@ public struct NoiseCipherState: Sendable {
     ) throws(SecurityError) {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
         let box = plaintext.withUnsafeReadableBytes { bytes in seal(bytes, checkedNonce: nonce, ad: ad) }
-        _ = box.combined.withUnsafeBytes { output.writeBytes(UnsafeRawBufferPointer(rebasing: $0[Self.aeadNonceLength...])) }
+        _ = box.combined.withUnsafeBytes {
+            output.writeBytes(UnsafeRawBufferPointer(rebasing: $0[Self.aeadNonceLength...]))
+        }
     }
 
     /// Decrypts `ciphertext` with an explicit `nonce`.

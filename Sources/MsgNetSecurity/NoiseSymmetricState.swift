@@ -74,7 +74,8 @@ struct NoiseSymmetricState: Sendable {
     /// Noise HKDF with two outputs (HMAC-SHA256):
     /// `t = HMAC(ck, ikm)`, `o1 = HMAC(t, 0x01)`, `o2 = HMAC(t, o1 || 0x02)`.
     static func hkdf(chainingKey: [UInt8], inputKeyMaterial: [UInt8]) -> ([UInt8], [UInt8]) {
-        let temp = SymmetricKey(data: HMAC<SHA256>.authenticationCode(for: inputKeyMaterial, using: SymmetricKey(data: chainingKey)))
+        let temp = SymmetricKey(
+            data: HMAC<SHA256>.authenticationCode(for: inputKeyMaterial, using: SymmetricKey(data: chainingKey)))
         let out1 = Array(HMAC<SHA256>.authenticationCode(for: [0x01], using: temp))
         var mac = HMAC<SHA256>(key: temp)
         mac.update(data: out1)

@@ -39,6 +39,11 @@ import Testing
         let fromB = try #require(sent(b.start()))
         // The wire form is uvarint(length) || Exchange{id, pubkey}.
         #expect(fromA == framed(exchange(of: alice)))
+        let key = alice.publicKey.rawBytes
+        #expect(
+            fromA == [0x4e, 0x0a, 0x26, 0x00, 0x24, 0x08, 0x01, 0x12, 0x20] + key + [
+                0x12, 0x24, 0x08, 0x01, 0x12, 0x20,
+            ] + key)
 
         let onA = a.onBytes(fromB)
         let onB = b.onBytes(fromA)
@@ -104,7 +109,8 @@ import Testing
         let other = PrivateKey.generate().peerID
         var machine = PlaintextHandshake(identity: alice, expectedRemotePeer: other)
         _ = machine.start()
-        #expect(failure(machine.onBytes(framed(exchange(of: bob)))) == .peerIDMismatch(expected: other, actual: bob.peerID))
+        #expect(
+            failure(machine.onBytes(framed(exchange(of: bob)))) == .peerIDMismatch(expected: other, actual: bob.peerID))
     }
 
     @Test func oversizeLengthPrefixFailsBeforeTheBody() {
@@ -130,9 +136,14 @@ import Testing
             _ = machine.start()
             return failure(machine.onBytes(bytes))
         }
-        #expect(verdict(framed(PlaintextExchangeMessage(id: bob.peerID.bytes, publicKey: nil))) == .malformedPayload("Exchange has no pubkey"))
         #expect(
-            verdict(framed(PlaintextExchangeMessage(id: nil, publicKey: KeyMessage(type: .ed25519, data: bob.publicKey.rawBytes))))
+            verdict(framed(PlaintextExchangeMessage(id: bob.peerID.bytes, publicKey: nil)))
+                == .malformedPayload("Exchange has no pubkey"))
+        #expect(
+            verdict(
+                framed(
+                    PlaintextExchangeMessage(
+                        id: nil, publicKey: KeyMessage(type: .ed25519, data: bob.publicKey.rawBytes))))
                 == .malformedPayload("Exchange has no id"))
         guard case .malformedPayload = verdict([3, 0xff, 0xff, 0xff]) else {
             Issue.record("garbage protobuf accepted")

@@ -256,6 +256,7 @@ func frameLengths(_ wire: ByteBuffer) -> [Int] {
         try initiator.pipeline.syncOperations.addHandler(
             NoiseSecurity(identity: alice).makeHandler(role: .initiator, expectedRemotePeer: bob.peerID, promise: ip))
         let m1 = try #require(try initiator.readOutbound(as: ByteBuffer.self))
+        #expect(m1.readableBytes == 34 && m1.getInteger(at: m1.readerIndex, as: UInt16.self) == 32)
         try responder.pipeline.syncOperations.addHandler(
             NoiseSecurity(identity: bob).makeHandler(role: .responder, expectedRemotePeer: nil, promise: rp))
         try responder.writeInbound(m1)
