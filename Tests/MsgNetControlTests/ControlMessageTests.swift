@@ -189,7 +189,7 @@ func decodeOrError<T>(_ bytes: [UInt8], _ decode: ([UInt8]) throws(ControlError)
         #expect(failures > bytes.count / 2)
     }
 
-    @Test func randomBytesNeverCrash() {
+    @Test func randomBytesNeverCrash() throws {
         var rng = SplitMix64(seed: 0x1D)
         let valid = Self.full.encoded()
         for round in 0..<3_000 {
