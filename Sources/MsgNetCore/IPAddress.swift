@@ -50,8 +50,10 @@ extension Multiaddr {
 
         /// The 4 address bytes in network order.
         public var bytes: [UInt8] {
-            [UInt8(truncatingIfNeeded: value >> 24), UInt8(truncatingIfNeeded: value >> 16),
-             UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
+            [
+                UInt8(truncatingIfNeeded: value >> 24), UInt8(truncatingIfNeeded: value >> 16),
+                UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value),
+            ]
         }
 
         /// Dotted decimal text.

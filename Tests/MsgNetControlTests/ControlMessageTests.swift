@@ -85,7 +85,8 @@ func decodeOrError<T>(_ bytes: [UInt8], _ decode: ([UInt8]) throws(ControlError)
         // identity_key = 01 02, identity_sig = 03, extensions { stream_muxers: "/m" }
         let bytes = hex("0a020102 120103 2204 1202 2f6d")
         let decoded = try NoiseHandshakePayloadMessage(bytes: bytes)
-        #expect(decoded == NoiseHandshakePayloadMessage(identityKey: [1, 2], identitySignature: [3], streamMuxers: ["/m"]))
+        #expect(
+            decoded == NoiseHandshakePayloadMessage(identityKey: [1, 2], identitySignature: [3], streamMuxers: ["/m"]))
         #expect(decoded.encoded() == bytes)
     }
 
@@ -229,7 +230,8 @@ func decodeOrError<T>(_ bytes: [UInt8], _ decode: ([UInt8]) throws(ControlError)
         #expect(message.protocolVersion == "ipfs/0.1.0")
         #expect(message.agentVersion == "py-libp2p/0.8.1")
         #expect(message.publicKey == KeyMessageTests.ed25519Public)
-        #expect(message.listenAddrs == [hex("047f000001060fa1"), hex("290000000000000000000000000000000191020fa1cd03")])
+        #expect(
+            message.listenAddrs == [hex("047f000001060fa1"), hex("290000000000000000000000000000000191020fa1cd03")])
         #expect(message.observedAddr == hex("040a00000206d903"))
         #expect(message.protocols == ["/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/echo/1.0.0"])
         #expect(message.signedPeerRecord == Array("\u{01}\u{02}opaque-envelope".utf8))

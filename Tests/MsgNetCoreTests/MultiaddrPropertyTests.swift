@@ -52,7 +52,9 @@ import Testing
                 for _ in 0..<Int.random(in: 1...4, using: &rng) {
                     input += Self.seedAddresses.randomElement(using: &rng)!
                 }
-                if Bool.random(using: &rng) { input = Array(input.prefix(Int.random(in: 0...input.count, using: &rng))) }
+                if Bool.random(using: &rng) {
+                    input = Array(input.prefix(Int.random(in: 0...input.count, using: &rng)))
+                }
             }
             do {
                 let address = try Multiaddr(bytes: input)
@@ -112,11 +114,16 @@ import Testing
                 case 0: component = .ip4(.init(value: UInt32.random(in: 0...UInt32.max, using: &rng)))
                 case 1:
                     // Sparse groups so the "::" compression is exercised.
-                    let g = (0..<8).map { _ in Bool.random(using: &rng) ? 0 : UInt64.random(in: 0...0xFFFF, using: &rng) }
-                    component = .ip6(.init(high: g[0] << 48 | g[1] << 32 | g[2] << 16 | g[3], low: g[4] << 48 | g[5] << 32 | g[6] << 16 | g[7]))
+                    let g = (0..<8).map { _ in Bool.random(using: &rng) ? 0 : UInt64.random(in: 0...0xFFFF, using: &rng)
+                    }
+                    component = .ip6(
+                        .init(
+                            high: g[0] << 48 | g[1] << 32 | g[2] << 16 | g[3],
+                            low: g[4] << 48 | g[5] << 32 | g[6] << 16 | g[7]))
                 case 2: component = .tcp(UInt16.random(in: 0...UInt16.max, using: &rng))
                 case 3: component = .udp(UInt16.random(in: 0...UInt16.max, using: &rng))
-                case 4: component = .dns(String(repeating: "x", count: Int.random(in: 1...40, using: &rng)) + ".example")
+                case 4:
+                    component = .dns(String(repeating: "x", count: Int.random(in: 1...40, using: &rng)) + ".example")
                 case 5: component = .dns4("h\(rng.next()).test")
                 case 6: component = .dns6("é\(rng.next() % 1000)")
                 case 7: component = .p2p(Bool.random(using: &rng) ? id : PrivateKey.generate().peerID)

@@ -5,8 +5,12 @@ import Testing
 
 @Suite struct MultiaddrSocketAddressTests {
     @Test func ip4AndIP6ToSocketAddress() throws {
-        #expect(try Multiaddr("/ip4/127.0.0.1/tcp/4001").socketAddress() == (try SocketAddress(ipAddress: "127.0.0.1", port: 4001)))
-        #expect(try Multiaddr("/ip4/10.1.2.3/udp/53/quic-v1").socketAddress() == (try SocketAddress(ipAddress: "10.1.2.3", port: 53)))
+        #expect(
+            try Multiaddr("/ip4/127.0.0.1/tcp/4001").socketAddress()
+                == (try SocketAddress(ipAddress: "127.0.0.1", port: 4001)))
+        #expect(
+            try Multiaddr("/ip4/10.1.2.3/udp/53/quic-v1").socketAddress()
+                == (try SocketAddress(ipAddress: "10.1.2.3", port: 53)))
         let v6 = try Multiaddr("/ip6/2001:db8::7/udp/9/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
             .socketAddress()
         #expect(v6 == (try SocketAddress(ipAddress: "2001:db8::7", port: 9)))
