@@ -203,6 +203,12 @@ struct KeyVector: Sendable, CustomStringConvertible {
         }
     }
 
+    @Test func hugeInputIsRejectedWithoutCopyingIt() {
+        let huge = (0..<Int.max).lazy.map { _ in UInt8(0) }
+        #expect(throws: CoreError(.peerID, "longer than 128 bytes")) { try PeerID(bytes: huge) }
+        #expect(throws: CoreError.self) { try PeerID(String(repeating: "2", count: 5000)) }
+    }
+
     @Test(arguments: [
         "", "0", "12D3KooW0000", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5",
         "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5NN",
