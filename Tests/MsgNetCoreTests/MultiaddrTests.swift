@@ -43,6 +43,29 @@ import Testing
         }
     }
 
+    /// Sparse random IPv6 addresses printed by py-multiaddr from their binary form.
+    static let randomIPv6: [(String, String)] = [
+        ("/ip6/::e5e4:9a63:a23b:0:a781/tcp/37665", "29000000000000e5e49a63a23b0000a781069321"),
+        ("/ip6/18d9:8ec5:0:af37:ac6d:0:206:63f2/tcp/5623", "2918d98ec50000af37ac6d0000020663f20615f7"),
+        ("/ip6/::3ae2:0:ded5:0:eed9:6040/tcp/62116", "29000000003ae20000ded50000eed9604006f2a4"),
+        ("/ip6/b09f:5423:0:e428::c0d5:562a/tcp/48766", "29b09f54230000e42800000000c0d5562a06be7e"),
+        ("/ip6/642f:0:53a8:0:b58:a365:0:c9c/tcp/35967", "29642f000053a800000b58a36500000c9c068c7f"),
+        ("/ip6/::5f6b:f1c1:897b:118a/tcp/29224", "2900000000000000005f6bf1c1897b118a067228"),
+        ("/ip6/8d6e:ffde::880:0:0/tcp/35644", "298d6effde000000000000088000000000068b3c"),
+        ("/ip6/ce97:3d1c:0:58b6:b3b9:888::/tcp/64874", "29ce973d1c000058b6b3b908880000000006fd6a"),
+        ("/ip6/1380:6c70:0:11d5::c4f6:2348/tcp/64326", "2913806c70000011d500000000c4f6234806fb46"),
+        ("/ip6/a66b:f877:0:8b97:f000:5ecd::/tcp/3962", "29a66bf87700008b97f0005ecd00000000060f7a"),
+        ("/ip6/0:22d6:0:e125::ca41/tcp/11141", "29000022d60000e125000000000000ca41062b85"),
+        ("/ip6/0:0:9e28::/tcp/38876", "29000000009e28000000000000000000000697dc"),
+    ]
+
+    @Test func randomIPv6MatchesPyMultiaddr() throws {
+        for (text, binary) in Self.randomIPv6 {
+            #expect(try Multiaddr(bytes: hex(binary)).description == text)
+            #expect(try Multiaddr(text).bytes == hex(binary))
+        }
+    }
+
     @Test func componentsAreTyped() throws {
         let address = try Multiaddr("/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")
         let id = try PeerID("12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA")

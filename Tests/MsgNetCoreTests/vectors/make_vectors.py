@@ -53,6 +53,19 @@ def multiaddr_vectors() -> None:
         print(f"{text} {Multiaddr(text).to_bytes().hex()}")
 
 
+def random_ip6_vectors() -> None:
+    """Sparse random IPv6 addresses: binary -> text with py-multiaddr (checks RFC 5952 printing)."""
+    import random
+
+    rng = random.Random(5952)
+    print("-- random ip6 (py-multiaddr, binary -> text)")
+    for _ in range(12):
+        groups = [0 if rng.random() < 0.5 else rng.randrange(0x10000) for _ in range(8)]
+        raw = b"".join(g.to_bytes(2, "big") for g in groups)
+        binary = b"\x29" + raw + b"\x06" + rng.randrange(0x10000).to_bytes(2, "big")
+        print(f"{Multiaddr(binary)} {binary.hex()}")
+
+
 def identify_vector() -> None:
     seed = hashlib.sha256(b"demo").digest()
     pub = create_new_key_pair(seed).public_key
@@ -76,4 +89,5 @@ if __name__ == "__main__":
     key_vectors("demo")
     key_vectors("msgnet")
     multiaddr_vectors()
+    random_ip6_vectors()
     identify_vector()
