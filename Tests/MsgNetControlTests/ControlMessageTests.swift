@@ -90,6 +90,23 @@ func decodeOrError<T>(_ bytes: [UInt8], _ decode: ([UInt8]) throws(ControlError)
         #expect(decoded.encoded() == bytes)
     }
 
+    @Test func everyTruncationDecodesToAPrefixOrFails() {
+        let bytes = NoiseHandshakePayloadMessage(
+            identityKey: KeyMessageTests.ed25519Public,
+            identitySignature: Array(repeating: 0x5A, count: 64),
+            streamMuxers: ["/mplex/6.7.0"]
+        ).encoded()
+        var failures = 0
+        for cut in 0..<bytes.count {
+            let prefix = Array(bytes.prefix(cut))
+            switch decodeOrError(prefix, { (b) throws(ControlError) in try NoiseHandshakePayloadMessage(bytes: b) }) {
+            case .success(let message): #expect(message.encoded() == prefix, "cut at \(cut)")
+            case .failure: failures += 1
+            }
+        }
+        #expect(failures > bytes.count / 2)
+    }
+
     @Test func malformedPayloadsAreRejected() {
         let cases: [(String, [UInt8])] = [
             ("invalid UTF-8 muxer", hex("2204 1202 fffe")),
@@ -114,6 +131,21 @@ func decodeOrError<T>(_ bytes: [UInt8], _ decode: ([UInt8]) throws(ControlError)
         #expect(try PlaintextExchangeMessage(bytes: empty.encoded()) == empty)
         let idOnly = PlaintextExchangeMessage(id: [1], publicKey: nil)
         #expect(try PlaintextExchangeMessage(bytes: idOnly.encoded()) == idOnly)
+    }
+
+    @Test func everyTruncationOfAnExchangeFailsOrIsAPrefix() {
+        let key = KeyMessage(type: .ed25519, data: Array(KeyMessageTests.ed25519Public.dropFirst(4)))
+        let bytes = PlaintextExchangeMessage(id: [0x00, 0x24] + KeyMessageTests.ed25519Public, publicKey: key).encoded()
+        for cut in 0..<bytes.count {
+            let prefix = Array(bytes.prefix(cut))
+            if case .success(let message) = decodeOrError(
+                prefix, { (b) throws(ControlError) in try PlaintextExchangeMessage(bytes: b) })
+            {
+                #expect(message.encoded() == prefix, "cut at \(cut)")
+            }
+        }
+        // Cutting inside the embedded key always fails (its fields are required or truncated).
+        #expect(throws: ControlError.self) { try PlaintextExchangeMessage(bytes: bytes.dropLast()) }
     }
 
     @Test func malformedExchangesAreRejected() {
