@@ -214,6 +214,14 @@ public final class MplexHandler: ChannelDuplexHandler {
     // MARK: Internals
 
     private func enqueue(_ write: PendingWrite) {
+        if machine.isClosed || context == nil {
+            // Never queue behind writability on a connection that is gone.
+            switch write {
+            case .write(_, _, let promise), .closeWrite(_, let promise):
+                promise.fail(MplexError.connectionClosed())
+            }
+            return
+        }
         pendingWrites.append(write)
         drainPendingWrites()
     }
