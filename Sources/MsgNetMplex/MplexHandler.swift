@@ -64,12 +64,14 @@ public final class MplexHandler: ChannelDuplexHandler {
 
     // MARK: Channel events
 
+    /// Creates the connection object; starts the tick timer if the channel is active.
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         connectionBox = MplexConnection(channel: context.channel, handler: self)
         if context.channel.isActive { startTicking(context: context) }
     }
 
+    /// Stops the timer and resets every stream.
     public func handlerRemoved(context: ChannelHandlerContext) {
         tickTask?.cancel()
         tickTask = nil
@@ -77,11 +79,13 @@ public final class MplexHandler: ChannelDuplexHandler {
         self.context = nil
     }
 
+    /// Starts the tick timer.
     public func channelActive(context: ChannelHandlerContext) {
         startTicking(context: context)
         context.fireChannelActive()
     }
 
+    /// Stops the timer and resets every stream with ``MplexError/Code/connectionClosed``.
     public func channelInactive(context: ChannelHandlerContext) {
         tickTask?.cancel()
         tickTask = nil
@@ -89,6 +93,7 @@ public final class MplexHandler: ChannelDuplexHandler {
         context.fireChannelInactive()
     }
 
+    /// Decodes frames and feeds them to the machine; a decoding error closes the connection.
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputFailed else { return }
         let buffer = unwrapInboundIn(data)
@@ -106,16 +111,19 @@ public final class MplexHandler: ChannelDuplexHandler {
         flushIfNeeded()
     }
 
+    /// Flushes frames written while handling the read (resets, replies from inbound handlers).
     public func channelReadComplete(context: ChannelHandlerContext) {
         flushIfNeeded()
         context.fireChannelReadComplete()
     }
 
+    /// Sends queued async writes once the channel is writable again.
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
         drainPendingWrites()
         context.fireChannelWritabilityChanged()
     }
 
+    /// Holds the read while the machine has paused reading (backpressure); it is released on resume.
     public func read(context: ChannelHandlerContext) {
         if machine.isReadingPaused {
             readHeld = true
@@ -206,6 +214,14 @@ public final class MplexHandler: ChannelDuplexHandler {
     // MARK: Internals
 
     private func enqueue(_ write: PendingWrite) {
+        if machine.isClosed || context == nil {
+            // Never queue behind writability on a connection that is gone.
+            switch write {
+            case .write(_, _, let promise), .closeWrite(_, let promise):
+                promise.fail(MplexError.connectionClosed())
+            }
+            return
+        }
         pendingWrites.append(write)
         drainPendingWrites()
     }

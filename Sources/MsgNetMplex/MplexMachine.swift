@@ -80,6 +80,12 @@ public struct MplexMachine: Sendable {
     /// The number of streams the machine tracks (open in at least one direction).
     public var streamCount: Int { streams.count }
 
+    /// True once the connection has ended (``onConnectionClosed(error:)`` or a fatal error).
+    public var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
     /// True while the machine wants the connection not to be read.
     public var isReadingPaused: Bool { readingPaused }
 

@@ -277,7 +277,11 @@ import Testing
         let other = try pair.connectionA.openStreamOnEventLoop()
         let stuck = handler.asyncWrite(other, ByteBuffer(string: "never"))
         stuck.whenFailure { log.record("failed: \(($0 as? MplexError)?.code == .connectionClosed)") }
-        _ = try pair.a.finish()
+        pair.a.pipeline.fireChannelInactive()
         #expect(log.takeEvents() == ["failed: true"])
+        // Later async writes fail at once even though the channel never became writable.
+        let late = handler.asyncWrite(other, ByteBuffer(string: "late"))
+        late.whenFailure { log.record("late failed: \(($0 as? MplexError)?.code == .connectionClosed)") }
+        #expect(log.takeEvents() == ["late failed: true"])
     }
 }
