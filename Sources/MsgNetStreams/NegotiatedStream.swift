@@ -199,7 +199,7 @@ enum StreamNegotiation {
                     try await stream.write(bytes)
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
-                case .optimisticallySelected:
+                case .optimisticallySelected, .listed:
                     break
                 case .failed(let error):
                     await stream.reset()

@@ -293,17 +293,23 @@ public final class StreamHost: Sendable {
         guard let transport = transports.first(where: { $0.canHandle(target) }) else {
             throw StreamsError(.dialFailed, "no transport can dial \(address)")
         }
-        let channel: any Channel
+        // The upgrade handlers go in from the channel initializer, before the first read: a
+        // peer running the initiator side (dial as listener) may speak first.
+        let upgrade = NIOLockedValueBox<EventLoopFuture<ConnectionRecord>?>(nil)
         do {
-            channel = try await transport.dial(target, timeout: configuration.dialTimeout) { channel in
-                channel.eventLoop.makeSucceededVoidFuture()
+            _ = try await transport.dial(target, timeout: configuration.dialTimeout) { [self] channel in
+                let future = upgradeChannel(
+                    channel, initiator: !dialAsListener, expectedPeer: expectedPeer, direction: .outbound)
+                upgrade.withLockedValue { $0 = future }
+                return channel.eventLoop.makeSucceededVoidFuture()
             }
         } catch {
             throw StreamsError(.dialFailed, "\(error)")
         }
-        let record = try await channel.eventLoop.flatSubmit {
-            self.upgradeChannel(channel, initiator: !dialAsListener, expectedPeer: expectedPeer, direction: .outbound)
-        }.get()
+        guard let future = upgrade.withLockedValue({ $0 }) else {
+            throw StreamsError(.dialFailed, "dial \(address): channel was not initialized")
+        }
+        let record = try await future.get()
         if let expectedPeer { peerstore.addAddresses([target], for: expectedPeer) }
         return record
     }

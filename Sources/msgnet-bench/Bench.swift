@@ -214,7 +214,12 @@ enum FileHandleLog {
     }
     struct StandardError: TextOutputStream {
         mutating func write(_ string: String) {
-            for byte in string.utf8 { putc(Int32(byte), stderr) }
+            var bytes = Array(string.utf8)[...]
+            while !bytes.isEmpty {
+                let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+                if n <= 0 { return }
+                bytes = bytes.dropFirst(n)
+            }
         }
     }
 }

@@ -104,13 +104,19 @@ func fail(_ error: any Error) -> ExitCode {
 }
 
 enum FileHandleOutput {
+    /// Prints `line` to stdout and flushes at once (other tools wait for listen addresses).
     static func standardOutput(_ line: String) {
-        fputs(line, stdout)
-        fflush(stdout)
+        print(line, terminator: "")
+        fflush(nil)
     }
     static func standardError(_ line: String) {
-        fputs(line, stderr)
-        fflush(stderr)
+        fflush(nil)
+        var bytes = Array(line.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
+        }
     }
 }
 
@@ -223,7 +229,8 @@ enum EchoProtocol {
 }
 
 /// Waits for one of a set of signals, without a detached task.
-final class SignalWaiter: Sendable {
+/// `@unchecked`: `sources` is written once in `init` and only kept alive afterwards.
+final class SignalWaiter: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
     private let stream: AsyncStream<Int32>
 

@@ -14,15 +14,19 @@ struct HostileTests {
         let logs = LogRecorder()
         let victim = makeHost(
             configure: {
-                $0.upgradeTimeout = .milliseconds(500)
-                $0.streamNegotiationTimeout = .milliseconds(500)
+                $0.upgradeTimeout = .seconds(2)
+                $0.streamNegotiationTimeout = .seconds(2)
             }, logger: logs.logger("victim"))
         let friend = makeHost()
         try await running([victim, friend]) {
             let address = try await victim.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             try await body(victim, address, logs)
             // The node keeps serving other peers.
-            #expect(try await friend.ping(address, count: 2).count == 2)
+            do {
+                #expect(try await friend.ping(address, count: 2).count == 2)
+            } catch {
+                Issue.record("victim stopped serving: \(error); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })")
+            }
         }
     }
 
@@ -32,7 +36,7 @@ struct HostileTests {
             let client = try await RawClient.connect(to: address)
             try await client.send((0..<64).map { _ in UInt8.random(in: 0...255) } + [0x7F] + Array(repeating: 0x41, count: 200))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -42,7 +46,7 @@ struct HostileTests {
             let client = try await RawClient.connect(to: address)
             try await client.send(msFrame("/multistream/1.0.0") + UVarint.encode(5000) + Array(repeating: 0x61, count: 100))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -54,7 +58,7 @@ struct HostileTests {
             // The victim answers "na"; the peer then stalls and is cut at the deadline.
             try await client.closedByServer()
             #expect(client.bytesReceived.readableBytesView.contains(UInt8(ascii: "n")))
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -65,7 +69,7 @@ struct HostileTests {
             // Negotiate /noise, then send only half of a Noise message 1 (2-byte length 32, 10 bytes).
             try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "timed out"))
+            await logs.waitFor(level: .warning, "timed out")
         }
     }
 
@@ -77,7 +81,7 @@ struct HostileTests {
             try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 9, count: 32))
             try await client.send([0x00, 0x40] + Array(repeating: 0xEE, count: 64))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 

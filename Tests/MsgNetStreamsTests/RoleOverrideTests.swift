@@ -66,7 +66,7 @@ struct RoleOverrideTests {
         }
         defer { Task { await listener.close() } }
         let dialer = makeHost(configure: { $0.upgradeTimeout = .milliseconds(300) })
-        try await running([dialer]) {
+        _ = try await running([dialer]) {
             await #expect {
                 try await dialer.connect(to: listener.localAddress.appending(.p2p(identity.peerID)), dialAsListener: true)
             } throws: { error in

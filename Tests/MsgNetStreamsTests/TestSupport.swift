@@ -15,12 +15,45 @@ final class LogRecorder: Sendable {
         let message: String
         let metadata: String
     }
-    private let entries = NIOLockedValueBox<[Entry]>([])
+    private struct Waiter {
+        let level: Logger.Level
+        let text: String
+        let continuation: CheckedContinuation<Void, Never>
+    }
+    private let entries = NIOLockedValueBox<(log: [Entry], waiters: [Waiter])>(([], []))
 
-    var all: [Entry] { entries.withLockedValue { $0 } }
+    var all: [Entry] { entries.withLockedValue { $0.log } }
+
+    private static func matches(_ e: Entry, _ level: Logger.Level, _ text: String) -> Bool {
+        e.level >= level && (e.message.contains(text) || e.metadata.contains(text))
+    }
 
     func contains(level atLeast: Logger.Level, _ text: String) -> Bool {
-        all.contains { $0.level >= atLeast && ($0.message.contains(text) || $0.metadata.contains(text)) }
+        all.contains { Self.matches($0, atLeast, text) }
+    }
+
+    /// Waits until a message at `level` or above containing `text` is logged (the test's time
+    /// limit bounds the wait). Logging happens on event-loop threads, so a test that saw a
+    /// connection close must wait for the log line rather than expect it already.
+    func waitFor(level: Logger.Level, _ text: String) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = entries.withLockedValue { state -> Bool in
+                if state.log.contains(where: { Self.matches($0, level, text) }) { return true }
+                state.waiters.append(Waiter(level: level, text: text, continuation: c))
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    fileprivate func append(_ entry: Entry) {
+        let ready = entries.withLockedValue { state -> [Waiter] in
+            state.log.append(entry)
+            let ready = state.waiters.filter { Self.matches(entry, $0.level, $0.text) }
+            state.waiters.removeAll { Self.matches(entry, $0.level, $0.text) }
+            return ready
+        }
+        for w in ready { w.continuation.resume() }
     }
 
     func logger(_ label: String) -> Logger {
@@ -35,14 +68,9 @@ final class LogRecorder: Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(
-            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-            file: String, function: String, line: UInt
-        ) {
-            let merged = self.metadata.merging(metadata ?? [:]) { $1 }
-            recorder.entries.withLockedValue {
-                $0.append(Entry(level: level, message: "\(message)", metadata: "\(merged)"))
-            }
+        func log(event: LogEvent) {
+            let merged = self.metadata.merging(event.metadata ?? [:]) { $1 }
+            recorder.append(Entry(level: event.level, message: "\(event.message)", metadata: "\(merged)"))
         }
     }
 }
@@ -136,7 +164,7 @@ final class RawClient: Sendable {
         init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var b = unwrapInboundIn(data)
-            received.withLockedValue { $0.writeBuffer(&b) }
+            _ = received.withLockedValue { $0.writeBuffer(&b) }
         }
     }
 }
