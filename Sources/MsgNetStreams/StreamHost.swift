@@ -287,7 +287,9 @@ public final class StreamHost: Sendable {
         state.withLockedValue { $0.connections[peer]?.first(where: { $0.connection.channel.isActive }) }
     }
 
-    private func dial(_ address: Multiaddr, expectedPeer: PeerID?, dialAsListener: Bool) async throws -> ConnectionRecord {
+    private func dial(_ address: Multiaddr, expectedPeer: PeerID?, dialAsListener: Bool) async throws
+        -> ConnectionRecord
+    {
         if state.withLockedValue({ $0.shutdown }) { throw StreamsError(.shutdown, "host is shut down") }
         let target = address.withoutPeerID()
         guard let transport = transports.first(where: { $0.canHandle(target) }) else {

@@ -97,7 +97,9 @@ struct StreamsBench: AsyncParsableCommand {
 
         let label = "\(security)+mplex"
         print("")
-        print("msgnet-bench streams --runs \(runs) --bytes \(bytes) --chunk \(chunk) --pings \(pings) --security \(security)")
+        print(
+            "msgnet-bench streams --runs \(runs) --bytes \(bytes) --chunk \(chunk) --pings \(pings) --security \(security)"
+        )
         print("medians of \(runs) runs; ratio = MsgNet / raw TCP")
         print("")
         print("| measure | raw TCP | MsgNet \(label) | ratio |")

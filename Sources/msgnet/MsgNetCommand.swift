@@ -137,7 +137,8 @@ struct IDCommand: AsyncParsableCommand {
 struct ListenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "listen",
-        abstract: "Run a node: prints each listen address (with /p2p/<id>) on its own line, serves identify, ping and /echo/1.0.0 until SIGINT or SIGTERM."
+        abstract:
+            "Run a node: prints each listen address (with /p2p/<id>) on its own line, serves identify, ping and /echo/1.0.0 until SIGINT or SIGTERM."
     )
     @OptionGroup var options: CommonOptions
 

@@ -25,7 +25,9 @@ struct HostileTests {
             do {
                 #expect(try await friend.ping(address, count: 2).count == 2)
             } catch {
-                Issue.record("victim stopped serving: \(error); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })")
+                Issue.record(
+                    "victim stopped serving: \(error); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })"
+                )
             }
         }
     }
@@ -34,7 +36,8 @@ struct HostileTests {
     func garbage() async throws {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
-            try await client.send((0..<64).map { _ in UInt8.random(in: 0...255) } + [0x7F] + Array(repeating: 0x41, count: 200))
+            try await client.send(
+                (0..<64).map { _ in UInt8.random(in: 0...255) } + [0x7F] + Array(repeating: 0x41, count: 200))
             try await client.closedByServer()
             await logs.waitFor(level: .warning, "connection upgrade failed")
         }
@@ -44,7 +47,8 @@ struct HostileTests {
     func oversizeFrame() async throws {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
-            try await client.send(msFrame("/multistream/1.0.0") + UVarint.encode(5000) + Array(repeating: 0x61, count: 100))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + UVarint.encode(5000) + Array(repeating: 0x61, count: 100))
             try await client.closedByServer()
             await logs.waitFor(level: .warning, "connection upgrade failed")
         }
@@ -67,7 +71,8 @@ struct HostileTests {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // Negotiate /noise, then send only half of a Noise message 1 (2-byte length 32, 10 bytes).
-            try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
             try await client.closedByServer()
             await logs.waitFor(level: .warning, "timed out")
         }
@@ -78,7 +83,8 @@ struct HostileTests {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // A 32-byte "ephemeral key" is fine for message 1; then garbage where message 3 belongs.
-            try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 9, count: 32))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 9, count: 32))
             try await client.send([0x00, 0x40] + Array(repeating: 0xEE, count: 64))
             try await client.closedByServer()
             await logs.waitFor(level: .warning, "connection upgrade failed")
