@@ -165,6 +165,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            exclude: ["vectors"],
             swiftSettings: strict
         ),
         .testTarget(
