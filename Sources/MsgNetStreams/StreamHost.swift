@@ -324,7 +324,9 @@ public final class StreamHost: Sendable {
         direction: ConnectionDirection
     ) -> EventLoopFuture<ConnectionRecord> {
         let infoBox = NIOLockedValueBox<ConnectionInfo?>(nil)
-        return upgrader.upgrade(channel: channel, initiator: initiator, expectedPeer: expectedPeer) {
+        return upgrader.upgrade(
+            channel: channel, initiator: initiator, expectedPeer: expectedPeer, logger: logger
+        ) {
             [self] stream in
             acceptStream(stream, info: infoBox)
         }.map { [self] upgraded in

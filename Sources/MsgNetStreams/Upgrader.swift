@@ -49,12 +49,14 @@ public struct ConnectionUpgrader: Sendable {
     ///   - initiator: whether this side runs the initiator side of the negotiations. A normal
     ///     dial passes `true`, an accepted connection `false`; a dial "as listener" passes `false`.
     ///   - expectedPeer: when set, the handshake fails unless the remote proves this identity.
+    ///   - logger: where negotiation and muxer errors are logged.
     ///   - onInboundStream: called on the event loop for each stream the remote opens.
     /// - Returns: the upgraded connection. On failure or timeout the channel is closed.
     public func upgrade(
         channel: any Channel,
         initiator: Bool,
         expectedPeer: PeerID?,
+        logger: Logger = Logger(label: "msgnet.upgrader"),
         onInboundStream: @escaping @Sendable (MplexStream) -> Void
     ) -> EventLoopFuture<UpgradedConnection> {
         let loop = channel.eventLoop
@@ -86,7 +88,8 @@ public struct ConnectionUpgrader: Sendable {
             let ms1 = MultistreamHandler(
                 machine: Self.machine(initiator: initiator, protocols: securityIDs),
                 promise: secProtocolPromise,
-                timeout: timeout
+                timeout: timeout,
+                logger: logger
             )
             try pipeline.addHandler(ms1)
             secProtocolPromise.futureResult.assumeIsolated().whenComplete { result in
@@ -109,7 +112,8 @@ public struct ConnectionUpgrader: Sendable {
                 let ms2 = MultistreamHandler(
                     machine: Self.machine(initiator: initiator, protocols: [Self.mplexProtocolID]),
                     promise: muxerPromise,
-                    timeout: timeout
+                    timeout: timeout,
+                    logger: logger
                 )
                 do {
                     try pipeline.addHandler(securityHandler, position: .after(ms1))
@@ -139,7 +143,8 @@ public struct ConnectionUpgrader: Sendable {
                             }
                             // 3. The muxer.
                             let mplex = MplexHandler(
-                                configuration: mplexConfiguration, inboundStreamInitializer: onInboundStream)
+                                configuration: mplexConfiguration, logger: logger,
+                                inboundStreamInitializer: onInboundStream)
                             do {
                                 try pipeline.addHandler(mplex, position: .after(ms2))
                                 pipeline.removeHandler(ms2, promise: nil)

@@ -123,32 +123,38 @@ func running<R: Sendable>(
     }
 }
 
-/// A raw TCP client for hostile-peer tests: sends what the test says and reports what it got
-/// and when the server closed the connection.
+/// A raw TCP client for hostile-peer tests: sends what the test says, reads exact byte counts,
+/// and reports when the server closed the connection.
 final class RawClient: Sendable {
     let channel: any Channel
-    private let received: NIOLockedValueBox<ByteBuffer>
+    private let inbox: Inbox
 
-    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>) {
+    private init(channel: any Channel, inbox: Inbox) {
         self.channel = channel
-        self.received = received
+        self.inbox = inbox
     }
 
     static func connect(to address: Multiaddr) async throws -> RawClient {
-        let received = NIOLockedValueBox(ByteBuffer())
+        let inbox = Inbox()
         let socket = try address.withoutPeerID().socketAddress()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(received: received))
+                    try channel.pipeline.syncOperations.addHandler(Collector(inbox: inbox))
                 }
             }
             .connect(to: socket).get()
-        return RawClient(channel: channel, received: received)
+        return RawClient(channel: channel, inbox: inbox)
     }
 
     func send(_ bytes: [UInt8]) async throws {
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// Waits for and removes exactly `count` received bytes.
+    /// - Throws: when the connection closes first.
+    func read(exactly count: Int) async throws -> [UInt8] {
+        try await inbox.take(count)
     }
 
     /// Waits until the server closes the connection.
@@ -156,15 +162,66 @@ final class RawClient: Sendable {
         try await channel.closeFuture.get()
     }
 
-    var bytesReceived: ByteBuffer { received.withLockedValue { $0 } }
+    /// Everything received and not yet taken.
+    var bytesReceived: ByteBuffer { inbox.pending }
+
+    final class Inbox: Sendable {
+        struct ClosedError: Error {}
+        private struct State {
+            var buffer = ByteBuffer()
+            var closed = false
+            var waiter: (count: Int, continuation: CheckedContinuation<[UInt8], any Error>)?
+        }
+        private let state = NIOLockedValueBox(State())
+
+        var pending: ByteBuffer { state.withLockedValue { $0.buffer } }
+
+        func take(_ count: Int) async throws -> [UInt8] {
+            try await withCheckedThrowingContinuation { c in
+                state.withLockedValue { s in
+                    s.waiter = (count, c)
+                    Self.serve(&s)
+                }
+            }
+        }
+
+        func append(_ bytes: inout ByteBuffer) {
+            state.withLockedValue { s in
+                s.buffer.writeBuffer(&bytes)
+                Self.serve(&s)
+            }
+        }
+
+        func close() {
+            state.withLockedValue { s in
+                s.closed = true
+                Self.serve(&s)
+            }
+        }
+
+        private static func serve(_ s: inout State) {
+            guard let (count, c) = s.waiter else { return }
+            if s.buffer.readableBytes >= count {
+                s.waiter = nil
+                c.resume(returning: s.buffer.readBytes(length: count)!)
+            } else if s.closed {
+                s.waiter = nil
+                c.resume(throwing: ClosedError())
+            }
+        }
+    }
 
     final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
-        let received: NIOLockedValueBox<ByteBuffer>
-        init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
+        let inbox: Inbox
+        init(inbox: Inbox) { self.inbox = inbox }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var b = unwrapInboundIn(data)
-            _ = received.withLockedValue { $0.writeBuffer(&b) }
+            inbox.append(&b)
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            inbox.close()
+            context.fireChannelInactive()
         }
     }
 }
