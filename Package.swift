@@ -146,6 +146,7 @@ let package = Package(
         .testTarget(
             name: "MsgNetCoreTests",
             dependencies: ["MsgNetCore", .product(name: "NIOCore", package: "swift-nio")],
+            exclude: ["vectors"],
             swiftSettings: strict
         ),
         .testTarget(

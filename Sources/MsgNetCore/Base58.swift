@@ -39,8 +39,8 @@ public enum Base58 {
     /// Decodes base58btc text; `nil` when a character is outside the alphabet or the text is
     /// longer than ``maxDecodeLength``.
     public static func decode(_ text: String) -> [UInt8]? {
+        guard text.utf8.count <= maxDecodeLength else { return nil }
         let input = Array(text.utf8)
-        guard input.count <= maxDecodeLength else { return nil }
         let zeros = input.prefix(while: { $0 == alphabet[0] }).count
         var bytes = [UInt8](repeating: 0, count: (input.count - zeros) * 733 / 1000 + 1)
         var length = 0

@@ -33,7 +33,8 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible, Comparable {
 
     /// Parses binary peer id bytes (a multihash), checking its structure.
     public init(bytes: some Collection<UInt8>) throws(CoreError) {
-        let b = Array(bytes)
+        // Copy at most one byte past the limit, whatever the caller hands in.
+        let b = Array(bytes.prefix(Self.maxLength + 1))
         guard b.count <= Self.maxLength else { throw CoreError(.peerID, "longer than \(Self.maxLength) bytes") }
         let code: (value: UInt64, length: Int)
         let len: (value: UInt64, length: Int)

@@ -1,0 +1,232 @@
+import DequeModule
+import NIOCore
+
+/// One mplex stream: a bidirectional, half-closable byte stream on an ``MplexConnection``.
+///
+/// Its state is confined to the connection's event loop. Use either the event-loop API
+/// (``setInboundHandler(_:)``, ``writeOnEventLoop(_:flush:promise:)``, …; call these on ``eventLoop``)
+/// or the async API (``read()``, ``write(_:)``, ``closeWrite()``, ``reset()``; callable anywhere).
+/// Do not mix the two write paths on one stream: async writes wait for the channel to be
+/// writable, event-loop writes do not, so mixing them can reorder data.
+public final class MplexStream: Sendable {
+    /// What the event-loop inbound handler receives.
+    public enum InboundEvent: Sendable {
+        /// Data from the peer, in order.
+        case data(ByteBuffer)
+        /// The peer closed its write side; no more data follows.
+        case remoteClosed
+        /// The stream is gone (reset by either side, or the connection ended); no more events follow.
+        case reset(MplexError)
+    }
+
+    /// The stream's id on its connection.
+    public let id: MplexStreamID
+    /// The event loop that owns the stream (the connection's channel's loop).
+    public let eventLoop: any EventLoop
+
+    private let handler: NIOLoopBound<MplexHandler>
+    private let state: NIOLoopBoundBox<State>
+
+    private struct State {
+        var buffer: Deque<ByteBuffer> = []
+        var remoteClosed = false
+        var localWriteClosed = false
+        var error: MplexError?
+        var pendingRead: EventLoopPromise<ByteBuffer?>?
+        var inboundHandler: ((InboundEvent) -> Void)?
+    }
+
+    /// The most bytes one `read()` returns when it merges several buffered chunks.
+    private static let mergeLimit = 64 * 1024
+
+    init(id: MplexStreamID, handler: MplexHandler, eventLoop: any EventLoop) {
+        self.id = id
+        self.eventLoop = eventLoop
+        self.handler = NIOLoopBound(handler, eventLoop: eventLoop)
+        self.state = NIOLoopBoundBox(State(), eventLoop: eventLoop)
+    }
+
+    // MARK: Event-loop API
+
+    /// Installs the callback that receives this stream's inbound events, on the event loop.
+    ///
+    /// Data that arrived before is delivered at once, then EOF or reset if they happened.
+    /// Data handed to the callback counts as consumed (it no longer holds back the connection).
+    /// After this, ``read()`` fails with ``MplexError/Code/invalidUse``.
+    /// - Precondition: called on ``eventLoop``.
+    public func setInboundHandler(_ handler: @escaping (InboundEvent) -> Void) {
+        eventLoop.preconditionInEventLoop()
+        state.value.inboundHandler = handler
+        var consumed = 0
+        while let chunk = state.value.buffer.popFirst() {
+            consumed += chunk.readableBytes
+            handler(.data(chunk))
+        }
+        if consumed > 0 { self.handler.value.consumed(id, bytes: consumed) }
+        let error = state.value.error
+        if state.value.remoteClosed && (error == nil || error?.code == .connectionClosed) {
+            handler(.remoteClosed)
+        }
+        if let error {
+            state.value.inboundHandler = nil
+            handler(.reset(error))
+        }
+    }
+
+    /// Writes data on the stream (split into frames of at most the frame size), on the event loop.
+    ///
+    /// Does not wait for writability. The promise fails with the stream's reset error,
+    /// ``MplexError/Code/writeAfterClose`` or ``MplexError/Code/connectionClosed``.
+    /// - Precondition: called on ``eventLoop``.
+    public func writeOnEventLoop(_ buffer: ByteBuffer, flush: Bool, promise: EventLoopPromise<Void>? = nil) {
+        eventLoop.preconditionInEventLoop()
+        handler.value.write(self, buffer, flush: flush, promise: promise)
+    }
+
+    /// Closes the write side (sends Close, flushed), on the event loop. Idempotent.
+    /// - Precondition: called on ``eventLoop``.
+    public func closeWriteOnEventLoop(promise: EventLoopPromise<Void>? = nil) {
+        eventLoop.preconditionInEventLoop()
+        handler.value.closeWrite(self, promise: promise)
+    }
+
+    /// Resets the stream (sends Reset, flushed), on the event loop: buffered data is dropped and
+    /// pending reads and writes fail with ``MplexError/Code/streamResetLocally``. Idempotent.
+    /// - Precondition: called on ``eventLoop``.
+    public func resetOnEventLoop() {
+        eventLoop.preconditionInEventLoop()
+        handler.value.reset(self)
+    }
+
+    // MARK: Async API
+
+    /// Reads the next data from the peer: `nil` at EOF (after all data), throws when the stream was reset.
+    ///
+    /// After a reset, unread data is discarded and reads throw. When the connection closes,
+    /// data received before is still returned; then the read returns `nil` if the peer had closed
+    /// the stream, or throws ``MplexError/Code/connectionClosed``.
+    ///
+    /// One reader at a time (a concurrent call fails with ``MplexError/Code/invalidUse``).
+    /// Cancelling the calling task fails the read with `CancellationError`.
+    public func read() async throws -> ByteBuffer? {
+        try await withTaskCancellationHandler {
+            if eventLoop.inEventLoop {
+                return try await readOnLoop().get()
+            }
+            return try await eventLoop.flatSubmit { self.readOnLoop() }.get()
+        } onCancel: {
+            eventLoop.execute { self.cancelRead() }
+        }
+    }
+
+    /// Writes data on the stream; returns once it is written to the connection.
+    ///
+    /// Waits while the channel is not writable. Throws the stream's reset error,
+    /// ``MplexError/Code/writeAfterClose`` or ``MplexError/Code/connectionClosed``.
+    public func write(_ buffer: ByteBuffer) async throws {
+        try await eventLoop.flatSubmit { self.handler.value.asyncWrite(self, buffer) }.get()
+    }
+
+    /// Closes the write side of the stream (after the writes issued before it). Idempotent.
+    public func closeWrite() async throws {
+        try await eventLoop.flatSubmit { self.handler.value.asyncCloseWrite(self) }.get()
+    }
+
+    /// Resets the stream. Idempotent.
+    public func reset() async {
+        try? await eventLoop.submit { self.handler.value.reset(self) }.get()
+    }
+
+    // MARK: Called by the handler, on the loop
+
+    private func readOnLoop() -> EventLoopFuture<ByteBuffer?> {
+        if state.value.inboundHandler != nil || state.value.pendingRead != nil {
+            return eventLoop.makeFailedFuture(
+                MplexError(
+                    .invalidUse, "read() on stream \(id) while another read is pending or an inbound handler is set")
+            )
+        }
+        if var chunk = state.value.buffer.popFirst() {
+            while chunk.readableBytes < Self.mergeLimit, let next = state.value.buffer.first,
+                chunk.readableBytes + next.readableBytes <= Self.mergeLimit
+            {
+                var next = state.value.buffer.removeFirst()
+                chunk.writeBuffer(&next)
+            }
+            handler.value.consumed(id, bytes: chunk.readableBytes)
+            return eventLoop.makeSucceededFuture(chunk)
+        }
+        if let error = state.value.error, !(error.code == .connectionClosed && state.value.remoteClosed) {
+            return eventLoop.makeFailedFuture(error)
+        }
+        if state.value.remoteClosed {
+            return eventLoop.makeSucceededFuture(nil)
+        }
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
+        state.value.pendingRead = promise
+        return promise.futureResult
+    }
+
+    private func cancelRead() {
+        if let promise = state.value.pendingRead {
+            state.value.pendingRead = nil
+            promise.fail(CancellationError())
+        }
+    }
+
+    /// The error a write or close must fail with, if any (reset or write side closed).
+    func writeError() -> MplexError? {
+        if let error = state.value.error { return error }
+        if state.value.localWriteClosed {
+            return MplexError(.writeAfterClose, "write on stream \(id) after closing it for writing")
+        }
+        return nil
+    }
+
+    func markLocalWriteClosed() {
+        state.value.localWriteClosed = true
+    }
+
+    /// New data from the peer. Returns the byte count consumed at once (by a reader or handler).
+    func receive(_ data: ByteBuffer) -> Int {
+        if let inbound = state.value.inboundHandler {
+            inbound(.data(data))
+            return data.readableBytes
+        }
+        if let promise = state.value.pendingRead {
+            state.value.pendingRead = nil
+            promise.succeed(data)
+            return data.readableBytes
+        }
+        state.value.buffer.append(data)
+        return 0
+    }
+
+    func receiveEOF() {
+        guard state.value.error == nil, !state.value.remoteClosed else { return }
+        state.value.remoteClosed = true
+        if let inbound = state.value.inboundHandler {
+            inbound(.remoteClosed)
+        } else if let promise = state.value.pendingRead {
+            state.value.pendingRead = nil
+            promise.succeed(nil)
+        }
+    }
+
+    func receiveReset(_ error: MplexError) {
+        guard state.value.error == nil else { return }
+        state.value.error = error
+        // A reset discards unread data; a closed connection keeps what arrived before it, so a
+        // reply followed by the peer hanging up is still read in full.
+        if error.code != .connectionClosed {
+            state.value.buffer.removeAll()
+        }
+        if let inbound = state.value.inboundHandler {
+            state.value.inboundHandler = nil
+            inbound(.reset(error))
+        } else if let promise = state.value.pendingRead {
+            state.value.pendingRead = nil
+            promise.fail(error)
+        }
+    }
+}

@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetControl
-
-@Test func placeholder() { #expect(Bool(true)) }

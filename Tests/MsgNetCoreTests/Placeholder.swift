@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetCore
-
-@Test func placeholder() { #expect(Bool(true)) }

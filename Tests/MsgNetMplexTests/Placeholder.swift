@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetMplex
-
-@Test func placeholder() { #expect(Bool(true)) }

@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetMultistream
-
-@Test func placeholder() { #expect(Bool(true)) }

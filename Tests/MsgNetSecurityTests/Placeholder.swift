@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetSecurity
-
-@Test func placeholder() { #expect(Bool(true)) }
