@@ -166,6 +166,7 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
+            exclude: ["vectors"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -185,6 +186,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                "MsgNetControl",
             ],
             swiftSettings: strict
         ),

@@ -38,7 +38,8 @@ await withTaskGroup(of: Void.self) { group in
 
         let rtts = try await alice.ping(bob.peerID, count: 5)
         for (i, rtt) in rtts.enumerated() { print("alice → bob ping \(i + 1): \(rtt)") }
-        print("demo ok: connected over \(alice.isConnected(to: bob.peerID) ? "noise + mplex" : "?"), identified, pinged")
+        print(
+            "demo ok: connected over \(alice.isConnected(to: bob.peerID) ? "noise + mplex" : "?"), identified, pinged")
     } catch {
         print("demo failed: \(error)")
     }

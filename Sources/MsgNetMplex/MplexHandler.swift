@@ -312,7 +312,8 @@ public final class MplexHandler: ChannelDuplexHandler {
                     context?.read()
                 }
             case .closeConnection(let error):
-                logger.debug("mplex closing connection", metadata: ["error": "\(error)"])
+                // A protocol violation by the peer ends the whole connection: say why.
+                logger.warning("mplex closing connection", metadata: ["error": "\(error)"])
                 flushIfNeeded()
                 context?.close(promise: nil)
             }

@@ -154,9 +154,10 @@ public struct NoiseCipherState: Sendable {
 
     private static func appendAEADNonce(_ nonce: UInt64, to data: inout Data) {
         // 4 zero bytes, then the counter as a little-endian UInt64.
-        let words = (UInt32(0), nonce.littleEndian)
-        withUnsafeBytes(of: words.0) { data.append($0.assumingMemoryBound(to: UInt8.self)) }
-        withUnsafeBytes(of: words.1) { data.append($0.assumingMemoryBound(to: UInt8.self)) }
+        let zero = UInt32(0)
+        let counter = nonce.littleEndian
+        withUnsafePointer(to: zero) { data.append(UnsafeBufferPointer(start: $0, count: 1)) }
+        withUnsafePointer(to: counter) { data.append(UnsafeBufferPointer(start: $0, count: 1)) }
     }
 
     private static func aeadNonce(_ nonce: UInt64) -> ChaChaPoly.Nonce {

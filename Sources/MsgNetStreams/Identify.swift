@@ -50,7 +50,9 @@ extension StreamHost {
         }
         setStreamHandler(IdentifyProtocol.pushID) { [self] stream in
             let peer = stream.connection.remotePeer
-            guard let body = try await stream.readLengthPrefixed(maxSize: IdentifyProtocol.maxMessageSize) else { return }
+            guard let body = try await stream.readLengthPrefixed(maxSize: IdentifyProtocol.maxMessageSize) else {
+                return
+            }
             // A push may omit fields it does not change; merge onto what we knew.
             var info = try IdentifyProtocol.parseLenient(body, from: peer, base: peerstore.identify(for: peer))
             info.peer = peer
@@ -116,14 +118,16 @@ extension StreamHost {
         let records = allConnections
         guard !records.isEmpty else { return }
         enqueue { [self] in
-            for record in records where peerstore.protocols(for: record.info.remotePeer).contains(IdentifyProtocol.pushID) {
+            for record in records
+            where peerstore.protocols(for: record.info.remotePeer).contains(IdentifyProtocol.pushID) {
                 do {
                     let stream = try await newStream(on: record, protocols: [IdentifyProtocol.pushID])
                     let message = identifyMessage(observed: record.info.remoteAddress)
                     try await stream.writeLengthPrefixed(ByteBuffer(bytes: message.encoded()))
                     try await stream.closeWrite()
                 } catch {
-                    logger.debug("identify push failed", metadata: ["remote": "\(record.info.remotePeer)", "error": "\(error)"])
+                    logger.debug(
+                        "identify push failed", metadata: ["remote": "\(record.info.remotePeer)", "error": "\(error)"])
                 }
             }
         }

@@ -89,7 +89,8 @@ public final class NegotiatedStream: Sendable {
         out.reserveCapacity(count)
         while out.readableBytes < count {
             guard var chunk = try await read() else {
-                throw StreamsError(.connectionClosed, "stream \(protocolID) ended after \(out.readableBytes) of \(count) bytes")
+                throw StreamsError(
+                    .connectionClosed, "stream \(protocolID) ended after \(out.readableBytes) of \(count) bytes")
             }
             let take = min(chunk.readableBytes, count - out.readableBytes)
             out.writeImmutableBuffer(chunk.readSlice(length: take)!)
@@ -118,7 +119,8 @@ public final class NegotiatedStream: Sendable {
             }
             guard let length else { continue }
             guard length <= UInt64(maxSize) else {
-                throw StreamsError(.protocolViolation, "message of \(length) bytes exceeds the limit of \(maxSize) on \(protocolID)")
+                throw StreamsError(
+                    .protocolViolation, "message of \(length) bytes exceeds the limit of \(maxSize) on \(protocolID)")
             }
             if header.readableBytes > 0 { pushBack(header) }
             return try await read(exactly: Int(length))
@@ -199,7 +201,7 @@ enum StreamNegotiation {
                     try await stream.write(bytes)
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
-                case .optimisticallySelected:
+                case .optimisticallySelected, .listed:
                     break
                 case .failed(let error):
                     await stream.reset()

@@ -287,23 +287,31 @@ public final class StreamHost: Sendable {
         state.withLockedValue { $0.connections[peer]?.first(where: { $0.connection.channel.isActive }) }
     }
 
-    private func dial(_ address: Multiaddr, expectedPeer: PeerID?, dialAsListener: Bool) async throws -> ConnectionRecord {
+    private func dial(_ address: Multiaddr, expectedPeer: PeerID?, dialAsListener: Bool) async throws
+        -> ConnectionRecord
+    {
         if state.withLockedValue({ $0.shutdown }) { throw StreamsError(.shutdown, "host is shut down") }
         let target = address.withoutPeerID()
         guard let transport = transports.first(where: { $0.canHandle(target) }) else {
             throw StreamsError(.dialFailed, "no transport can dial \(address)")
         }
-        let channel: any Channel
+        // The upgrade handlers go in from the channel initializer, before the first read: a
+        // peer running the initiator side (dial as listener) may speak first.
+        let upgrade = NIOLockedValueBox<EventLoopFuture<ConnectionRecord>?>(nil)
         do {
-            channel = try await transport.dial(target, timeout: configuration.dialTimeout) { channel in
-                channel.eventLoop.makeSucceededVoidFuture()
+            _ = try await transport.dial(target, timeout: configuration.dialTimeout) { [self] channel in
+                let future = upgradeChannel(
+                    channel, initiator: !dialAsListener, expectedPeer: expectedPeer, direction: .outbound)
+                upgrade.withLockedValue { $0 = future }
+                return channel.eventLoop.makeSucceededVoidFuture()
             }
         } catch {
             throw StreamsError(.dialFailed, "\(error)")
         }
-        let record = try await channel.eventLoop.flatSubmit {
-            self.upgradeChannel(channel, initiator: !dialAsListener, expectedPeer: expectedPeer, direction: .outbound)
-        }.get()
+        guard let future = upgrade.withLockedValue({ $0 }) else {
+            throw StreamsError(.dialFailed, "dial \(address): channel was not initialized")
+        }
+        let record = try await future.get()
         if let expectedPeer { peerstore.addAddresses([target], for: expectedPeer) }
         return record
     }
@@ -316,7 +324,9 @@ public final class StreamHost: Sendable {
         direction: ConnectionDirection
     ) -> EventLoopFuture<ConnectionRecord> {
         let infoBox = NIOLockedValueBox<ConnectionInfo?>(nil)
-        return upgrader.upgrade(channel: channel, initiator: initiator, expectedPeer: expectedPeer) {
+        return upgrader.upgrade(
+            channel: channel, initiator: initiator, expectedPeer: expectedPeer, logger: logger
+        ) {
             [self] stream in
             acceptStream(stream, info: infoBox)
         }.map { [self] upgraded in

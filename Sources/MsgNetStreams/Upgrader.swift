@@ -49,18 +49,20 @@ public struct ConnectionUpgrader: Sendable {
     ///   - initiator: whether this side runs the initiator side of the negotiations. A normal
     ///     dial passes `true`, an accepted connection `false`; a dial "as listener" passes `false`.
     ///   - expectedPeer: when set, the handshake fails unless the remote proves this identity.
+    ///   - logger: where negotiation and muxer errors are logged.
     ///   - onInboundStream: called on the event loop for each stream the remote opens.
     /// - Returns: the upgraded connection. On failure or timeout the channel is closed.
     public func upgrade(
         channel: any Channel,
         initiator: Bool,
         expectedPeer: PeerID?,
+        logger: Logger = Logger(label: "msgnet.upgrader"),
         onInboundStream: @escaping @Sendable (MplexStream) -> Void
     ) -> EventLoopFuture<UpgradedConnection> {
         let loop = channel.eventLoop
         loop.preconditionInEventLoop()
         let done = loop.makePromise(of: UpgradedConnection.self)
-        let stage = NIOLoopBound(UpgradeStage.securityNegotiation, eventLoop: loop)
+        let stage = NIOLoopBoundBox(UpgradeStage.securityNegotiation, eventLoop: loop)
         let timer = loop.scheduleTask(in: timeout) {
             done.fail(StreamsError(.timedOut, "connection upgrade timed out during \(stage.value)"))
             channel.close(promise: nil)
@@ -73,23 +75,35 @@ public struct ConnectionUpgrader: Sendable {
         let securityIDs = security.map(\.protocolID)
         let role: SecurityRole = initiator ? .initiator : .responder
         let pipeline = channel.pipeline.syncOperations
+        let security = self.security
+        let mplexConfiguration = self.mplex
+        let timeout = self.timeout
+        func fail(_ error: any Error) {
+            done.fail(Self.classify(error, stage: stage.value))
+            channel.close(promise: nil)
+        }
         do {
             // 1. Security negotiation on the raw channel.
             let secProtocolPromise = loop.makePromise(of: String.self)
             let ms1 = MultistreamHandler(
                 machine: Self.machine(initiator: initiator, protocols: securityIDs),
                 promise: secProtocolPromise,
-                timeout: timeout
+                timeout: timeout,
+                logger: logger
             )
             try pipeline.addHandler(ms1)
-
-            secProtocolPromise.futureResult.flatMap { securityID -> EventLoopFuture<(SecuredConnectionInfo, ChannelHandler)> in
+            secProtocolPromise.futureResult.assumeIsolated().whenComplete { result in
+                guard case .success(let securityID) = result else {
+                    if case .failure(let error) = result { fail(error) }
+                    return
+                }
                 // 2. The handshake. The muxer negotiation handler goes in behind the security
                 // handler at once, so decrypted bytes that arrive with the last handshake
                 // message have somewhere to go.
                 stage.value = .securityHandshake(securityID)
                 guard let chosen = security.first(where: { $0.protocolID == securityID }) else {
-                    return loop.makeFailedFuture(StreamsError(.protocolViolation, "negotiated unknown security \(securityID)"))
+                    fail(StreamsError(.protocolViolation, "negotiated unknown security \(securityID)"))
+                    return
                 }
                 let handshake = loop.makePromise(of: SecuredConnectionInfo.self)
                 let securityHandler = chosen.makeHandler(
@@ -98,46 +112,59 @@ public struct ConnectionUpgrader: Sendable {
                 let ms2 = MultistreamHandler(
                     machine: Self.machine(initiator: initiator, protocols: [Self.mplexProtocolID]),
                     promise: muxerPromise,
-                    timeout: timeout
+                    timeout: timeout,
+                    logger: logger
                 )
                 do {
                     try pipeline.addHandler(securityHandler, position: .after(ms1))
                     try pipeline.addHandler(ms2, position: .after(securityHandler))
                     pipeline.removeHandler(ms1, promise: nil)
                 } catch {
-                    return loop.makeFailedFuture(error)
+                    fail(error)
+                    return
                 }
-                return handshake.futureResult.flatMap { info in
-                    stage.value = .muxerNegotiation
-                    return muxerPromise.futureResult.flatMapThrowing { muxerID in
-                        guard muxerID == Self.mplexProtocolID else {
-                            throw StreamsError(.protocolViolation, "negotiated unknown muxer \(muxerID)")
-                        }
-                        return (info, ms2)
+                handshake.futureResult.assumeIsolated().whenComplete { result in
+                    let info: SecuredConnectionInfo
+                    switch result {
+                    case .success(let i): info = i
+                    case .failure(let error):
+                        fail(error)
+                        return
                     }
-                }
-            }.flatMapThrowing { (info, ms2) -> UpgradedConnection in
-                // 3. The muxer.
-                let mplex = MplexHandler(configuration: self.mplex, inboundStreamInitializer: onInboundStream)
-                try pipeline.addHandler(mplex, position: .after(ms2))
-                pipeline.removeHandler(ms2, promise: nil)
-                return UpgradedConnection(
-                    channel: channel,
-                    security: info,
-                    muxer: mplex.connection,
-                    ranInitiatorSide: initiator
-                )
-            }.whenComplete { result in
-                switch result {
-                case .success(let connection): done.succeed(connection)
-                case .failure(let error):
-                    done.fail(Self.classify(error, stage: stage.value))
-                    channel.close(promise: nil)
+                    stage.value = .muxerNegotiation
+                    muxerPromise.futureResult.assumeIsolated().whenComplete { result in
+                        switch result {
+                        case .failure(let error):
+                            fail(error)
+                        case .success(let muxerID):
+                            guard muxerID == Self.mplexProtocolID else {
+                                fail(StreamsError(.protocolViolation, "negotiated unknown muxer \(muxerID)"))
+                                return
+                            }
+                            // 3. The muxer.
+                            let mplex = MplexHandler(
+                                configuration: mplexConfiguration, logger: logger,
+                                inboundStreamInitializer: onInboundStream)
+                            do {
+                                try pipeline.addHandler(mplex, position: .after(ms2))
+                                pipeline.removeHandler(ms2, promise: nil)
+                            } catch {
+                                fail(error)
+                                return
+                            }
+                            done.succeed(
+                                UpgradedConnection(
+                                    channel: channel,
+                                    security: info,
+                                    muxer: mplex.connection,
+                                    ranInitiatorSide: initiator
+                                ))
+                        }
+                    }
                 }
             }
         } catch {
-            done.fail(error)
-            channel.close(promise: nil)
+            fail(error)
         }
         return done.futureResult
     }

@@ -12,7 +12,9 @@ package enum RawTCPBaseline {
 
         /// Runs `body` with the inbound iterator and the outbound writer.
         package func run<R: Sendable>(
-            _ body: (inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, NIOAsyncChannelOutboundWriter<ByteBuffer>)
+            _ body: (
+                inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, NIOAsyncChannelOutboundWriter<ByteBuffer>
+            )
                 async throws -> R
         ) async throws -> R {
             try await channel.executeThenClose { inbound, outbound in
@@ -23,7 +25,9 @@ package enum RawTCPBaseline {
     }
 
     /// Starts an echo server on 127.0.0.1 (port 0); returns its port and a closer.
-    package static func startEchoServer(group: any EventLoopGroup) async throws -> (port: Int, close: @Sendable () async -> Void) {
+    package static func startEchoServer(group: any EventLoopGroup) async throws -> (
+        port: Int, close: @Sendable () async -> Void
+    ) {
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -46,10 +50,13 @@ package enum RawTCPBaseline {
                 }
             }
         }
-        return (port, {
-            task.cancel()
-            try? await server.channel.close()
-        })
+        return (
+            port,
+            {
+                task.cancel()
+                try? await server.channel.close()
+            }
+        )
     }
 
     /// Connects to 127.0.0.1:`port`.

@@ -97,7 +97,9 @@ struct StreamsBench: AsyncParsableCommand {
 
         let label = "\(security)+mplex"
         print("")
-        print("msgnet-bench streams --runs \(runs) --bytes \(bytes) --chunk \(chunk) --pings \(pings) --security \(security)")
+        print(
+            "msgnet-bench streams --runs \(runs) --bytes \(bytes) --chunk \(chunk) --pings \(pings) --security \(security)"
+        )
         print("medians of \(runs) runs; ratio = MsgNet / raw TCP")
         print("")
         print("| measure | raw TCP | MsgNet \(label) | ratio |")
@@ -214,7 +216,12 @@ enum FileHandleLog {
     }
     struct StandardError: TextOutputStream {
         mutating func write(_ string: String) {
-            for byte in string.utf8 { putc(Int32(byte), stderr) }
+            var bytes = Array(string.utf8)[...]
+            while !bytes.isEmpty {
+                let n = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+                if n <= 0 { return }
+                bytes = bytes.dropFirst(n)
+            }
         }
     }
 }

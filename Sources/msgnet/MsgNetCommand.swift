@@ -104,13 +104,19 @@ func fail(_ error: any Error) -> ExitCode {
 }
 
 enum FileHandleOutput {
+    /// Prints `line` to stdout and flushes at once (other tools wait for listen addresses).
     static func standardOutput(_ line: String) {
-        fputs(line, stdout)
-        fflush(stdout)
+        print(line, terminator: "")
+        fflush(nil)
     }
     static func standardError(_ line: String) {
-        fputs(line, stderr)
-        fflush(stderr)
+        fflush(nil)
+        var bytes = Array(line.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
+        }
     }
 }
 
@@ -131,7 +137,8 @@ struct IDCommand: AsyncParsableCommand {
 struct ListenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "listen",
-        abstract: "Run a node: prints each listen address (with /p2p/<id>) on its own line, serves identify, ping and /echo/1.0.0 until SIGINT or SIGTERM."
+        abstract:
+            "Run a node: prints each listen address (with /p2p/<id>) on its own line, serves identify, ping and /echo/1.0.0 until SIGINT or SIGTERM."
     )
     @OptionGroup var options: CommonOptions
 
@@ -223,7 +230,8 @@ enum EchoProtocol {
 }
 
 /// Waits for one of a set of signals, without a detached task.
-final class SignalWaiter: Sendable {
+/// `@unchecked`: `sources` is written once in `init` and only kept alive afterwards.
+final class SignalWaiter: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
     private let stream: AsyncStream<Int32>
 

@@ -30,6 +30,7 @@ final class SecuredPair {
     let responder = EmbeddedChannel()
     let initiatorResult: ResultBox<SecuredConnectionInfo>
     let responderResult: ResultBox<SecuredConnectionInfo>
+    let initiatorFuture: EventLoopFuture<SecuredConnectionInfo>
     let initiatorCollector = Collector()
     let responderCollector = Collector()
 
@@ -48,12 +49,14 @@ final class SecuredPair {
             responder.connect(to: address, promise: nil)
         }
         var boxes: [ResultBox<SecuredConnectionInfo>] = []
+        var futures: [EventLoopFuture<SecuredConnectionInfo>] = []
         for (channel, identity, role, expects, collector) in [
             (initiator, initiatorIdentity, SecurityRole.initiator, initiatorExpects, initiatorCollector),
             (responder, responderIdentity, SecurityRole.responder, responderExpects, responderCollector),
         ] {
             let promise = channel.eventLoop.makePromise(of: SecuredConnectionInfo.self)
             boxes.append(ResultBox(promise.futureResult))
+            futures.append(promise.futureResult)
             // Like the upgrader: install the next handler when security succeeds.
             let context = SameThread(value: (channel, collector))
             promise.futureResult.whenSuccess { _ in
@@ -63,6 +66,7 @@ final class SecuredPair {
             try channel.pipeline.syncOperations.addHandler(handler)
         }
         initiatorResult = boxes[0]
+        initiatorFuture = futures[0]
         responderResult = boxes[1]
         if addBeforeActive {
             initiator.connect(to: address, promise: nil)
@@ -235,6 +239,18 @@ func frameLengths(_ wire: ByteBuffer) -> [Int] {
         // The data reached the handler installed by the success callback.
         #expect(pair.responderCollector.received == ByteBuffer(string: "hello world"))
         #expect(try pair.responder.readInbound(as: ByteBuffer.self) == nil)
+    }
+
+    @Test func writesFromTheSuccessCallbackFollowQueuedWrites() throws {
+        let pair = try pair()
+        defer { pair.finish() }
+        pair.initiator.writeAndFlush(ByteBuffer(string: "queued,"), promise: nil)
+        let channel = SameThread(value: pair.initiator)
+        pair.initiatorFuture.whenSuccess { _ in
+            channel.value.writeAndFlush(ByteBuffer(string: "from callback"), promise: nil)
+        }
+        try pair.shuttle()
+        #expect(pair.responderCollector.received == ByteBuffer(string: "queued,from callback"))
     }
 
     @Test func bytesFiredRightAfterAddingAreNotLost() throws {

@@ -109,7 +109,7 @@ struct HostTests {
         let bAddress = try await running([b]) {
             try await b.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
         }
-        try await running([a]) {
+        _ = try await running([a]) {
             await #expect {
                 try await a.connect(to: bAddress)
             } throws: { error in

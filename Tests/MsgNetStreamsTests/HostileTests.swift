@@ -1,8 +1,12 @@
+import Crypto
 import Logging
+import MsgNetControl
 import MsgNetCore
 import MsgNetStreams
 import NIOCore
 import Testing
+
+@testable import MsgNetSecurity
 
 /// Hostile peers: each gets its connection closed with a logged error within the upgrade
 /// timeout, and the node keeps serving other peers.
@@ -14,15 +18,21 @@ struct HostileTests {
         let logs = LogRecorder()
         let victim = makeHost(
             configure: {
-                $0.upgradeTimeout = .milliseconds(500)
-                $0.streamNegotiationTimeout = .milliseconds(500)
+                $0.upgradeTimeout = .seconds(2)
+                $0.streamNegotiationTimeout = .seconds(2)
             }, logger: logs.logger("victim"))
         let friend = makeHost()
         try await running([victim, friend]) {
             let address = try await victim.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             try await body(victim, address, logs)
             // The node keeps serving other peers.
-            #expect(try await friend.ping(address, count: 2).count == 2)
+            do {
+                #expect(try await friend.ping(address, count: 2).count == 2)
+            } catch {
+                Issue.record(
+                    "victim stopped serving: \(error); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })"
+                )
+            }
         }
     }
 
@@ -30,9 +40,10 @@ struct HostileTests {
     func garbage() async throws {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
-            try await client.send((0..<64).map { _ in UInt8.random(in: 0...255) } + [0x7F] + Array(repeating: 0x41, count: 200))
+            try await client.send(
+                (0..<64).map { _ in UInt8.random(in: 0...255) } + [0x7F] + Array(repeating: 0x41, count: 200))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -40,9 +51,10 @@ struct HostileTests {
     func oversizeFrame() async throws {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
-            try await client.send(msFrame("/multistream/1.0.0") + UVarint.encode(5000) + Array(repeating: 0x61, count: 100))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + UVarint.encode(5000) + Array(repeating: 0x61, count: 100))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -54,7 +66,7 @@ struct HostileTests {
             // The victim answers "na"; the peer then stalls and is cut at the deadline.
             try await client.closedByServer()
             #expect(client.bytesReceived.readableBytesView.contains(UInt8(ascii: "n")))
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -63,9 +75,10 @@ struct HostileTests {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // Negotiate /noise, then send only half of a Noise message 1 (2-byte length 32, 10 bytes).
-            try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "timed out"))
+            await logs.waitFor(level: .warning, "timed out")
         }
     }
 
@@ -74,10 +87,11 @@ struct HostileTests {
         try await withVictim { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // A 32-byte "ephemeral key" is fine for message 1; then garbage where message 3 belongs.
-            try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 9, count: 32))
+            try await client.send(
+                msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 9, count: 32))
             try await client.send([0x00, 0x40] + Array(repeating: 0xEE, count: 64))
             try await client.closedByServer()
-            #expect(logs.contains(level: .warning, "connection upgrade failed"))
+            await logs.waitFor(level: .warning, "connection upgrade failed")
         }
     }
 
@@ -94,6 +108,88 @@ struct HostileTests {
                 }
                 try await group.waitForAll()
             }
+        }
+    }
+}
+
+/// Hostile peers past the first stage: a scripted Noise initiator that forges its payload or,
+/// after an honest handshake, sends garbage to the muxer negotiation or to mplex.
+@Suite("hostile peers after the handshake", .timeLimit(.minutes(2)))
+struct HostileSecuredTests {
+    let identity = PrivateKey.generate()
+
+    /// Negotiates /noise and runs messages 1 and 2; returns the client and scripted peer.
+    func startNoise(to address: Multiaddr) async throws -> (RawClient, ScriptedNoisePeer, [UInt8]) {
+        let client = try await RawClient.connect(to: address)
+        var noise = ScriptedNoisePeer()
+        let m1 = try noise.message1()
+        try await client.send(msFrame("/multistream/1.0.0") + msFrame("/noise") + frame(m1))
+        let expected = msFrame("/multistream/1.0.0") + msFrame("/noise")
+        #expect(try await client.read(exactly: expected.count) == expected)
+        let length = try await client.read(exactly: 2)
+        let m2 = try await client.read(exactly: Int(length[0]) << 8 | Int(length[1]))
+        return (client, noise, m2)
+    }
+
+    func frame(_ bytes: [UInt8]) -> [UInt8] {
+        [UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)] + bytes
+    }
+
+    func withVictim(_ body: @Sendable (Multiaddr, LogRecorder) async throws -> Void) async throws {
+        let logs = LogRecorder()
+        let victim = makeHost(configure: { $0.upgradeTimeout = .seconds(2) }, logger: logs.logger("victim"))
+        let friend = makeHost()
+        try await running([victim, friend]) {
+            let address = try await victim.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            try await body(address, logs)
+            #expect(try await friend.ping(address, count: 2).count == 2)
+        }
+    }
+
+    @Test("a forged handshake signature")
+    func badSignature() async throws {
+        try await withVictim { address, logs in
+            var (client, noise, m2) = try await startNoise(to: address)
+            let otherStatic = Array(Curve25519.KeyAgreement.PrivateKey().publicKey.rawRepresentation)
+            let forged = NoiseHandshakePayloadMessage(
+                identityKey: identity.publicKey.marshaled,
+                identitySignature: identity.signature(for: NoiseHandshake.signaturePrefix + otherStatic)
+            ).encoded()
+            try await client.send(frame(try noise.message3(replyingTo: m2, payload: forged)))
+            try await client.closedByServer()
+            await logs.waitFor(level: .warning, "signature")
+        }
+    }
+
+    /// Completes an honest handshake; returns the client and its sending cipher.
+    func secured(_ address: Multiaddr) async throws -> (RawClient, NoiseCipherState) {
+        var (client, noise, m2) = try await startNoise(to: address)
+        try await client.send(frame(try noise.message3(replyingTo: m2, payload: noise.payload(identity: identity))))
+        let (sending, _) = noise.initiatorCiphers()
+        return (client, sending)
+    }
+
+    @Test("garbage in the muxer negotiation")
+    func garbageMuxerNegotiation() async throws {
+        try await withVictim { address, logs in
+            var (client, sending) = try await secured(address)
+            try await client.send(frame(try sending.encrypt(Array(repeating: 0xFF, count: 40))))
+            try await client.closedByServer()
+            await logs.waitFor(level: .warning, "muxer negotiation")
+        }
+    }
+
+    @Test("an mplex frame over the 1 MiB limit")
+    func oversizeMplexFrame() async throws {
+        try await withVictim { address, logs in
+            var (client, sending) = try await secured(address)
+            // Negotiate /mplex/6.7.0, then announce a 2 MiB data frame on stream 0.
+            var plain = msFrame("/multistream/1.0.0") + msFrame("/mplex/6.7.0")
+            plain += [0x00, 0x01, 0x30]  // NewStream 0 "0"
+            plain += [0x02] + UVarint.encode(2 << 20) + Array(repeating: 0, count: 16)
+            try await client.send(frame(try sending.encrypt(plain)))
+            try await client.closedByServer()
+            await logs.waitFor(level: .warning, "mplex closing connection")
         }
     }
 }

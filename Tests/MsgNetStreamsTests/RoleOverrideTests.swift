@@ -44,7 +44,9 @@ struct RoleOverrideTests {
             try await stream.write(frames)
             var reply = ByteBuffer()
             let expected = msFrame("/multistream/1.0.0") + msFrame("/ipfs/ping/1.0.0")
-            while reply.readableBytes < expected.count, var chunk = try await stream.read() { reply.writeBuffer(&chunk) }
+            while reply.readableBytes < expected.count, var chunk = try await stream.read() {
+                reply.writeBuffer(&chunk)
+            }
             #expect(Array(reply.readableBytesView) == expected)
             let ping = ByteBuffer(repeating: 7, count: 32)
             try await stream.write(ping)
@@ -66,9 +68,10 @@ struct RoleOverrideTests {
         }
         defer { Task { await listener.close() } }
         let dialer = makeHost(configure: { $0.upgradeTimeout = .milliseconds(300) })
-        try await running([dialer]) {
+        _ = try await running([dialer]) {
             await #expect {
-                try await dialer.connect(to: listener.localAddress.appending(.p2p(identity.peerID)), dialAsListener: true)
+                try await dialer.connect(
+                    to: listener.localAddress.appending(.p2p(identity.peerID)), dialAsListener: true)
             } throws: { error in
                 (error as? StreamsError)?.code == .timedOut
             }

@@ -15,12 +15,45 @@ final class LogRecorder: Sendable {
         let message: String
         let metadata: String
     }
-    private let entries = NIOLockedValueBox<[Entry]>([])
+    private struct Waiter {
+        let level: Logger.Level
+        let text: String
+        let continuation: CheckedContinuation<Void, Never>
+    }
+    private let entries = NIOLockedValueBox<(log: [Entry], waiters: [Waiter])>(([], []))
 
-    var all: [Entry] { entries.withLockedValue { $0 } }
+    var all: [Entry] { entries.withLockedValue { $0.log } }
+
+    private static func matches(_ e: Entry, _ level: Logger.Level, _ text: String) -> Bool {
+        e.level >= level && (e.message.contains(text) || e.metadata.contains(text))
+    }
 
     func contains(level atLeast: Logger.Level, _ text: String) -> Bool {
-        all.contains { $0.level >= atLeast && ($0.message.contains(text) || $0.metadata.contains(text)) }
+        all.contains { Self.matches($0, atLeast, text) }
+    }
+
+    /// Waits until a message at `level` or above containing `text` is logged (the test's time
+    /// limit bounds the wait). Logging happens on event-loop threads, so a test that saw a
+    /// connection close must wait for the log line rather than expect it already.
+    func waitFor(level: Logger.Level, _ text: String) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = entries.withLockedValue { state -> Bool in
+                if state.log.contains(where: { Self.matches($0, level, text) }) { return true }
+                state.waiters.append(Waiter(level: level, text: text, continuation: c))
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+
+    fileprivate func append(_ entry: Entry) {
+        let ready = entries.withLockedValue { state -> [Waiter] in
+            state.log.append(entry)
+            let ready = state.waiters.filter { Self.matches(entry, $0.level, $0.text) }
+            state.waiters.removeAll { Self.matches(entry, $0.level, $0.text) }
+            return ready
+        }
+        for w in ready { w.continuation.resume() }
     }
 
     func logger(_ label: String) -> Logger {
@@ -35,14 +68,9 @@ final class LogRecorder: Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(
-            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String,
-            file: String, function: String, line: UInt
-        ) {
-            let merged = self.metadata.merging(metadata ?? [:]) { $1 }
-            recorder.entries.withLockedValue {
-                $0.append(Entry(level: level, message: "\(message)", metadata: "\(merged)"))
-            }
+        func log(event: LogEvent) {
+            let merged = self.metadata.merging(event.metadata ?? [:]) { $1 }
+            recorder.append(Entry(level: event.level, message: "\(event.message)", metadata: "\(merged)"))
         }
     }
 }
@@ -95,32 +123,38 @@ func running<R: Sendable>(
     }
 }
 
-/// A raw TCP client for hostile-peer tests: sends what the test says and reports what it got
-/// and when the server closed the connection.
+/// A raw TCP client for hostile-peer tests: sends what the test says, reads exact byte counts,
+/// and reports when the server closed the connection.
 final class RawClient: Sendable {
     let channel: any Channel
-    private let received: NIOLockedValueBox<ByteBuffer>
+    private let inbox: Inbox
 
-    private init(channel: any Channel, received: NIOLockedValueBox<ByteBuffer>) {
+    private init(channel: any Channel, inbox: Inbox) {
         self.channel = channel
-        self.received = received
+        self.inbox = inbox
     }
 
     static func connect(to address: Multiaddr) async throws -> RawClient {
-        let received = NIOLockedValueBox(ByteBuffer())
+        let inbox = Inbox()
         let socket = try address.withoutPeerID().socketAddress()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(Collector(received: received))
+                    try channel.pipeline.syncOperations.addHandler(Collector(inbox: inbox))
                 }
             }
             .connect(to: socket).get()
-        return RawClient(channel: channel, received: received)
+        return RawClient(channel: channel, inbox: inbox)
     }
 
     func send(_ bytes: [UInt8]) async throws {
         try await channel.writeAndFlush(ByteBuffer(bytes: bytes))
+    }
+
+    /// Waits for and removes exactly `count` received bytes.
+    /// - Throws: when the connection closes first.
+    func read(exactly count: Int) async throws -> [UInt8] {
+        try await inbox.take(count)
     }
 
     /// Waits until the server closes the connection.
@@ -128,15 +162,66 @@ final class RawClient: Sendable {
         try await channel.closeFuture.get()
     }
 
-    var bytesReceived: ByteBuffer { received.withLockedValue { $0 } }
+    /// Everything received and not yet taken.
+    var bytesReceived: ByteBuffer { inbox.pending }
+
+    final class Inbox: Sendable {
+        struct ClosedError: Error {}
+        private struct State {
+            var buffer = ByteBuffer()
+            var closed = false
+            var waiter: (count: Int, continuation: CheckedContinuation<[UInt8], any Error>)?
+        }
+        private let state = NIOLockedValueBox(State())
+
+        var pending: ByteBuffer { state.withLockedValue { $0.buffer } }
+
+        func take(_ count: Int) async throws -> [UInt8] {
+            try await withCheckedThrowingContinuation { c in
+                state.withLockedValue { s in
+                    s.waiter = (count, c)
+                    Self.serve(&s)
+                }
+            }
+        }
+
+        func append(_ bytes: inout ByteBuffer) {
+            state.withLockedValue { s in
+                s.buffer.writeBuffer(&bytes)
+                Self.serve(&s)
+            }
+        }
+
+        func close() {
+            state.withLockedValue { s in
+                s.closed = true
+                Self.serve(&s)
+            }
+        }
+
+        private static func serve(_ s: inout State) {
+            guard let (count, c) = s.waiter else { return }
+            if s.buffer.readableBytes >= count {
+                s.waiter = nil
+                c.resume(returning: s.buffer.readBytes(length: count)!)
+            } else if s.closed {
+                s.waiter = nil
+                c.resume(throwing: ClosedError())
+            }
+        }
+    }
 
     final class Collector: ChannelInboundHandler, Sendable {
         typealias InboundIn = ByteBuffer
-        let received: NIOLockedValueBox<ByteBuffer>
-        init(received: NIOLockedValueBox<ByteBuffer>) { self.received = received }
+        let inbox: Inbox
+        init(inbox: Inbox) { self.inbox = inbox }
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var b = unwrapInboundIn(data)
-            received.withLockedValue { $0.writeBuffer(&b) }
+            inbox.append(&b)
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            inbox.close()
+            context.fireChannelInactive()
         }
     }
 }

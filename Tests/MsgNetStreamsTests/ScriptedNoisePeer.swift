@@ -1,0 +1,1 @@
+../MsgNetSecurityTests/ScriptedNoisePeer.swift
