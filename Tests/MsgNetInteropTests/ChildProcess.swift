@@ -45,7 +45,8 @@ struct ChildOutput: Sendable {
     /// A short summary for failure messages.
     var summary: String {
         let how = status.map { signaled ? "killed by signal \($0)" : "exit status \($0)" } ?? "still running"
-        return "\(how); stdout: \(stdoutText.suffix(2000).debugDescription); stderr: \(stderrText.suffix(4000).debugDescription)"
+        return
+            "\(how); stdout: \(stdoutText.suffix(2000).debugDescription); stderr: \(stderrText.suffix(4000).debugDescription)"
     }
 }
 

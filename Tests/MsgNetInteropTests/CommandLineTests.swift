@@ -26,7 +26,8 @@ enum MsgNetBinary {
     static func require() throws -> String {
         let path = self.path
         guard FileManager.default.isExecutableFile(atPath: path) else {
-            throw HarnessError("msgnet executable not found at \(path): run `swift build --build-tests` or set MSGNET_BIN")
+            throw HarnessError(
+                "msgnet executable not found at \(path): run `swift build --build-tests` or set MSGNET_BIN")
         }
         return path
     }
@@ -135,7 +136,9 @@ extension InteropTests {
                     }
                     #expect(lines.last?.contains("min/avg/max") == true, "\(ping.summary)")
 
-                    let identify = try await MsgNetBinary.run(["identify", "\(address)", "--security", security.rawValue])
+                    let identify = try await MsgNetBinary.run([
+                        "identify", "\(address)", "--security", security.rawValue,
+                    ])
                     #expect(identify.succeeded, "\(identify.summary)")
                     #expect(identify.stdoutLines.contains("peer id: \(peerID)"), "\(identify.summary)")
                     #expect(identify.stdoutText.contains("/echo/1.0.0"), "\(identify.summary)")
