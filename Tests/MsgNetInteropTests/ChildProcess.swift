@@ -196,7 +196,7 @@ final class ChildProcess: @unchecked Sendable {
     /// - Throws: when the process exits first or after `timeout`.
     func firstLine(timeout: Duration) async throws -> String {
         let output = try await wait(for: "first stdout line", timeout: timeout) { o in
-            o.stdout.contains(UInt8(ascii: "\n")) || o.status != nil
+            o.stdout.contains(UInt8(ascii: "\n")) || o.finished
         }
         guard let line = output.stdoutLines.first else {
             throw HarnessError("\(name) ended before printing a line; \(output.summary)")

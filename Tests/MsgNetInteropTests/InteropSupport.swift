@@ -45,13 +45,14 @@ enum Interop {
     /// Runs `peer.py serve` for `body`, passing its printed address (with `/p2p`).
     static func withPyServer<R: Sendable>(
         security: String,
+        muxer: String = "mplex",
         _ body: (Multiaddr, ChildProcess) async throws -> R
     ) async throws -> R {
         let (python, peer) = try paths()
         return try await withChild(
             python,
             [
-                peer, "serve", "--port", "0", "--security", security, "--muxer", "mplex",
+                peer, "serve", "--port", "0", "--security", security, "--muxer", muxer,
                 "--max-seconds", "\(serverMaxSeconds)",
             ],
             name: "peer.py serve (\(security))"
@@ -76,13 +77,14 @@ enum Interop {
         _ command: String,
         address: Multiaddr,
         security: String,
+        muxer: String = "mplex",
         extra: [String] = []
     ) async throws -> [String: Any] {
         let (python, peer) = try paths()
         let output = try await runToCompletion(
             python,
             [
-                peer, command, "\(address)", "--security", security, "--muxer", "mplex", "--fast-dial",
+                peer, command, "\(address)", "--security", security, "--muxer", muxer, "--fast-dial",
                 "--timeout", "\(clientTimeoutSeconds)",
             ] + extra,
             name: "peer.py \(command) (\(security))",
@@ -131,10 +133,15 @@ enum PyProtocols {
 
 /// A host with one TCP transport and one security protocol; logs are dropped.
 func makeHost(_ security: SecurityKind, identity: PrivateKey = .generate()) -> StreamHost {
+    makeHost(offering: [security], identity: identity)
+}
+
+/// A host with one TCP transport offering `securities` in order; logs are dropped.
+func makeHost(offering securities: [SecurityKind], identity: PrivateKey = .generate()) -> StreamHost {
     StreamHost(
         identity: identity,
         transports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
-        security: [security.make(identity)],
+        security: securities.map { $0.make(identity) },
         logger: Logger(label: "interop", factory: { _ in SwiftLogNoOpLogHandler() })
     )
 }

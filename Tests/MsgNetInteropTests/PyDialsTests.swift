@@ -24,7 +24,15 @@ func withListeningHost<R: Sendable>(
     _ security: SecurityKind,
     _ body: @Sendable (StreamHost, Multiaddr) async throws -> R
 ) async throws -> R {
-    let host = makeHost(security)
+    try await withListeningHost(offering: [security], body)
+}
+
+/// A listening MsgNet host offering `securities`, serving echo and msg-echo for `body`.
+func withListeningHost<R: Sendable>(
+    offering securities: [SecurityKind],
+    _ body: @Sendable (StreamHost, Multiaddr) async throws -> R
+) async throws -> R {
+    let host = makeHost(offering: securities)
     host.setStreamHandler(PyProtocols.echo, handler: echoHandler)
     host.setStreamHandler(PyProtocols.msgEcho, handler: messageEchoHandler)
     return try await running(host) {
