@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "MsgNetCore", targets: ["MsgNetCore"]),
         .library(name: "MsgNetStreams", targets: ["MsgNetStreams"]),
+        .library(name: "MsgNetHost", targets: ["MsgNetHost"]),
         .library(name: "MsgNetTransportPosix", targets: ["MsgNetTransportPosix"]),
         .executable(name: "msgnet", targets: ["msgnet"]),
         .executable(name: "msgnet-bench", targets: ["msgnet-bench"]),
@@ -84,6 +85,30 @@ let package = Package(
                 "MsgNetMultistream",
                 "MsgNetSecurity",
                 "MsgNetMplex",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The UDP path: secure datagram sessions and multipacket messaging (pure machines + shells).
+        .target(
+            name: "MsgNetMultipacket",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The public message API: MessageHost, MessageNetwork, SocketSession, Message.
+        .target(
+            name: "MsgNetHost",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetStreams",
+                "MsgNetMultipacket",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -188,6 +213,24 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 "MsgNetControl",
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetMultipacketTests",
+            dependencies: [
+                "MsgNetMultipacket", "MsgNetCore", "MsgNetSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MsgNetHostTests",
+            dependencies: [
+                "MsgNetHost", "MsgNetCore", "MsgNetStreams", "MsgNetTransportPosix", "MsgNetSecurity",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict
         ),

@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetHost
+
+@Test func placeholder() { #expect(Bool(true)) }

@@ -1,0 +1,4 @@
+import Testing
+@testable import MsgNetMultipacket
+
+@Test func placeholder() { #expect(Bool(true)) }
