@@ -74,6 +74,33 @@ extension InteropTests {
             }
         }
 
+        @Test("four concurrent echo streams on one connection stay separate", arguments: SecurityKind.allCases)
+        func concurrentStreams(security: SecurityKind) async throws {
+            try await Interop.withPyServer(security: security.rawValue) { address, _ in
+                let host = makeHost(security)
+                try await running(host) {
+                    try await host.connect(to: address)
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for i in 0..<4 {
+                            group.addTask {
+                                let stream = try await host.newStream(to: address, protocols: [PyProtocols.echo])
+                                let payload = patternBytes(count: 256 * 1024, seed: UInt64(i) + 100)
+                                let (echoed, sawEOF) = try await echoWindowed(
+                                    stream, payload: payload, chunk: 16 * 1024, window: 64 * 1024)
+                                #expect(
+                                    echoed == payload,
+                                    "stream \(i): first difference at \(firstDifference(echoed, payload))")
+                                #expect(sawEOF, "stream \(i)")
+                            }
+                        }
+                        try await group.waitForAll()
+                    }
+                    // All four ran on the one connection.
+                    #expect(host.connectedPeers == [address.peerID!])
+                }
+            }
+        }
+
         @Test("length-prefixed messages on /msg-echo/1.0.0", arguments: SecurityKind.allCases)
         func messageEcho(security: SecurityKind) async throws {
             try await Interop.withPyServer(security: security.rawValue) { address, _ in
