@@ -182,6 +182,25 @@ extension InteropTests {
             #expect(output.stdout.isEmpty, "\(output.summary)")
         }
 
+        @Test("listen on a port in use fails with one line on stderr")
+        func busyPort() async throws {
+            try await MsgNetBinary.withListener { address, _ in
+                let output = try await MsgNetBinary.run(["listen", "--listen", "\(address.withoutPeerID())"])
+                #expect(output.finished && output.status != 0 && !output.signaled, "\(output.summary)")
+                #expect(output.stderrLines.count == 1, "\(output.summary)")
+                #expect(output.stdout.isEmpty, "\(output.summary)")
+            }
+        }
+
+        @Test("an unknown security protocol fails with one line on stderr")
+        func unknownSecurity() async throws {
+            let output = try await MsgNetBinary.run(["listen", "--security", "tls"])
+            #expect(output.finished && output.status != 0 && !output.signaled, "\(output.summary)")
+            #expect(output.stderrLines.count == 1, "\(output.summary)")
+            #expect(output.stderrText.contains("tls"), "\(output.summary)")
+            #expect(output.stdout.isEmpty, "\(output.summary)")
+        }
+
         @Test("a malformed address fails with one line on stderr")
         func malformedAddress() async throws {
             let output = try await MsgNetBinary.run(["ping", "/ip4/not-an-ip/tcp/1", "--count", "1"])
