@@ -152,6 +152,23 @@ extension InteropTests {
             }
         }
 
+        @Test("msgnet listen echoes on /echo/1.0.0 for an in-process host", arguments: SecurityKind.allCases)
+        func listenerEchoes(security: SecurityKind) async throws {
+            try await MsgNetBinary.withListener(["--security", security.rawValue]) { address, listener in
+                let host = makeHost(security)
+                try await running(host) {
+                    let stream = try await host.newStream(to: address, protocols: [PyProtocols.echo])
+                    let payload = patternBytes(count: 512 * 1024, seed: 7)
+                    let (echoed, sawEOF) = try await echoWindowed(stream, payload: payload)
+                    #expect(echoed == payload, "first difference at \(firstDifference(echoed, payload))")
+                    #expect(sawEOF)
+                }
+                listener.send(SIGTERM)
+                let exit = try await listener.waitForExit(timeout: .seconds(10))
+                #expect(exit.succeeded, "\(exit.summary)")
+            }
+        }
+
         @Test("SIGINT stops the listener too")
         func sigint() async throws {
             try await MsgNetBinary.withListener { _, listener in
@@ -224,6 +241,28 @@ extension InteropTests {
                 #expect(identify.stdoutLines.contains("peer id: \(address.peerID!)"), "\(identify.summary)")
                 #expect(identify.stdoutText.contains("/echo/1.0.0"), "\(identify.summary)")
                 #expect(identify.stdoutText.contains("py-libp2p"), "\(identify.summary)")
+            }
+        }
+
+        @Test(
+            "py-libp2p pings, identifies and echoes through msgnet listen (noise)",
+            .enabled(if: Interop.enabled, "set MSGNET_INTEROP_PYTHON and MSGNET_INTEROP_PEER (or run make test)")
+        )
+        func pyClientsAgainstListener() async throws {
+            try await MsgNetBinary.withListener { address, listener in
+                let ping = try await Interop.runPyClient(
+                    "ping", address: address, security: "noise", extra: ["--count", "5", "--warmup", "0"])
+                #expect(ping["n"] as? Int == 5, "\(ping)")
+                let identify = try await Interop.runPyClient("identify", address: address, security: "noise")
+                #expect(identify["pubkey_matches_peer_id"] as? Bool == true, "\(identify)")
+                #expect((identify["protocols"] as? [String] ?? []).contains(PyProtocols.echo), "\(identify)")
+                let echo = try await Interop.runPyClient(
+                    "echo-throughput", address: address, security: "noise",
+                    extra: ["--bytes", "1048576", "--verify", "1", "--io", "alternate", "--window", "131072"])
+                #expect(echo["verified"] as? Bool == true, "\(echo)")
+                listener.send(SIGTERM)
+                let exit = try await listener.waitForExit(timeout: .seconds(10))
+                #expect(exit.succeeded, "\(exit.summary)")
             }
         }
     }
