@@ -157,6 +157,9 @@ struct SessionOpenTests {
         let smaller = min(net.peer("A"), net.peer("B")) == net.peer("A") ? "A" : "B"
         #expect(net.established[smaller]?.first { $0.localID == (smaller == "A" ? aID : bID) }?.role == .initiator)
         #expect(a.sessionCount == 1 && b.sessionCount == 1)
+        // Both handshakes really completed, and each side dropped the loser.
+        #expect(a.counters.sessionsEstablished == 2 && b.counters.sessionsEstablished == 2)
+        #expect(a.counters.sessionsSuperseded + b.counters.sessionsSuperseded >= 1)
         try net.send("x", from: "A", to: net.peer("B"))
         try net.send("y", from: "B", to: net.peer("A"))
         net.run(for: .seconds(1))
