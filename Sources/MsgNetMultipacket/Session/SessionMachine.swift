@@ -453,7 +453,9 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
 
     // MARK: Internals
 
-    private mutating func establish(_ keys: NoiseHandshakeResult, now: NIODeadline, actions: inout [SessionAction<Path>]) {
+    private mutating func establish(
+        _ keys: NoiseHandshakeResult, now: NIODeadline, actions: inout [SessionAction<Path>]
+    ) {
         sender = keys.sendingCipher
         receiver = keys.receivingCipher
         remotePeer = keys.remotePeer
@@ -578,7 +580,9 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Sends a handshake datagram, within the amplification budget.
-    private mutating func emit(_ datagram: ByteBuffer, to target: Path, now: NIODeadline, actions: inout [SessionAction<Path>]) {
+    private mutating func emit(
+        _ datagram: ByteBuffer, to target: Path, now: NIODeadline, actions: inout [SessionAction<Path>]
+    ) {
         guard spendBudget(datagram.readableBytes, on: target) else { return }
         lastSent = now
         actions.append(.send(datagram, to: target))

@@ -92,7 +92,8 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     ) throws(SessionError) -> (session: SessionID, actions: [SessionAction<Path>]) {
         if let peer {
             if let existing = preferred[peer] { return (existing, []) }
-            if let pending = sessions.first(where: { $0.value.expectedPeer == peer && !$0.value.isClosed
+            if let pending = sessions.first(where: {
+                $0.value.expectedPeer == peer && !$0.value.isClosed
                     && $0.value.role == .initiator && !$0.value.isEstablished
             }) {
                 return (pending.key, [])
@@ -124,7 +125,8 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
 
     /// Feeds one received datagram. Anything malformed, unknown, replayed or unauthenticated is
     /// dropped and counted; nothing is buffered beyond the limits.
-    public mutating func onDatagram(_ datagram: ByteBuffer, from path: Path, now: NIODeadline) -> [SessionAction<Path>] {
+    public mutating func onDatagram(_ datagram: ByteBuffer, from path: Path, now: NIODeadline) -> [SessionAction<Path>]
+    {
         let size = datagram.readableBytes
         let packet: SessionPacket
         do {
@@ -314,7 +316,9 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     /// Two sessions of opposite roles created within ``SessionLimits/handshakeTimeout`` of each
     /// other are a simultaneous open: the one initiated by the peer with the smaller PeerID bytes
     /// wins, on both sides. Otherwise the newer session wins (the peer restarted or reconnected).
-    private mutating func resolve(peer: PeerID, newcomer: SessionID, now: NIODeadline, actions: inout [SessionAction<Path>]) {
+    private mutating func resolve(
+        peer: PeerID, newcomer: SessionID, now: NIODeadline, actions: inout [SessionAction<Path>]
+    ) {
         var winner = newcomer
         for other in established[peer] ?? [] where other != winner {
             guard let a = sessions[winner], let b = sessions[other], b.confirmed else { continue }

@@ -14,7 +14,10 @@ struct SessionPacketTests {
             noise: [0xAA, 0xBB]
         )
         let expected: [UInt8] =
-            [0x12, 1, 2, 3, 4, 5, 6, 7, 8, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x21, 0x22, 0, 2, 0xAA, 0xBB]
+            [
+                0x12, 1, 2, 3, 4, 5, 6, 7, 8, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x21, 0x22, 0, 2, 0xAA,
+                0xBB,
+            ]
         #expect(Array(packet.readableBytesView) == expected)
         guard case .handshake(let parsed) = try SessionPacketCodec.parse(packet, maxDatagram: 1232) else {
             Issue.record("not a handshake packet")
@@ -27,7 +30,8 @@ struct SessionPacketTests {
     @Test func initiationIsPaddedAndChecked() throws {
         let noise = [UInt8](repeating: 9, count: 32)
         let packet = SessionPacketCodec.handshake(
-            .handshake1, destination: .none, source: SessionID(rawValue: 5), transportID: 3, noise: noise, paddedTo: 1200)
+            .handshake1, destination: .none, source: SessionID(rawValue: 5), transportID: 3, noise: noise,
+            paddedTo: 1200)
         #expect(packet.readableBytes == 1200)
         #expect(packet.getBytes(at: 53, length: 1147)!.allSatisfy { $0 == 0 })
         guard case .handshake(let parsed) = try SessionPacketCodec.parse(packet, maxDatagram: 1232) else {
@@ -53,7 +57,10 @@ struct SessionPacketTests {
 
     @Test(arguments: [
         ([0x21] + [UInt8](repeating: 1, count: 40), "unknown type/version"),
-        ([0x11, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 32] + [UInt8](repeating: 1, count: 32), "destination"),
+        (
+            [0x11, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 32] + [UInt8](repeating: 1, count: 32),
+            "destination"
+        ),
         ([0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1], "expected 32"),
         ([0x12, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 9, 1], "noise length"),
         ([0x12, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], "source"),

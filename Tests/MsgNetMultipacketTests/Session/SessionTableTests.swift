@@ -275,7 +275,8 @@ struct SessionHostileTests {
         var fed = 0
         var accepted = 0
         func feed(_ bytes: ByteBuffer, _ net: inout SessionTestNetwork) {
-            let actions = net.tables["B"]!.onDatagram(bytes, from: Route(remote: "X\(fed % 50)", local: "B"), now: net.now)
+            let actions = net.tables["B"]!.onDatagram(
+                bytes, from: Route(remote: "X\(fed % 50)", local: "B"), now: net.now)
             fed += 1
             for action in actions {
                 switch action {

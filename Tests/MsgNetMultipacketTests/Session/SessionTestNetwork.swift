@@ -99,7 +99,8 @@ struct SessionTestNetwork {
                 delay = delay + .nanoseconds(Int64(random.next() % UInt64(jitter.nanoseconds)))
             }
             sequence += 1
-            queue.append(InFlight(at: now + delay, sequence: sequence, source: source, destination: destination, bytes: bytes))
+            queue.append(
+                InFlight(at: now + delay, sequence: sequence, source: source, destination: destination, bytes: bytes))
         }
     }
 
@@ -130,7 +131,9 @@ struct SessionTestNetwork {
         var steps = 0
         while steps < maxSteps {
             steps += 1
-            let nextDatagram = queue.indices.min { (queue[$0].at, queue[$0].sequence) < (queue[$1].at, queue[$1].sequence) }
+            let nextDatagram = queue.indices.min {
+                (queue[$0].at, queue[$0].sequence) < (queue[$1].at, queue[$1].sequence)
+            }
             let nextTimer = timers.min { $0.value < $1.value }
             let datagramAt = nextDatagram.map { queue[$0].at }
             if let timer = nextTimer, timer.value <= end, datagramAt.map({ timer.value < $0 }) ?? true {
