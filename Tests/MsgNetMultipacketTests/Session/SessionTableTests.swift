@@ -72,12 +72,39 @@ struct SessionHandshakeTests {
         // Drop message 3 and the data sent right after it on the wire.
         let message3 = net.queue.removeFirst()
         #expect(message3.bytes.getInteger(at: 0, as: UInt8.self) == 0x13)
-        try net.send("early", from: "A", to: net.peer("B"))
+        for i in 0..<12 { try net.send("early\(i)", from: "A", to: net.peer("B")) }
         net.run(for: .seconds(3))
         #expect(net.established["B"]?.count == 1)
         #expect(net.tables["A"]!.counters.handshakeRetransmits >= 1)
-        // The data sent before B had keys was held and delivered once message 3 arrived.
-        #expect(net.payloads(at: "B") == ["early"])
+        // Data sent before B had keys was held (8 at most) and delivered once message 3 arrived.
+        #expect(net.payloads(at: "B") == (0..<8).map { "early\($0)" })
+        #expect(net.tables["B"]!.counters.earlyDropped == 4)
+    }
+
+    @Test func lostMessage2IsRecoveredByRetransmittingMessage1() throws {
+        var net = SessionTestNetwork(seed: 4)
+        _ = net.connect("A", to: ["B"], expecting: net.peer("B"))
+        net.run(for: .milliseconds(15))
+        let message2 = net.queue.removeFirst().bytes
+        #expect(message2.getInteger(at: 0, as: UInt8.self) == 0x12)
+        net.run(for: .seconds(1))
+        #expect(net.established["A"]?.count == 1 && net.established["B"]?.count == 1)
+        // The retransmitted message 1 was answered with the very same message 2; one session.
+        let answers = net.log.filter { $0.bytes.getInteger(at: 0, as: UInt8.self) == 0x12 }
+        #expect(answers.count == 2 && answers.allSatisfy { $0.bytes == message2 })
+        #expect(net.tables["B"]!.counters.handshakeDuplicates == 1)
+        #expect(net.tables["B"]!.counters.sessionsEstablished == 1)
+    }
+
+    @Test func dataUnderLossIsNeverDuplicated() throws {
+        var net = connected(seed: 6)
+        net.loss = 0.1
+        net.duplicate = 0.1
+        for i in 0..<500 { try net.send("\(i)", from: "A", to: net.peer("B")) }
+        net.run(for: .seconds(1))
+        let got = net.payloads(at: "B")
+        #expect(Set(got).count == got.count)
+        #expect(got.count > 400 && got.count < 500)
     }
 
     @Test func duplicatesAndReorderingDeliverOnce() throws {
