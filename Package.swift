@@ -237,6 +237,7 @@ let package = Package(
         .testTarget(
             name: "MsgNetInteropTests",
             dependencies: [
+                "MsgNetSecurity", .product(name: "Logging", package: "swift-log"),
                 "MsgNetStreams", "MsgNetCore", "MsgNetTransportPosix",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -37,7 +37,10 @@ await withTaskGroup(of: Void.self) { group in
         print("alice identified bob: agent \(info.agentVersion ?? "?"), protocols \(info.protocols)")
 
         let rtts = try await alice.ping(bob.peerID, count: 5)
-        for (i, rtt) in rtts.enumerated() { print("alice → bob ping \(i + 1): \(rtt)") }
+        for (i, rtt) in rtts.enumerated() {
+            let micros = rtt.components.seconds * 1_000_000 + rtt.components.attoseconds / 1_000_000_000_000
+            print("alice → bob ping \(i + 1): \(micros) µs")
+        }
         print(
             "demo ok: connected over \(alice.isConnected(to: bob.peerID) ? "noise + mplex" : "?"), identified, pinged")
     } catch {

@@ -30,3 +30,32 @@ public protocol StreamListener: Sendable {
     /// Stops accepting connections. Established connections are not affected.
     func close() async
 }
+
+/// A transport that carries datagrams (UDP today), for the multipacket path. Implemented in
+/// `MsgNetTransportPosix`.
+public protocol DatagramTransport: Sendable {
+    /// Whether this transport can bind or send to `address` (e.g. `/ip4/…/udp/…`).
+    func canHandle(_ address: Multiaddr) -> Bool
+
+    /// Binds a socket on `address` (port 0 picks a free port). `handler` receives every
+    /// datagram on the socket's event loop, then `flush` once per batch of reads.
+    func bind(
+        _ address: Multiaddr,
+        handler: @escaping @Sendable (_ datagram: ByteBuffer, _ from: SocketAddress) -> Void,
+        flush: @escaping @Sendable () -> Void
+    ) async throws -> any DatagramSocket
+}
+
+/// A bound datagram socket.
+public protocol DatagramSocket: Sendable {
+    /// The bound address (port 0 replaced by the real port).
+    var localAddress: Multiaddr { get }
+    /// The event loop the socket's reads are delivered on; sends may come from any thread.
+    var eventLoop: any EventLoop { get }
+    /// Queues a datagram; it is sent at the next ``flush()``.
+    func write(_ datagram: ByteBuffer, to address: SocketAddress)
+    /// Sends every queued datagram.
+    func flush()
+    /// Closes the socket.
+    func close() async
+}

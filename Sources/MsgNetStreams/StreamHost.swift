@@ -346,7 +346,10 @@ public final class StreamHost: Sendable {
             register(record)
             return record
         }.flatMapErrorThrowing { [self] error in
-            logger.warning(
+            // An outbound failure reaches the dialer as the thrown error; only inbound failures
+            // (nobody else hears of them) are worth a warning.
+            logger.log(
+                level: direction == .inbound ? .warning : .debug,
                 "connection upgrade failed",
                 metadata: [
                     "remote": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "error": "\(error)",

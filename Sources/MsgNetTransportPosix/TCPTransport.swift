@@ -3,6 +3,12 @@ import MsgNetCore
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// TCP over IPv4 and IPv6 on NIOPosix: `/ip4/…/tcp/…`, `/ip6/…/tcp/…` and
 /// `/dns|dns4|dns6/…/tcp/…` (resolved when dialing).
 public struct TCPTransport: StreamTransport {
@@ -58,8 +64,20 @@ public struct TCPTransport: StreamTransport {
             switch endpoint.target {
             case .socket(let socketAddress):
                 return try await bootstrap.connect(to: socketAddress).get()
-            case .host(let host, let port, _):
+            case .host(let host, let port, .any):
                 return try await bootstrap.connect(host: host, port: port).get()
+            case .host(let host, let port, let family):
+                // /dns4 and /dns6 restrict the address family: resolve, then try each address.
+                let addresses = try await Resolver.resolve(host: host, port: port, family: family)
+                var lastError: (any Error)?
+                for candidate in addresses {
+                    do {
+                        return try await bootstrap.connect(to: candidate).get()
+                    } catch {
+                        lastError = error
+                    }
+                }
+                throw lastError ?? TransportError("\(host) has no \(family == .v4 ? "IPv4" : "IPv6") address")
             }
         } catch {
             throw TransportError("dial \(address) failed: \(error)")
@@ -113,5 +131,45 @@ extension Multiaddr {
     /// The `/ip4|ip6/…/tcp/<port>` address of a socket address.
     init(tcpSocketAddress address: SocketAddress) throws {
         self = try Multiaddr(socketAddress: address, transport: .tcp)
+    }
+}
+
+/// Blocking getaddrinfo, run on NIO's thread pool.
+enum Resolver {
+    static func resolve(host: String, port: Int, family: TCPEndpoint.Family) async throws -> [SocketAddress] {
+        try await NIOThreadPool.singleton.runIfActive {
+            var hints = addrinfo()
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            switch family {
+            case .v4: hints.ai_family = AF_INET
+            case .v6: hints.ai_family = AF_INET6
+            case .any: hints.ai_family = AF_UNSPEC
+            }
+            var result: UnsafeMutablePointer<addrinfo>?
+            let status = getaddrinfo(host, String(port), &hints, &result)
+            guard status == 0, let first = result else {
+                throw TransportError("cannot resolve \(host): \(String(cString: gai_strerror(status)))")
+            }
+            defer { freeaddrinfo(first) }
+            var out: [SocketAddress] = []
+            var next: UnsafeMutablePointer<addrinfo>? = first
+            while let info = next {
+                if let addr = info.pointee.ai_addr {
+                    switch Int32(addr.pointee.sa_family) {
+                    case AF_INET:
+                        addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) {
+                            out.append(SocketAddress($0.pointee, host: host))
+                        }
+                    case AF_INET6:
+                        addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) {
+                            out.append(SocketAddress($0.pointee, host: host))
+                        }
+                    default: break
+                    }
+                }
+                next = info.pointee.ai_next
+            }
+            return out
+        }
     }
 }

@@ -37,6 +37,18 @@ struct HostTests {
         }
     }
 
+    @Test("dialing /dns4/localhost and /dns/localhost", arguments: ["dns4", "dns"])
+    func dnsDial(proto: String) async throws {
+        let a = makeHost()
+        let b = makeHost()
+        try await running([a, b]) {
+            let bAddress = try await b.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            let port = try #require(bAddress.port)
+            let named = try Multiaddr("/\(proto)/localhost/tcp/\(port)/p2p/\(b.peerID)")
+            #expect(try await a.ping(named, count: 1).count == 1)
+        }
+    }
+
     @Test("a custom handler echoes 1 MiB byte-exact", arguments: SecurityKind.allCases)
     func echoOneMiB(security: SecurityKind) async throws {
         let a = makeHost(security)

@@ -1,0 +1,370 @@
+import Crypto
+import MsgNetCore
+import MsgNetSecurity
+import NIOCore
+
+/// All secure sessions of one local node, as a pure state machine.
+///
+/// The table parses every datagram, routes it by destination session id (or, for handshake
+/// message 1, by the initiator's session id and ephemeral key), creates responder sessions within
+/// limits, resolves simultaneous opens, expires idle sessions and sends keep-alives. It never
+/// touches a socket or a clock: time enters as `now`, and the returned ``SessionAction``s say what
+/// to send, deliver and when to call ``onTimer(now:)``. `Path` is the caller's opaque address of
+/// a remote socket (e.g. a `SocketAddress` or a `Multiaddr`).
+public struct SessionTable<Path: Hashable & Sendable>: Sendable {
+    private struct InitiationKey: Hashable {
+        var source: SessionID
+        var ephemeral: [UInt8]
+    }
+
+    /// The local peer (its identity signs every handshake).
+    public let localPeer: PeerID
+    /// The numbers and limits in force.
+    public let limits: SessionLimits
+
+    private let identity: PrivateKey
+    private let staticKey: [UInt8]
+    private var random: any RandomNumberGenerator & Sendable
+    private var sessions: [SessionID: SessionMachine<Path>] = [:]
+    private var initiations: [InitiationKey: SessionID] = [:]
+    private var halfOpen: [SessionID: Path] = [:]
+    private var halfOpenPerPath: [Path: Int] = [:]
+    private var established: [PeerID: [SessionID]] = [:]
+    private var preferred: [PeerID: SessionID] = [:]
+    private var ownCounters = SessionCounters()
+    private var retiredCounters = SessionCounters()
+    private var scheduled: NIODeadline?
+
+    /// Creates an empty table.
+    ///
+    /// - Parameters:
+    ///   - identity: the local libp2p identity.
+    ///   - limits: numbers and limits.
+    ///   - random: the source of session ids and path-challenge seeds (inject a seeded one in tests).
+    public init(
+        identity: PrivateKey,
+        limits: SessionLimits = SessionLimits(),
+        random: any RandomNumberGenerator & Sendable = SystemRandomNumberGenerator()
+    ) {
+        self.identity = identity
+        self.localPeer = identity.peerID
+        self.limits = limits
+        self.random = random
+        self.staticKey = Array(Curve25519.KeyAgreement.PrivateKey().rawRepresentation)
+    }
+
+    /// Every counter of the table and its sessions (live and closed). O(sessions).
+    public var counters: SessionCounters {
+        var total = ownCounters
+        total.add(retiredCounters)
+        for machine in sessions.values { total.add(machine.counters) }
+        return total
+    }
+
+    /// Sessions in any state.
+    public var sessionCount: Int { sessions.count }
+
+    /// Responder handshakes waiting for message 3.
+    public var halfOpenCount: Int { halfOpen.count }
+
+    /// The session used to send to `peer`, if one is established.
+    public func session(with peer: PeerID) -> SessionID? { preferred[peer] }
+
+    /// The established sessions with `peer` (more than one only briefly, during a simultaneous open).
+    public func sessions(with peer: PeerID) -> [SessionID] { established[peer] ?? [] }
+
+    /// The path an established session is bound to.
+    public func path(of session: SessionID) -> Path? {
+        guard let machine = sessions[session], machine.isEstablished else { return nil }
+        return machine.path
+    }
+
+    // MARK: Events
+
+    /// Starts a handshake toward a peer, sending message 1 on every path at once (each copy tagged
+    /// with its index as transportId); the first path whose answer arrives becomes the session's.
+    ///
+    /// Returns the existing session when one with `peer` is established or being initiated.
+    public mutating func connect(
+        to paths: [Path],
+        expecting peer: PeerID?,
+        now: NIODeadline
+    ) throws(SessionError) -> (session: SessionID, actions: [SessionAction<Path>]) {
+        if let peer {
+            if let existing = preferred[peer] { return (existing, []) }
+            if let pending = sessions.first(where: {
+                $0.value.expectedPeer == peer && !$0.value.isClosed
+                    && $0.value.role == .initiator && !$0.value.isEstablished
+            }) {
+                return (pending.key, [])
+            }
+        }
+        guard !paths.isEmpty, paths.count <= Int(UInt16.max) + 1 else {
+            throw .limitExceeded("between 1 and 65536 paths per handshake, got \(paths.count)")
+        }
+        guard sessions.count < limits.maxSessions else {
+            throw .limitExceeded("\(limits.maxSessions) sessions")
+        }
+        let id = newSessionID()
+        var machine = SessionMachine<Path>(
+            initiatorID: id,
+            identity: identity,
+            staticKey: try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: staticKey),
+            expectedPeer: peer,
+            paths: paths,
+            limits: limits,
+            seed: random.next(),
+            now: now
+        )
+        var actions: [SessionAction<Path>] = []
+        machine.start(now: now, actions: &actions)
+        sessions[id] = machine
+        settle(id, wasEstablished: false, wasConfirmed: false, now: now, actions: &actions)
+        return (id, actions)
+    }
+
+    /// Feeds one received datagram. Anything malformed, unknown, replayed or unauthenticated is
+    /// dropped and counted; nothing is buffered beyond the limits.
+    public mutating func onDatagram(_ datagram: ByteBuffer, from path: Path, now: NIODeadline) -> [SessionAction<Path>]
+    {
+        let size = datagram.readableBytes
+        let packet: SessionPacket
+        do {
+            packet = try SessionPacketCodec.parse(datagram, maxDatagram: limits.maxDatagram)
+        } catch {
+            ownCounters.malformed += 1
+            return []
+        }
+        var actions: [SessionAction<Path>] = []
+        switch packet {
+        case .handshake(let handshake) where handshake.type == .handshake1:
+            let key = InitiationKey(source: handshake.source, ephemeral: handshake.noise)
+            if let id = initiations[key] {
+                dispatch(id, now: now, actions: &actions) { machine, actions in
+                    machine.onHandshake(handshake, size: size, from: path, now: now, actions: &actions)
+                }
+            } else {
+                accept(handshake, key: key, size: size, from: path, now: now, actions: &actions)
+            }
+        case .handshake(let handshake):
+            guard sessions[handshake.destination] != nil else {
+                ownCounters.unknownSession += 1
+                return []
+            }
+            dispatch(handshake.destination, now: now, actions: &actions) { machine, actions in
+                machine.onHandshake(handshake, size: size, from: path, now: now, actions: &actions)
+            }
+        case .transport(let transport):
+            guard sessions[transport.destination] != nil else {
+                ownCounters.unknownSession += 1
+                return []
+            }
+            dispatch(transport.destination, now: now, actions: &actions) { machine, actions in
+                machine.onTransport(transport, size: size, from: path, now: now, actions: &actions)
+            }
+        }
+        return actions
+    }
+
+    /// Seals `payload` (at most ``SessionLimits/maxPayload`` bytes) for `peer`'s current session.
+    public mutating func send(_ payload: ByteBuffer, to peer: PeerID, now: NIODeadline) throws(SessionError)
+        -> [SessionAction<Path>]
+    {
+        guard let id = preferred[peer] else { throw .noSession(peer) }
+        return try send(payload, session: id, now: now)
+    }
+
+    /// Seals `payload` for one established session.
+    public mutating func send(_ payload: ByteBuffer, session id: SessionID, now: NIODeadline) throws(SessionError)
+        -> [SessionAction<Path>]
+    {
+        guard sessions[id] != nil else { throw .unknownSession(id) }
+        var actions: [SessionAction<Path>] = []
+        let wasEstablished = sessions[id]!.isEstablished
+        let wasConfirmed = sessions[id]!.confirmed
+        try sessions[id]!.send(payload, now: now, actions: &actions)
+        settle(id, wasEstablished: wasEstablished, wasConfirmed: wasConfirmed, now: now, actions: &actions)
+        return actions
+    }
+
+    /// Runs every session's due timers: retransmissions, deadlines, keep-alives, idle expiry.
+    public mutating func onTimer(now: NIODeadline) -> [SessionAction<Path>] {
+        var actions: [SessionAction<Path>] = []
+        scheduled = nil
+        let due = sessions.compactMap { id, machine in
+            machine.nextDeadline.map { $0 <= now ? id : nil } ?? nil
+        }
+        for id in due {
+            dispatch(id, now: now, schedule: false, actions: &actions) { machine, actions in
+                machine.onTimer(now: now, actions: &actions)
+            }
+        }
+        var next: NIODeadline?
+        for machine in sessions.values {
+            if let deadline = machine.nextDeadline { next = next.map { min($0, deadline) } ?? deadline }
+        }
+        if let next {
+            scheduled = next
+            actions.append(.scheduleTimer(at: next))
+        }
+        return actions
+    }
+
+    /// Closes a session (an established one tells its peer with an authenticated Close).
+    public mutating func close(session id: SessionID, now: NIODeadline) -> [SessionAction<Path>] {
+        var actions: [SessionAction<Path>] = []
+        guard sessions[id] != nil else { return actions }
+        dispatch(id, now: now, actions: &actions) { machine, actions in
+            machine.close(.localClose, now: now, actions: &actions)
+        }
+        return actions
+    }
+
+    // MARK: Internals
+
+    private mutating func accept(
+        _ initiation: SessionHandshakePacket,
+        key: InitiationKey,
+        size: Int,
+        from path: Path,
+        now: NIODeadline,
+        actions: inout [SessionAction<Path>]
+    ) {
+        guard sessions.count < limits.maxSessions, halfOpen.count < limits.maxHalfOpen,
+            halfOpenPerPath[path, default: 0] < limits.maxHalfOpenPerPath
+        else {
+            ownCounters.limitRejected += 1
+            return
+        }
+        let id = newSessionID()
+        guard
+            let machine = SessionMachine<Path>(
+                responderID: id,
+                identity: identity,
+                staticKey: try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: staticKey),
+                initiation: initiation,
+                size: size,
+                path: path,
+                limits: limits,
+                seed: random.next(),
+                now: now,
+                actions: &actions
+            )
+        else {
+            ownCounters.handshakeFailed += 1
+            return
+        }
+        sessions[id] = machine
+        initiations[key] = id
+        halfOpen[id] = path
+        halfOpenPerPath[path, default: 0] += 1
+        settle(id, wasEstablished: false, wasConfirmed: false, now: now, actions: &actions)
+    }
+
+    private mutating func dispatch(
+        _ id: SessionID,
+        now: NIODeadline,
+        schedule: Bool = true,
+        actions: inout [SessionAction<Path>],
+        _ body: (inout SessionMachine<Path>, inout [SessionAction<Path>]) -> Void
+    ) {
+        let wasEstablished = sessions[id]!.isEstablished
+        let wasConfirmed = sessions[id]!.confirmed
+        body(&sessions[id]!, &actions)
+        settle(
+            id,
+            wasEstablished: wasEstablished,
+            wasConfirmed: wasConfirmed,
+            now: now,
+            schedule: schedule,
+            actions: &actions
+        )
+    }
+
+    /// Bookkeeping after any event on session `id`.
+    private mutating func settle(
+        _ id: SessionID,
+        wasEstablished: Bool,
+        wasConfirmed: Bool,
+        now: NIODeadline,
+        schedule: Bool = true,
+        actions: inout [SessionAction<Path>]
+    ) {
+        guard let machine = sessions[id] else { return }
+        if machine.isClosed {
+            remove(id)
+            return
+        }
+        if !machine.isHalfOpen, let path = halfOpen.removeValue(forKey: id) {
+            releaseHalfOpen(path)
+        }
+        if machine.isEstablished, !wasEstablished, let peer = machine.remotePeer {
+            established[peer, default: []].append(id)
+            if preferred[peer] == nil { preferred[peer] = id }
+        }
+        if machine.isEstablished, machine.confirmed, !wasConfirmed, let peer = machine.remotePeer {
+            resolve(peer: peer, newcomer: id, now: now, actions: &actions)
+        }
+        if schedule, let deadline = sessions[id]?.nextDeadline, scheduled.map({ deadline < $0 }) ?? true {
+            scheduled = deadline
+            actions.append(.scheduleTimer(at: deadline))
+        }
+    }
+
+    /// Keeps one confirmed session per peer.
+    ///
+    /// Two sessions of opposite roles created within ``SessionLimits/handshakeTimeout`` of each
+    /// other are a simultaneous open: the one initiated by the peer with the smaller PeerID bytes
+    /// wins, on both sides. Otherwise the newer session wins (the peer restarted or reconnected).
+    private mutating func resolve(
+        peer: PeerID, newcomer: SessionID, now: NIODeadline, actions: inout [SessionAction<Path>]
+    ) {
+        var winner = newcomer
+        for other in established[peer] ?? [] where other != winner {
+            guard let a = sessions[winner], let b = sessions[other], b.confirmed else { continue }
+            let simultaneous =
+                a.role != b.role
+                && abs((a.createdAt - b.createdAt).nanoseconds) < limits.handshakeTimeout.nanoseconds
+            let keepA: Bool
+            if simultaneous {
+                let localInitiatedWins = localPeer < peer
+                keepA = (a.role == .initiator) == localInitiatedWins
+            } else {
+                keepA = a.createdAt >= b.createdAt
+            }
+            let loser = keepA ? other : winner
+            if !keepA { winner = other }
+            ownCounters.sessionsSuperseded += 1
+            sessions[loser]!.close(.superseded, now: now, actions: &actions)
+            remove(loser)
+        }
+        preferred[peer] = winner
+    }
+
+    private mutating func remove(_ id: SessionID) {
+        guard let machine = sessions.removeValue(forKey: id) else { return }
+        retiredCounters.add(machine.counters)
+        if let path = halfOpen.removeValue(forKey: id) { releaseHalfOpen(path) }
+        if machine.role == .responder, let remote = machine.remoteID {
+            let key = InitiationKey(source: remote, ephemeral: machine.initiationKey)
+            if initiations[key] == id { initiations[key] = nil }
+        }
+        if let peer = machine.remotePeer, var ids = established[peer] {
+            ids.removeAll { $0 == id }
+            established[peer] = ids.isEmpty ? nil : ids
+            if preferred[peer] == id { preferred[peer] = ids.last }
+        }
+    }
+
+    private mutating func releaseHalfOpen(_ path: Path) {
+        let count = halfOpenPerPath[path, default: 1] - 1
+        halfOpenPerPath[path] = count > 0 ? count : nil
+    }
+
+    private mutating func newSessionID() -> SessionID {
+        while true {
+            let id = SessionID(rawValue: random.next())
+            if id != .none, sessions[id] == nil { return id }
+        }
+    }
+}

@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetStreams
-
-@Test func placeholder() { #expect(Bool(true)) }
