@@ -215,7 +215,8 @@ public final class StreamMessageTransport: MessageTransport {
             guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
             let count = s.inboundStreams[peer, default: 0]
             guard count < configuration.maxStreamsPerPeer else {
-                throw MessageError(.limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
+                throw MessageError(
+                    .limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
             }
             s.inboundStreams[peer] = count + 1
             return context
@@ -235,7 +236,8 @@ public final class StreamMessageTransport: MessageTransport {
 
     /// Reads messages on `channel` and hands each to its handler until the stream ends.
     /// - Returns: whether the stream ended cleanly (otherwise it was reset).
-    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool {
+    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool
+    {
         var reader = FramedReader(maxSize: context.maxMessageSize)
         do {
             while let data = try await reader.next(from: channel.stream) {
@@ -335,7 +337,8 @@ public final class StreamMessageTransport: MessageTransport {
             if case .success(let channel) = result {
                 let enqueued = workContinuation.yield { [self] in
                     _ = await readMessages(on: channel, context: context, inbound: false)
-                    channel.fail(MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
+                    channel.fail(
+                        MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
                     state.withLockedValue { s in
                         if case .open(let c) = s.outbound[key], c === channel { s.outbound[key] = nil }
                     }

@@ -269,7 +269,8 @@ struct HandlerSuite {
             _ = try await introduce(a, to: b, on: factory)
             async let result: Result<Message, any Error> = {
                 do {
-                    return .success(try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)))
+                    return .success(
+                        try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)))
                 } catch {
                     return .failure(error)
                 }
@@ -314,7 +315,9 @@ struct HandlerSuite {
         }
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
-            let task = Task { try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)) }
+            let task = Task {
+                try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60))
+            }
             await got.wait()
             task.cancel()
             await #expect {
@@ -482,18 +485,23 @@ struct HandlerSuite {
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
             for i in 0..<3 {
-                #expect(String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/rate/1").data) == "\(i)")
+                #expect(
+                    String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/rate/1").data) == "\(i)"
+                )
             }
             await #expect {
                 _ = try await a.request(bytes("over"), to: b.peerID, protocol: "/rate/1")
             } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
             let rejected = await firstEvent(b) {
-                if case .messageRejected(let from, _, let reason) = $0 { return from == a.peerID && reason.code == .limitExceeded }
+                if case .messageRejected(let from, _, let reason) = $0 {
+                    return from == a.peerID && reason.code == .limitExceeded
+                }
                 return false
             }
             #expect(rejected != nil)
             clock.advance(.seconds(1))
-            #expect(String(buffer: try await a.request(bytes("again"), to: b.peerID, protocol: "/rate/1").data) == "again")
+            #expect(
+                String(buffer: try await a.request(bytes("again"), to: b.peerID, protocol: "/rate/1").data) == "again")
         }
     }
 
@@ -502,35 +510,63 @@ struct HandlerSuite {
         let a = factory.host()
         let b = factory.host()
         b.setMessageHandler(for: "/e/1") { try await $0.reply($0.data) }
-        let events = try await running([a, b]) { () -> [MessageHostEvent] in
+        let (address, bAddress, events) = try await running([a, b]) {
+            () -> (Multiaddr, Multiaddr, [MessageHostEvent]) in
             let address = try await a.network.listen(on: factory.listenAddress())
             let bAddress = try await b.network.listen(on: factory.listenAddress())
             #expect(address.peerID == a.peerID)
+            #expect(a.network.listenAddresses == [address])
+            #expect(a.network.sockets.map(\.localAddress) == [address])
             #expect(try await a.network.connect(to: bAddress) == b.peerID)
-            let identified = await firstEvent(a) {
+            var seen: [MessageHostEvent] = []
+            var iterator = a.events.makeAsyncIterator()
+            func waitFor(_ predicate: (MessageHostEvent) -> Bool) async {
+                while let e = await iterator.next() {
+                    seen.append(e)
+                    if predicate(e) { return }
+                }
+            }
+            await waitFor {
                 if case .peerIdentified(let info) = $0 { return info.peer == b.peerID }
                 return false
             }
-            if case .peerIdentified(let info) = identified {
-                #expect(info.protocols.contains("/e/1"))
-            } else {
-                Issue.record("no peerIdentified event")
-            }
             #expect(a.peerstore.protocols(for: b.peerID).contains("/e/1"))
+            // b adds a protocol: identify push tells a.
+            b.setMessageHandler(for: "/e/2") { _ in }
+            await waitFor {
+                if case .peerProtocolsUpdated(let peer, let protocols) = $0 {
+                    return peer == b.peerID && protocols.contains("/e/2")
+                }
+                return false
+            }
             await a.network.closePeer(b.peerID)
-            _ = await firstEvent(a) {
+            await waitFor {
                 if case .connectionClosed(let c) = $0 { return c.peer == b.peerID }
                 return false
             }
+            #expect(!a.network.hasSession(with: b.peerID))
             await a.shutdown()
-            var rest: [MessageHostEvent] = []
-            for await e in a.events { rest.append(e) }
-            return rest
+            while let e = await iterator.next() { seen.append(e) }
+            return (address, bAddress, seen)
         }
+        #expect(bAddress.peerID == b.peerID)
+        func has(_ predicate: (MessageHostEvent) -> Bool) -> Bool { events.contains(where: predicate) }
         #expect(
-            events.contains {
-                if case .listenClosed(let addr) = $0 { return addr.peerID == a.peerID }
+            has {
+                if case .listenStarted(let x) = $0 { return x == address }; return false
+            })
+        #expect(
+            has {
+                if case .connectionOpened(let c) = $0 { return c.peer == b.peerID && c.direction == .outbound }
                 return false
+            })
+        #expect(
+            has {
+                if case .connectionClosed(let c) = $0 { return c.peer == b.peerID }; return false
+            })
+        #expect(
+            has {
+                if case .listenClosed(let x) = $0 { return x == address }; return false
             })
     }
 }

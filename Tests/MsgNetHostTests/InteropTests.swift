@@ -94,7 +94,9 @@ struct MessageInteropTests {
             host.peerstore.addAddresses([address], for: py)
             let echoes = host.messages(for: Self.msgEcho)
             try await running([host]) {
-                let payloads = (0..<100).map { i in ByteBuffer(bytes: patternBytes(count: 1 + i * 37, seed: UInt64(i + 1))) }
+                let payloads = (0..<100).map { i in
+                    ByteBuffer(bytes: patternBytes(count: 1 + i * 37, seed: UInt64(i + 1)))
+                }
                 for p in payloads { try await host.send(p, to: py, protocol: Self.msgEcho) }
                 var it = echoes.makeAsyncIterator()
                 for p in payloads {
@@ -107,7 +109,8 @@ struct MessageInteropTests {
                     for i in 0..<8 {
                         group.addTask {
                             let body = ByteBuffer(bytes: patternBytes(count: 1000, seed: UInt64(100 + i)))
-                            let reply = try await host.request(body, to: py, protocol: Self.msgEcho, timeout: .seconds(20))
+                            let reply = try await host.request(
+                                body, to: py, protocol: Self.msgEcho, timeout: .seconds(20))
                             #expect(reply.data == body)
                         }
                     }
@@ -144,7 +147,8 @@ struct MessageInteropTests {
             let py = try #require(address.peerID)
             host.peerstore.addAddresses([address], for: py)
             try await running([host]) {
-                let reply = try await host.request(ByteBuffer(), to: py, protocol: IdentifyProtocol.id, timeout: .seconds(20))
+                let reply = try await host.request(
+                    ByteBuffer(), to: py, protocol: IdentifyProtocol.id, timeout: .seconds(20))
                 let info = try IdentifyProtocol.parse(reply.data, from: py)
                 #expect(info.agentVersion?.contains("py-libp2p") == true)
                 #expect(info.protocols.contains(Self.msgEcho))
