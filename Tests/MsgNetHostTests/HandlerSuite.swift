@@ -531,7 +531,11 @@ struct HandlerSuite {
                 return false
             }
             #expect(a.peerstore.protocols(for: b.peerID).contains("/e/1"))
-            // b adds a protocol: identify push tells a.
+            // b adds a protocol: identify push tells a (once b knows a supports push).
+            _ = await firstEvent(b) {
+                if case .peerIdentified(let info) = $0 { return info.peer == a.peerID }
+                return false
+            }
             b.setMessageHandler(for: "/e/2") { _ in }
             await waitFor {
                 if case .peerProtocolsUpdated(let peer, let protocols) = $0 {
