@@ -256,7 +256,10 @@ enum StreamNegotiation {
             for action in actions {
                 switch action {
                 case .send(let bytes):
-                    try await stream.write(bytes)
+                    // Negotiation frames are the stream's first writes, so an event-loop write
+                    // (not waiting for its completion) cannot be overtaken by later writes; a
+                    // failed write shows up as a failed read. Saves a hop per negotiation step.
+                    stream.eventLoop.execute { stream.writeOnEventLoop(bytes, flush: true, promise: nil) }
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
                 case .optimisticallySelected, .listed:
