@@ -336,7 +336,10 @@ public final class StreamMessageTransport: MessageTransport {
             }
             if case .success(let channel) = result {
                 let enqueued = workContinuation.yield { [self] in
-                    _ = await readMessages(on: channel, context: context, inbound: false)
+                    if await readMessages(on: channel, context: context, inbound: false) {
+                        // The peer closed its side: close ours too (after what is queued).
+                        await channel.close()
+                    }
                     channel.fail(
                         MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
                     state.withLockedValue { s in
