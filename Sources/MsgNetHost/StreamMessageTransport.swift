@@ -56,6 +56,8 @@ public final class StreamMessageTransport: MessageTransport {
         var inboundStreams: [PeerID: Int] = [:]
         var requestStreams: [PeerID: Int] = [:]
         var shutdown = false
+        var blockedSends = 0
+        var blockedWaiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = NIOLockedValueBox(State())
     private let work: AsyncStream<@Sendable () async -> Void>
@@ -324,7 +326,8 @@ public final class StreamMessageTransport: MessageTransport {
                 let stream = try await streamHost.newStream(to: key.peer, protocols: [key.protocolID])
                 let channel = StreamChannel(
                     stream: stream, maxMessageSize: context.maxMessageSize,
-                    highWatermark: configuration.writeHighWatermark)
+                    highWatermark: configuration.writeHighWatermark,
+                    onBlocked: { [weak self] in self?.sendBlocked() })
                 result = .success(channel)
             } catch {
                 result = .failure(MessageError.from(error))
@@ -350,6 +353,27 @@ public final class StreamMessageTransport: MessageTransport {
             }
             for w in waiters { w.resume(with: result) }
             return try result.get()
+        }
+    }
+
+    private func sendBlocked() {
+        let waiters = state.withLockedValue { s in
+            s.blockedSends += 1
+            defer { s.blockedWaiters = [] }
+            return s.blockedWaiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Waits until some send has had to wait for its channel to drain (backpressure), for tests.
+    package func waitForBlockedSend() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLockedValue { s -> Bool in
+                if s.blockedSends > 0 { return true }
+                s.blockedWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
         }
     }
 

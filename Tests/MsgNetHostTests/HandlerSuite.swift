@@ -226,6 +226,42 @@ struct HandlerSuite {
         }
     }
 
+    @Test("slow handler: the stream stops being read and the sender waits", arguments: TransportFactory.all)
+    func slowHandlerBackpressure(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let handled = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/bp/1") { message in
+            await release.wait()
+            #expect(message.data.getInteger(at: 0, as: UInt32.self) == UInt32(handled.value))
+            handled.add()
+        }
+        let total = 1000
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let sent = Counter()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for i in 0..<total {
+                        var m = ByteBuffer(repeating: 0, count: 64 * 1024)
+                        m.setInteger(UInt32(i), at: 0)
+                        try await a.send(m, to: b.peerID, protocol: "/bp/1")
+                        sent.add()
+                    }
+                }
+                // 64 MiB cannot fit in the buffers between the two: a send must wait.
+                await factory.waitForBlockedSend(a)
+                #expect(sent.value < total)
+                #expect(handled.value == 0)
+                release.fire()
+                try await group.waitForAll()
+            }
+            await handled.wait(atLeast: total)
+            #expect(sent.value == total)
+        }
+    }
+
     @Test("slow consumer: the inbox holds at most its capacity; sends wait", arguments: TransportFactory.all)
     func inboxBackpressure(factory: TransportFactory) async throws {
         let a = factory.host()
