@@ -393,6 +393,65 @@ struct HandlerSuite {
         }
     }
 
+    @Test("a handler that does not reply: the requester gets remoteError", arguments: TransportFactory.all)
+    func noReply(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/silent/1") { _ in }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/silent/1")
+            } throws: { code($0) == .remoteError }
+        }
+    }
+
+    @Test("unreliable mode is accepted on every path; a reply cannot be replied to", arguments: TransportFactory.all)
+    func unreliableAndReplyToReply(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let count = Counter()
+        b.setMessageHandler(for: "/u/1") { message in
+            count.add()
+            if message.data.readableBytes > 0 { try await message.reply(message.data) }
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes(""), to: b.peerID, protocol: "/u/1", mode: .unreliable)
+            await count.wait(atLeast: 1)
+            let reply = try await a.request(bytes("r"), to: b.peerID, protocol: "/u/1")
+            await #expect {
+                try await reply.reply(bytes("again"))
+            } throws: { code($0) == .remoteError }
+        }
+    }
+
+    @Test("messages(for:) ends when its handler is removed", arguments: TransportFactory.all)
+    func inboxEndsOnRemoval(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let inbox = a.messages(for: "/i/1")
+        try await running([a]) {
+            a.removeMessageHandler(for: "/i/1")
+            var it = inbox.makeAsyncIterator()
+            #expect(await it.next() == nil)
+        }
+    }
+
+    @Test("after shutdown, sends fail with cancelled and run() has returned", arguments: TransportFactory.all)
+    func afterShutdown(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/x/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            #expect(String(buffer: try await a.request(bytes("x"), to: b.peerID, protocol: "/x/1").data) == "x")
+            await a.shutdown()
+            await #expect {
+                try await a.send(bytes("x"), to: b.peerID, protocol: "/x/1")
+            } throws: { code($0) == .cancelled }
+        }
+    }
+
     @Test("sessions: open, list, send, close", arguments: TransportFactory.all)
     func sessions(factory: TransportFactory) async throws {
         let a = factory.host()
