@@ -400,6 +400,9 @@ public final class StreamMessageTransport: MessageTransport {
                 s.requestStreams[peer] = n == 0 ? nil : n
             }
         }
+        // The deadline counts from here: a dial (bounded by the stream host's dial timeout) and
+        // opening the stream use up part of it.
+        let deadline = NIODeadline.now() + timeout
         var frame = ByteBuffer()
         frame.reserveCapacity(10 + data.readableBytes)
         UVarint.write(UInt64(data.readableBytes), to: &frame)
@@ -407,7 +410,7 @@ public final class StreamMessageTransport: MessageTransport {
         let stream = try await streamHost.newStreamLazily(
             to: peer, protocolID: `protocol`, initialData: frame, closeWrite: true)
         let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: timeout) {
+        let timer = stream.eventLoop.scheduleTask(deadline: deadline) {
             timedOut.withLockedValue { $0 = true }
             stream.resetOnEventLoop()
         }
