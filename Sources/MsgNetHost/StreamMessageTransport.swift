@@ -407,34 +407,18 @@ public final class StreamMessageTransport: MessageTransport {
         frame.reserveCapacity(10 + data.readableBytes)
         UVarint.write(UInt64(data.readableBytes), to: &frame)
         frame.writeImmutableBuffer(data)
-        let stream = try await streamHost.newStreamLazily(
-            to: peer, protocolID: `protocol`, initialData: frame, closeWrite: true)
-        let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(deadline: deadline) {
-            timedOut.withLockedValue { $0 = true }
-            stream.resetOnEventLoop()
-        }
-        defer { timer.cancel() }
+        let reply: ByteBuffer
         do {
-            return try await withTaskCancellationHandler {
-                var reader = FramedReader(maxSize: maxSize)
-                guard let reply = try await reader.next(from: stream) else {
-                    throw MessageError(.remoteError, "\(peer) closed the \(`protocol`) stream without replying")
-                }
-                return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
-            } onCancel: {
-                stream.eventLoop.execute { stream.resetOnEventLoop() }
-            }
+            reply = try await streamHost.request(
+                to: peer, protocolID: `protocol`, frame: frame, maxReplySize: maxSize, deadline: deadline)
+        } catch let error as ReplyTooLargeError {
+            throw MessageError(.messageTooLarge, "reply from \(peer) on \(`protocol`): \(error)")
+        } catch let error as StreamsError where error.code == .protocolViolation {
+            throw MessageError(.remoteError, error.message)
         } catch {
-            if timedOut.withLockedValue({ $0 }) {
-                throw MessageError(.timedOut, "no reply from \(peer) on \(`protocol`) within \(timeout)")
-            }
             if Task.isCancelled { throw MessageError(.cancelled, "request to \(peer) on \(`protocol`) cancelled") }
-            let e = MessageError.from(error)
-            if e.code == .messageTooLarge || e.code == .remoteError {
-                stream.eventLoop.execute { stream.resetOnEventLoop() }
-            }
-            throw e
+            throw MessageError.from(error)
         }
+        return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
     }
 }
