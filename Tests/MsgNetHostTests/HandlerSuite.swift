@@ -452,6 +452,32 @@ struct HandlerSuite {
         }
     }
 
+    @Test("an outbound channel reset by the peer is reopened by the next send", arguments: TransportFactory.all)
+    func reopenAfterReset(factory: TransportFactory) async throws {
+        struct Boom: Error {}
+        let a = factory.host()
+        let b = factory.host()
+        let got = NIOLockedValueBox<[String]>([])
+        let count = Counter()
+        b.setMessageHandler(for: "/re/1") { message in
+            let text = String(buffer: message.data)
+            got.withLockedValue { $0.append(text) }
+            count.add()
+            if text == "boom" { throw Boom() }
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes("one"), to: b.peerID, protocol: "/re/1")
+            try await a.send(bytes("boom"), to: b.peerID, protocol: "/re/1")
+            await count.wait(atLeast: 2)
+            // Wait until a has seen the reset (its channel is gone), polling.
+            while !a.network.sessions(with: b.peerID).isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+            try await a.send(bytes("two"), to: b.peerID, protocol: "/re/1")
+            await count.wait(atLeast: 3)
+            #expect(got.withLockedValue { $0 } == ["one", "boom", "two"])
+        }
+    }
+
     @Test("sessions: open, list, send, close", arguments: TransportFactory.all)
     func sessions(factory: TransportFactory) async throws {
         let a = factory.host()
