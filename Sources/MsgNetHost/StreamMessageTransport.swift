@@ -203,8 +203,9 @@ public final class StreamMessageTransport: MessageTransport {
         }
         for p in removed { streamHost.removeStreamHandler(p) }
         for p in added.sorted() {
-            streamHost.setStreamHandler(p) { [self] stream in
-                try await serveInbound(stream)
+            streamHost.setStreamHandler(p) { [weak self] stream in
+                guard let self else { throw MessageError(.cancelled, "the transport is gone") }
+                try await self.serveInbound(stream)
             }
         }
     }
