@@ -10,8 +10,10 @@ public struct MessagingCounters: Hashable, Sendable {
     public var duplicateReliable = 0
     /// Reliable fragments below the remembered range (not acknowledged, not delivered).
     public var tooOldReliable = 0
-    /// Unreliable messages received again, or too old to tell (not delivered).
+    /// Unreliable messages received again (not delivered).
     public var duplicateUnreliable = 0
+    /// Unreliable messages older than the remembered ranges (reordered too far; not delivered).
+    public var tooOldUnreliable = 0
     /// Continuations naming a protocolInt we do not know (answered with Reset).
     public var unknownProtocolInts = 0
     /// Inits (or Continuations) for a protocol without handler (answered with Reset).

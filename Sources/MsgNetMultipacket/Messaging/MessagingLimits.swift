@@ -33,8 +33,8 @@ public struct MessagingLimits: Hashable, Sendable {
     public var maxAckDelay: TimeAmount = .milliseconds(25)
     /// Ranges the receiver remembers for reliable sequence numbers (dedup); past it the oldest range is forgotten.
     public var maxReceivedRanges: Int = 1024
-    /// Ranges the receiver remembers for unreliable sequence numbers.
-    public var maxUnreliableRanges: Int = 64
+    /// Width of the receiver's sliding dedup window for unreliable sequence numbers (bits; older ones are dropped).
+    public var unreliableWindow: Int = 1024
     /// Ranges written in one Ack frame, at most (also the decoder's limit).
     public var maxAckRangesPerFrame: Int = 32
     /// Partially reassembled messages per peer, at most.

@@ -181,7 +181,7 @@ public struct MessagingMachine: Sendable {
     private var inboundProtocols: [UInt16: String] = [:]
     private var inboundOrder: Deque<UInt16> = []
     private var received: MessagingSequenceSet
-    private var receivedUnreliable: MessagingSequenceSet
+    private var receivedUnreliable: MessagingReplayWindow
     private var largestReceivedAt: NIODeadline?
     private var ackElicitingPending = 0
     private var ackImmediately = false
@@ -221,7 +221,7 @@ public struct MessagingMachine: Sendable {
             maxRTO: limits.maxRTO
         )
         self.received = MessagingSequenceSet(maxRanges: limits.maxReceivedRanges)
-        self.receivedUnreliable = MessagingSequenceSet(maxRanges: limits.maxUnreliableRanges)
+        self.receivedUnreliable = MessagingReplayWindow(size: limits.unreliableWindow)
     }
 
     // MARK: Introspection
@@ -793,8 +793,13 @@ public struct MessagingMachine: Sendable {
     ) -> Bool {
         let sequence = header.sequence
         guard header.reliable else {
-            guard receivedUnreliable.insert(sequence) == .inserted else {
+            switch receivedUnreliable.insert(sequence) {
+            case .inserted: break
+            case .duplicate:
                 counters.duplicateUnreliable += 1
+                return false
+            case .tooOld:
+                counters.tooOldUnreliable += 1
                 return false
             }
             deliver(name, data: data, kind: header.kind, mode: .unreliable, actions: &actions)

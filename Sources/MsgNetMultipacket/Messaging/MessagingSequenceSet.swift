@@ -70,3 +70,57 @@ struct MessagingSequenceSet: Sendable {
         return .inserted
     }
 }
+
+/// A sliding bitmap of the last `size` sequence numbers below the highest one seen (as an IPsec
+/// replay window): dedup for unreliable messages, whose lost numbers never fill in. Fixed memory.
+struct MessagingReplayWindow: Sendable {
+    private var words: [UInt64]
+    private var highest: UInt64?
+
+    /// Window width in sequence numbers (a multiple of 64).
+    var size: Int { words.count * 64 }
+
+    init(size: Int) {
+        words = Array(repeating: 0, count: max(1, (size + 63) / 64))
+    }
+
+    mutating func insert(_ seq: UInt64) -> MessagingSequenceSet.InsertResult {
+        guard let top = highest else {
+            highest = seq
+            words[0] = 1
+            return .inserted
+        }
+        if seq > top {
+            shift(by: seq - top)
+            highest = seq
+            words[0] |= 1
+            return .inserted
+        }
+        let offset = top - seq
+        guard offset < UInt64(size) else { return .tooOld }
+        let bit = UInt64(1) << (offset % 64)
+        let word = Int(offset / 64)
+        if words[word] & bit != 0 { return .duplicate }
+        words[word] |= bit
+        return .inserted
+    }
+
+    /// Moves every remembered number `distance` places further from the top.
+    private mutating func shift(by distance: UInt64) {
+        guard distance < UInt64(size) else {
+            for i in words.indices { words[i] = 0 }
+            return
+        }
+        let wordShift = Int(distance / 64)
+        let bitShift = distance % 64
+        for i in stride(from: words.count - 1, through: 0, by: -1) {
+            let source = i - wordShift
+            var value: UInt64 = 0
+            if source >= 0 {
+                value = words[source] << bitShift
+                if bitShift > 0 && source >= 1 { value |= words[source - 1] >> (64 - bitShift) }
+            }
+            words[i] = value
+        }
+    }
+}
