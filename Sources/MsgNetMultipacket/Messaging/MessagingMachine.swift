@@ -868,9 +868,10 @@ public struct MessagingMachine: Sendable {
     ) -> Bool {
         let messageId = header.sequence - UInt64(fragment.index)
         if let slot = partials.index(forKey: messageId) {
-            let partial = partials.values[slot]
-            guard partial.protocolName == name, partial.kind == header.kind, partial.count == fragment.count,
-                partial.totalLength == fragment.totalLength
+            // Compare through a borrowed view: a long-lived copy would force a copy of the buffer below.
+            guard partials.values[slot].protocolName == name, partials.values[slot].kind == header.kind,
+                partials.values[slot].count == fragment.count,
+                partials.values[slot].totalLength == fragment.totalLength
             else {
                 counters.inconsistentFragments += 1
                 return false
