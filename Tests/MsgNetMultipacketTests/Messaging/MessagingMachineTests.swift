@@ -280,4 +280,41 @@ struct MessagingMachineTests {
         #expect(!ps.isEmpty)
         #expect(ps.allSatisfy { $0.readableBytes <= 1200 })
     }
+
+    @Test func heavyLossEveryReliableSendHasExactlyOneOutcomeAndNoFalseDelivered() throws {
+        var limits = MessagingLimits()
+        limits.deliveryTimeout = .seconds(2)
+        var link = LossyLink(
+            a: machine(limits), b: machine(), seed: 2024, loss: 0.45, duplicate: 0.1,
+            minDelay: .milliseconds(1), maxDelay: .milliseconds(100))
+        var sent: [MessagingSendID: ByteBuffer] = [:]
+        for i in 0..<200 {
+            let data = pattern(i, length: [3, 900, 2500, 9000][i % 4])
+            sent[try link.send(from: .a, data, protocol: "/h/\(i % 3)")] = data
+            link.run(for: .milliseconds(7))
+        }
+        link.run()
+        let outcomes = link.outcomes[.a]!
+        #expect(outcomes.count == sent.count)
+        #expect(outcomes.values.allSatisfy { $0.count == 1 })
+        let received = link.deliveries[.b]!.map(\.data)
+        #expect(Set(received).count == received.count)
+        var delivered = 0
+        var failed = 0
+        for (id, data) in sent {
+            switch outcomes[id]?.first {
+            case .delivered:
+                delivered += 1
+                // "delivered" is never a lie.
+                #expect(received.contains(data))
+            case .failed(let code):
+                failed += 1
+                #expect(code == .timedOut)
+            case nil:
+                Issue.record("no outcome for \(id)")
+            }
+        }
+        #expect(delivered > 0 && failed > 0)
+        #expect(link.machines[.a]!.pendingSendCount == 0)
+    }
 }
