@@ -317,7 +317,8 @@ public struct MessagingMachine: Sendable {
             }
             guard messages.count < limits.maxQueuedMessages, queuedBytes + length <= limits.maxQueuedBytes else {
                 counters.sendsRefused += 1
-                throw MessagingError(.limitExceeded, "send queue full (\(messages.count) messages, \(queuedBytes) bytes)")
+                throw MessagingError(
+                    .limitExceeded, "send queue full (\(messages.count) messages, \(queuedBytes) bytes)")
             }
             _ = try protocolEntry(for: protocolName)
             nextSendID += 1
@@ -541,7 +542,8 @@ public struct MessagingMachine: Sendable {
             data = message.data.getSlice(at: message.data.readerIndex + info.offset, length: info.length)!
             fragment = info
         }
-        let header = MultipacketMessageHeader(sequence: sequence, reliable: true, kind: message.kind, fragment: fragment)
+        let header = MultipacketMessageHeader(
+            sequence: sequence, reliable: true, kind: message.kind, fragment: fragment)
         return dataFrame(message.protocolName, entry, header: header, data: data)
     }
 

@@ -179,7 +179,8 @@ public struct MultipacketFrameCodec: Sendable {
             return 1 + length
         case .initiate(_, let name, _, let header, let data):
             let n = name.utf8.count
-            return 1 + 2 + UVarint.encodedLength(UInt64(n)) + n + 2 + messageLength(header, dataLength: data.readableBytes)
+            return 1 + 2 + UVarint.encodedLength(UInt64(n)) + n + 2
+                + messageLength(header, dataLength: data.readableBytes)
         case .transportAck:
             return 3
         case .continuation(_, let header, let data):
@@ -204,8 +205,9 @@ public struct MultipacketFrameCodec: Sendable {
         return n + UVarint.encodedLength(UInt64(dataLength)) + dataLength
     }
 
-    private static func writeMessage(_ header: MultipacketMessageHeader, data: ByteBuffer, into buffer: inout ByteBuffer)
-    {
+    private static func writeMessage(
+        _ header: MultipacketMessageHeader, data: ByteBuffer, into buffer: inout ByteBuffer
+    ) {
         UVarint.write(header.sequence, to: &buffer)
         var flags: UInt8 = header.reliable ? flagReliable : 0
         var correlation: UInt64?
@@ -283,7 +285,9 @@ public struct MultipacketFrameCodec: Sendable {
                 let transportId = try Self.readU16(&buffer, "Init transportId")
                 let nameLength = try Self.readVarint(&buffer, "Init protocol length")
                 guard nameLength >= 1, nameLength <= UInt64(limits.maxProtocolNameLength) else {
-                    throw MessagingError(.malformedFrame, "Init protocol length \(nameLength) not in 1...\(limits.maxProtocolNameLength)")
+                    throw MessagingError(
+                        .malformedFrame, "Init protocol length \(nameLength) not in 1...\(limits.maxProtocolNameLength)"
+                    )
                 }
                 guard let nameBytes = buffer.readSlice(length: Int(nameLength)) else {
                     throw MessagingError(.malformedFrame, "Init protocol truncated")
@@ -297,7 +301,8 @@ public struct MultipacketFrameCodec: Sendable {
                 let (header, data) = try readMessage(&buffer)
                 frames.append(
                     .initiate(
-                        transportId: transportId, protocolName: name, protocolInt: protocolInt, header: header, data: data
+                        transportId: transportId, protocolName: name, protocolInt: protocolInt, header: header,
+                        data: data
                     )
                 )
             case .transportAck:
@@ -382,7 +387,9 @@ public struct MultipacketFrameCodec: Sendable {
             throw MessagingError(.malformedFrame, "data length \(length) over the \(buffer.readableBytes) bytes left")
         }
         if let fragment, fragment.length != data.readableBytes {
-            throw MessagingError(.malformedFrame, "fragment \(fragment.index) has \(data.readableBytes) bytes, expected \(fragment.length)")
+            throw MessagingError(
+                .malformedFrame,
+                "fragment \(fragment.index) has \(data.readableBytes) bytes, expected \(fragment.length)")
         }
         return (MultipacketMessageHeader(sequence: sequence, reliable: reliable, kind: kind, fragment: fragment), data)
     }

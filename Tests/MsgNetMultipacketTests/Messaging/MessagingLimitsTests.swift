@@ -51,7 +51,8 @@ struct MessagingLimitsTests {
         // An evicted int is now unknown: its Continuation is answered with Reset(unknownProtocolInt).
         let header = MultipacketMessageHeader(sequence: 5000, reliable: false, kind: .oneWay)
         let actions = b.onPayload(payload([.continuation(protocolInt: 3, header: header, data: bytes([1]))]), now: t0)
-        #expect(try payloads(actions).flatMap { try frames($0) } == [.reset(protocolInt: 3, reason: .unknownProtocolInt)])
+        #expect(
+            try payloads(actions).flatMap { try frames($0) } == [.reset(protocolInt: 3, reason: .unknownProtocolInt)])
         #expect(b.counters.unknownProtocolInts == 1)
     }
 
@@ -108,7 +109,8 @@ struct MessagingLimitsTests {
         var limits = MessagingLimits()
         limits.maxReassemblyBytes = 1 << 20
         var b = machine(limits)
-        _ = b.onPayload(payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 600_000, name: "/f")]), now: t0)
+        _ = b.onPayload(
+            payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 600_000, name: "/f")]), now: t0)
         _ = b.onPayload(payload([fragmentFrame(sequence: 1000, index: 0, count: 1000, total: 600_000)]), now: t0)
         #expect(b.partialMessageCount == 1)
         #expect(b.reassemblyBytesInUse == 600_000)
@@ -119,8 +121,10 @@ struct MessagingLimitsTests {
         let budget = MessagingReassemblyBudget(capacity: 1_000_000)
         var b1 = machine(budget: budget)
         var b2 = machine(budget: budget)
-        _ = b1.onPayload(payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
-        _ = b2.onPayload(payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
+        _ = b1.onPayload(
+            payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
+        _ = b2.onPayload(
+            payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
         #expect(budget.reserved == 700_000)
         #expect(b1.partialMessageCount == 1)
         #expect(b2.partialMessageCount == 0)
@@ -129,11 +133,13 @@ struct MessagingLimitsTests {
         _ = b1.onTimer(now: t0 + .seconds(15))
         #expect(budget.reserved == 0)
         #expect(b1.counters.reassemblyTimeouts == 1)
-        _ = b1.onPayload(payload([fragmentFrame(sequence: 1, index: 1, count: 1000, total: 700_000)]), now: t0 + .seconds(16))
+        _ = b1.onPayload(
+            payload([fragmentFrame(sequence: 1, index: 1, count: 1000, total: 700_000)]), now: t0 + .seconds(16))
         #expect(b1.counters.abandonedFragments == 1)
         #expect(b1.partialMessageCount == 0)
         // Closing returns a machine's reservations too.
-        _ = b2.onPayload(payload([fragmentFrame(sequence: 5, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
+        _ = b2.onPayload(
+            payload([fragmentFrame(sequence: 5, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
         #expect(budget.reserved == 700_000)
         _ = b2.close()
         #expect(budget.reserved == 0)
@@ -153,7 +159,9 @@ struct MessagingLimitsTests {
         limits.maxReceivedRanges = 16
         var b = machine(limits)
         let header = MultipacketMessageHeader(sequence: 0, reliable: true, kind: .oneWay)
-        _ = b.onPayload(payload([.initiate(transportId: 0, protocolName: "/r", protocolInt: 1, header: header, data: bytes([]))]), now: t0)
+        _ = b.onPayload(
+            payload([.initiate(transportId: 0, protocolName: "/r", protocolInt: 1, header: header, data: bytes([]))]),
+            now: t0)
         for i in 1..<500 {
             let h = MultipacketMessageHeader(sequence: UInt64(i * 2), reliable: true, kind: .oneWay)
             _ = b.onPayload(payload([.continuation(protocolInt: 1, header: h, data: bytes([]))]), now: t0)
@@ -181,7 +189,11 @@ struct MessagingLimitsTests {
         var a = machine()
         _ = try a.send(bytes([1]), protocol: "/x", now: t0)
         // Reset(unknownProtocolInt) while every frame for it already carries Init: stale, ignored.
-        let actions = a.onPayload(payload([.reset(protocolInt: 1, reason: .unknownProtocolInt), .reset(protocolInt: 77, reason: .protocolNotSupported)]), now: t0)
+        let actions = a.onPayload(
+            payload([
+                .reset(protocolInt: 1, reason: .unknownProtocolInt),
+                .reset(protocolInt: 77, reason: .protocolNotSupported),
+            ]), now: t0)
         #expect(!actions.contains { if case .failed = $0 { return true } else { return false } })
         #expect(a.counters.ignoredResets == 2)
         #expect(a.pendingSendCount == 1)

@@ -40,7 +40,9 @@ struct MessagingMachineTests {
         #expect(data == bytes([1, 2, 3]))
         // b delivers and (one ack-eliciting payload) delays its ack.
         let bActions = b.onPayload(p1[0], now: now)
-        #expect(bActions.contains(.deliver(.init(protocolName: "/chat/1", data: bytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
+        #expect(
+            bActions.contains(
+                .deliver(.init(protocolName: "/chat/1", data: bytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
         #expect(payloads(bActions).isEmpty)
         #expect(bActions.contains(.scheduleWakeup(now + .milliseconds(25))))
         let ackActions = b.onTimer(now: now + .milliseconds(25))
@@ -149,7 +151,10 @@ struct MessagingMachineTests {
         }
         link.run()
         let replies = link.deliveries[.a]!
-        #expect(Set(replies.map { "\($0.kind)-\(Array($0.data.readableBytesView))" }) == ["reply(to: 41)-[41]", "reply(to: 42)-[42]"])
+        #expect(
+            Set(replies.map { "\($0.kind)-\(Array($0.data.readableBytesView))" }) == [
+                "reply(to: 41)-[41]", "reply(to: 42)-[42]",
+            ])
     }
 
     @Test func initForProtocolWithoutHandlerFailsWithProtocolNotSupported() throws {
@@ -222,8 +227,11 @@ struct MessagingMachineTests {
         let one = try a.send(bytes([1]), protocol: "/c", now: now).id
         let two = try a.send(pattern(2, length: 9000), protocol: "/c", now: now).id
         let actions = a.close()
-        #expect(actions == [.failed(one, MessagingError(.closed, "the session closed before \(one) was acknowledged")),
-                            .failed(two, MessagingError(.closed, "the session closed before \(two) was acknowledged"))])
+        #expect(
+            actions == [
+                .failed(one, MessagingError(.closed, "the session closed before \(one) was acknowledged")),
+                .failed(two, MessagingError(.closed, "the session closed before \(two) was acknowledged")),
+            ])
         #expect(a.close().isEmpty)
         #expect(a.onTimer(now: now + .seconds(100)).isEmpty)
         #expect(throws: MessagingError.self) { _ = try a.send(bytes([1]), protocol: "/c", now: now) }
@@ -268,14 +276,16 @@ struct MessagingMachineTests {
         #expect(a.selectedTransport == 2)
         // After the choice, one payload per event, no transport tag.
         let next = try a.send(bytes([10]), protocol: "/first", now: now + .milliseconds(2))
-        #expect(next.actions.compactMap { if case .sendPayload(_, let t) = $0 { return t } else { return nil } }.isEmpty)
+        #expect(
+            next.actions.compactMap { if case .sendPayload(_, let t) = $0 { return t } else { return nil } }.isEmpty)
         #expect(payloads(next.actions).count == 1)
     }
 
     @Test func payloadsNeverExceedMaxPayloadWithLongProtocolNames() throws {
         var a = machine()
         let name = "/" + String(repeating: "n", count: 1023)
-        let result = try a.send(pattern(1, length: 20_000), protocol: name, kind: .request(id: .max >> 1), now: .uptimeNanoseconds(0))
+        let result = try a.send(
+            pattern(1, length: 20_000), protocol: name, kind: .request(id: .max >> 1), now: .uptimeNanoseconds(0))
         let ps = payloads(result.actions)
         #expect(!ps.isEmpty)
         #expect(ps.allSatisfy { $0.readableBytes <= 1200 })

@@ -28,7 +28,9 @@ func pattern(_ tag: Int, length: Int) -> ByteBuffer {
     out.reserveCapacity(length)
     while out.count < length {
         let word = rng.next()
-        for shift in stride(from: 0, to: 64, by: 8) where out.count < length { out.append(UInt8(truncatingIfNeeded: word >> shift)) }
+        for shift in stride(from: 0, to: 64, by: 8) where out.count < length {
+            out.append(UInt8(truncatingIfNeeded: word >> shift))
+        }
     }
     return ByteBuffer(bytes: out)
 }
@@ -123,7 +125,8 @@ struct LossyLink {
         kind: MessagingMessageKind = .oneWay,
         deadline: NIODeadline? = nil
     ) throws(MessagingError) -> MessagingSendID {
-        let result = try machines[side]!.send(data, protocol: name, mode: mode, kind: kind, deadline: deadline, now: now)
+        let result = try machines[side]!.send(
+            data, protocol: name, mode: mode, kind: kind, deadline: deadline, now: now)
         handle(result.actions, from: side)
         return result.id
     }
@@ -134,7 +137,9 @@ struct LossyLink {
         while true {
             var next: NIODeadline?
             for (_, at) in wakeups { next = next.map { min($0, at) } ?? at }
-            let packetIndex = packets.indices.min { (packets[$0].at, packets[$0].order) < (packets[$1].at, packets[$1].order) }
+            let packetIndex = packets.indices.min {
+                (packets[$0].at, packets[$0].order) < (packets[$1].at, packets[$1].order)
+            }
             if let i = packetIndex { next = next.map { min($0, packets[i].at) } ?? packets[i].at }
             guard let time = next, time <= end else { return }
             now = max(now, time)

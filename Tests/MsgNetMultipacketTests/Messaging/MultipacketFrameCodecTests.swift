@@ -92,7 +92,8 @@ struct MultipacketFrameCodecTests {
         expectError([0x01, 0x00, 0x00, 0x02, 0xC3, 0x28, 0x00, 0x01, 0x00, 0x00, 0x00], .malformedFrame)  // bad UTF-8
         expectError([0x03, 0x00, 0x01, 0x00, 0x10, 0x00], .malformedFrame)  // reserved flag bit
         expectError([0x03, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00], .malformedFrame)  // kind bits 11
-        expectError([0x03, 0x00, 0x01, 0x00, 0x08, 0x00, 0x02, 0x02, 0x01, 0x00], .malformedFrame)  // unreliable fragment
+        // unreliable fragment
+        expectError([0x03, 0x00, 0x01, 0x00, 0x08, 0x00, 0x02, 0x02, 0x01, 0x00], .malformedFrame)
         expectError([0x03, 0x00, 0x01, 0x00, 0x01, 0x05], .malformedFrame)  // data length past the end
         expectError([0x03, 0x00, 0x01, 0x80, 0x00, 0x01, 0x00], .malformedFrame)  // non-minimal varint
         expectError([0x05, 0x01, 0x00, 0x00, 0x02], .malformedFrame)  // first range below zero
@@ -103,7 +104,10 @@ struct MultipacketFrameCodecTests {
         var input: [UInt8] = [0x01, 0x00, 0x00]
         input += [0x81, 0x08]  // 1025
         input += [UInt8](repeating: 0x61, count: 1025) + [0x00, 0x01, 0x00, 0x00, 0x00]
-        let codec = MultipacketFrameCodec(limits: { var l = MessagingLimits(); l.maxPayload = 2000; return l }())
+        let codec = MultipacketFrameCodec(
+            limits: {
+                var l = MessagingLimits(); l.maxPayload = 2000; return l
+            }())
         #expect(throws: MessagingError.self) { try codec.decode(bytes(input)) }
         expectError([UInt8](repeating: 0, count: 1201), .malformedFrame)  // payload over maxPayload
     }
