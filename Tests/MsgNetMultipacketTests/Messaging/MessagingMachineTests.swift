@@ -327,4 +327,28 @@ struct MessagingMachineTests {
         #expect(delivered > 0 && failed > 0)
         #expect(link.machines[.a]!.pendingSendCount == 0)
     }
+
+    @Test func protocolTableThrashUnderLossStillDeliversExactlyOnce() throws {
+        // b remembers only 2 bindings while a uses 5 protocols: Continuations keep hitting forgotten
+        // ints, so Reset(unknownProtocolInt) → re-Init runs constantly, with loss and reordering.
+        var limits = MessagingLimits()
+        limits.maxInboundProtocols = 2
+        var link = LossyLink(
+            a: machine(), b: machine(limits), seed: 8, loss: 0.1, duplicate: 0.05,
+            minDelay: .milliseconds(2), maxDelay: .milliseconds(40))
+        var sent: [MessagingSendID: ByteBuffer] = [:]
+        for i in 0..<150 {
+            let data = pattern(i, length: [5, 1500][i % 2])
+            sent[try link.send(from: .a, data, protocol: "/t/\(i % 5)")] = data
+            link.run(for: .milliseconds(20))
+        }
+        link.run()
+        #expect(link.outcomes[.a]!.count == sent.count)
+        #expect(link.outcomes[.a]!.values.allSatisfy { $0 == [.delivered] })
+        let received = link.deliveries[.b]!
+        #expect(received.count == sent.count)
+        #expect(Set(received.map(\.data)) == Set(sent.values))
+        #expect(link.machines[.b]!.counters.unknownProtocolInts > 0)
+        #expect(link.machines[.b]!.inboundProtocolCount <= 2)
+    }
 }
