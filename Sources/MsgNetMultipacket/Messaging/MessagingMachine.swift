@@ -192,6 +192,7 @@ public struct MessagingMachine: Sendable {
     private var abandoned: Set<UInt64> = []
     private var abandonedOrder: Deque<UInt64> = []
     private var pendingControl: [MultipacketFrame] = []
+    private var pendingUnreliable: [(name: String, header: MultipacketMessageHeader, data: ByteBuffer)] = []
 
     private var probedTransports: [UInt16] = []
     /// The transport id the peer acknowledged first, once it has.
@@ -255,7 +256,7 @@ public struct MessagingMachine: Sendable {
 
     // MARK: Sending
 
-    /// Sends a message.
+    /// Sends a message: `enqueue` followed by `flush`.
     ///
     /// - Parameters:
     ///   - message: the bytes (its readable bytes are sent).
@@ -275,6 +276,29 @@ public struct MessagingMachine: Sendable {
         deadline: NIODeadline? = nil,
         now: NIODeadline
     ) throws(MessagingError) -> MessagingSendResult {
+        let id = try enqueue(message, protocol: protocolName, mode: mode, kind: kind, deadline: deadline, now: now)
+        return MessagingSendResult(id: id, actions: flush(now: now))
+    }
+
+    /// Emits everything enqueued (packed several small messages to a payload), plus pending acks.
+    public mutating func flush(now: NIODeadline) -> [MessagingAction] {
+        guard case .open = state else { return [] }
+        var actions: [MessagingAction] = []
+        var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
+        finish(now: now, builder: &builder, actions: &actions)
+        return actions
+    }
+
+    /// Accepts a message like `send` but emits nothing until the next `flush` (or any other event),
+    /// so a burst of small messages shares payloads. Same parameters, errors and outcomes as `send`.
+    public mutating func enqueue(
+        _ message: ByteBuffer,
+        protocol protocolName: String,
+        mode: MessagingDeliveryMode = .reliable,
+        kind: MessagingMessageKind = .oneWay,
+        deadline: NIODeadline? = nil,
+        now: NIODeadline
+    ) throws(MessagingError) -> MessagingSendID {
         guard case .open = state else { throw MessagingError(.closed, "the messaging machine is closed") }
         let nameLength = protocolName.utf8.count
         guard nameLength >= 1, nameLength <= limits.maxProtocolNameLength else {
@@ -289,8 +313,6 @@ public struct MessagingMachine: Sendable {
             throw MessagingError(.messageTooLarge, "protocol name too long for a \(limits.maxPayload)-byte payload")
         }
         let id = MessagingSendID(rawValue: nextSendID)
-        var actions: [MessagingAction] = []
-        var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
         switch mode {
         case .unreliable:
             guard length <= room else {
@@ -299,11 +321,15 @@ public struct MessagingMachine: Sendable {
                     "unreliable message of \(length) bytes over the \(room) bytes one payload holds"
                 )
             }
-            let entry = try protocolEntry(for: protocolName)
+            guard pendingUnreliable.count < limits.maxQueuedMessages else {
+                counters.sendsRefused += 1
+                throw MessagingError(.limitExceeded, "\(pendingUnreliable.count) unreliable messages waiting for flush")
+            }
+            _ = try protocolEntry(for: protocolName)
             nextSendID += 1
             let header = MultipacketMessageHeader(sequence: nextUnreliableSequence, reliable: false, kind: kind)
             nextUnreliableSequence += 1
-            builder.append(dataFrame(protocolName, entry, header: header, data: message).frame)
+            pendingUnreliable.append((protocolName, header, message))
         case .reliable:
             guard length <= limits.maxMessageSize else {
                 throw MessagingError(.messageTooLarge, "message of \(length) bytes over \(limits.maxMessageSize)")
@@ -338,8 +364,7 @@ public struct MessagingMachine: Sendable {
             transmitQueue.append(id)
             noteWakeup(due)
         }
-        finish(now: now, builder: &builder, actions: &actions)
-        return MessagingSendResult(id: id, actions: actions)
+        return id
     }
 
     /// Fails every unfinished send with `.closed`, frees reassembly memory; later events do nothing.
@@ -351,6 +376,7 @@ public struct MessagingMachine: Sendable {
             actions.append(.failed(id, MessagingError(.closed, "the session closed before \(id) was acknowledged")))
         }
         messages = [:]
+        pendingUnreliable = []
         inFlight = []
         transmitQueue = []
         queuedBytes = 0
@@ -715,6 +741,12 @@ public struct MessagingMachine: Sendable {
 
     /// Ends every event: piggybacks control frames and acks, sends new fragments, emits payloads and wakeups.
     private mutating func finish(now: NIODeadline, builder: inout PayloadBuilder, actions: inout [MessagingAction]) {
+        for pending in pendingUnreliable {
+            // The binding may have been forgotten (Reset) since enqueue: the message is dropped (best effort).
+            guard let entry = outboundProtocols[pending.name] else { continue }
+            builder.append(dataFrame(pending.name, entry, header: pending.header, data: pending.data).frame)
+        }
+        pendingUnreliable.removeAll(keepingCapacity: true)
         pump(now: now, builder: &builder)
         for frame in pendingControl { builder.append(frame) }
         pendingControl.removeAll(keepingCapacity: true)

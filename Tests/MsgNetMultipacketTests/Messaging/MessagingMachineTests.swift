@@ -351,4 +351,26 @@ struct MessagingMachineTests {
         #expect(link.machines[.b]!.counters.unknownProtocolInts > 0)
         #expect(link.machines[.b]!.inboundProtocolCount <= 2)
     }
+
+    @Test func enqueueThenFlushPacksSmallMessagesIntoOnePayload() throws {
+        var a = machine()
+        var b = machine()
+        let now = NIODeadline.uptimeNanoseconds(0)
+        var ids: [MessagingSendID] = []
+        for i in 0..<20 { ids.append(try a.enqueue(pattern(i, length: 30), protocol: "/small", now: now)) }
+        _ = try a.enqueue(bytes([7]), protocol: "/small", mode: .unreliable, now: now)
+        let out = payloads(a.flush(now: now))
+        #expect(out.count == 1)
+        let actions = b.onPayload(out[0], now: now)
+        #expect(actions.filter { if case .deliver = $0 { return true } else { return false } }.count == 21)
+        // 20 ack-eliciting frames: acknowledged at once, in one Ack with one range.
+        let ackPayloads = payloads(actions)
+        #expect(
+            try ackPayloads.flatMap { try frames($0) } == [
+                .ack(MultipacketAck(ranges: [0...19], ackDelayMicroseconds: 0))
+            ])
+        let outcomes = a.onPayload(ackPayloads[0], now: now + .milliseconds(1))
+        #expect(outcomes.filter { if case .delivered = $0 { return true } else { return false } }.count == 20)
+        #expect(a.flush(now: now).isEmpty)
+    }
 }
