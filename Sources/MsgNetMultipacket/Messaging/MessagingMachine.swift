@@ -641,7 +641,7 @@ public struct MessagingMachine: Sendable {
         }
     }
 
-    private mutating func processAck(_ ack: MultipacketAck, now: NIODeadline, actions: inout [MessagingAction]) {
+    private mutating func processAck(_ ack: MultipacketAckFrame, now: NIODeadline, actions: inout [MessagingAction]) {
         guard let top = ack.ranges.first else { return }
         guard top.upperBound < nextReliableSequence else {
             counters.invalidAcks += 1
@@ -968,7 +968,7 @@ public struct MessagingMachine: Sendable {
     }
 
     /// The Ack to send now: ranges holding recently received numbers, then the highest ones, highest first.
-    private func makeAck(now: NIODeadline) -> MultipacketAck? {
+    private func makeAck(now: NIODeadline) -> MultipacketAckFrame? {
         let all = received.ranges
         guard !all.isEmpty else { return nil }
         let capacity = max(limits.maxAckRangesPerFrame, 1)
@@ -990,6 +990,6 @@ public struct MessagingMachine: Sendable {
         if chosen.first == all.count - 1, let at = largestReceivedAt {
             delay = UInt64(max((now - at).nanoseconds, 0) / 1000)
         }
-        return MultipacketAck(ranges: ranges, ackDelayMicroseconds: delay)
+        return MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
     }
 }

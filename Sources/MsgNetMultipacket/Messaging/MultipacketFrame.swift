@@ -68,7 +68,7 @@ public enum MultipacketResetReason: UInt8, Hashable, Sendable {
 }
 
 /// The selective acknowledgement of reliable sequence numbers.
-public struct MultipacketAck: Hashable, Sendable {
+public struct MultipacketAckFrame: Hashable, Sendable {
     /// Disjoint, non-adjacent ranges of received sequence numbers, highest first.
     public var ranges: [ClosedRange<UInt64>]
     /// Microseconds between receiving the highest acknowledged sequence number and sending this Ack.
@@ -100,11 +100,11 @@ public enum MultipacketFrame: Hashable, Sendable {
     /// Type 0x04: rejects a protocolInt.
     case reset(protocolInt: UInt16, reason: MultipacketResetReason)
     /// Type 0x05: selective acknowledgement of reliable sequence numbers.
-    case ack(MultipacketAck)
+    case ack(MultipacketAckFrame)
 }
 
 /// Frame type bytes.
-enum MultipacketFrameType: UInt8 {
+enum MessagingFrameType: UInt8 {
     case padding = 0x00
     case initiate = 0x01
     case transportAck = 0x02
@@ -139,11 +139,11 @@ public struct MultipacketFrameCodec: Sendable {
     public static func encode(_ frame: MultipacketFrame, into buffer: inout ByteBuffer) -> Int? {
         switch frame {
         case .padding(let length):
-            buffer.writeInteger(MultipacketFrameType.padding.rawValue)
+            buffer.writeInteger(MessagingFrameType.padding.rawValue)
             if length > 0 { buffer.writeRepeatingByte(0, count: length) }
             return nil
         case .initiate(let transportId, let name, let protocolInt, let header, let data):
-            buffer.writeInteger(MultipacketFrameType.initiate.rawValue)
+            buffer.writeInteger(MessagingFrameType.initiate.rawValue)
             let offset = buffer.writerIndex
             buffer.writeInteger(transportId)
             UVarint.write(UInt64(name.utf8.count), to: &buffer)
@@ -152,21 +152,21 @@ public struct MultipacketFrameCodec: Sendable {
             writeMessage(header, data: data, into: &buffer)
             return offset
         case .transportAck(let transportId):
-            buffer.writeInteger(MultipacketFrameType.transportAck.rawValue)
+            buffer.writeInteger(MessagingFrameType.transportAck.rawValue)
             buffer.writeInteger(transportId)
             return nil
         case .continuation(let protocolInt, let header, let data):
-            buffer.writeInteger(MultipacketFrameType.continuation.rawValue)
+            buffer.writeInteger(MessagingFrameType.continuation.rawValue)
             buffer.writeInteger(protocolInt)
             writeMessage(header, data: data, into: &buffer)
             return nil
         case .reset(let protocolInt, let reason):
-            buffer.writeInteger(MultipacketFrameType.reset.rawValue)
+            buffer.writeInteger(MessagingFrameType.reset.rawValue)
             buffer.writeInteger(protocolInt)
             buffer.writeInteger(reason.rawValue)
             return nil
         case .ack(let ack):
-            buffer.writeInteger(MultipacketFrameType.ack.rawValue)
+            buffer.writeInteger(MessagingFrameType.ack.rawValue)
             writeAck(ack, into: &buffer)
             return nil
         }
@@ -233,7 +233,7 @@ public struct MultipacketFrameCodec: Sendable {
         buffer.writeBuffer(&data)
     }
 
-    private static func ackLength(_ ack: MultipacketAck) -> Int {
+    private static func ackLength(_ ack: MultipacketAckFrame) -> Int {
         guard let first = ack.ranges.first else { return 0 }
         var n = UVarint.encodedLength(first.upperBound) + UVarint.encodedLength(ack.ackDelayMicroseconds)
         n += UVarint.encodedLength(UInt64(ack.ranges.count - 1))
@@ -247,7 +247,7 @@ public struct MultipacketFrameCodec: Sendable {
         return n
     }
 
-    private static func writeAck(_ ack: MultipacketAck, into buffer: inout ByteBuffer) {
+    private static func writeAck(_ ack: MultipacketAckFrame, into buffer: inout ByteBuffer) {
         guard let first = ack.ranges.first else { return }
         UVarint.write(first.upperBound, to: &buffer)
         UVarint.write(ack.ackDelayMicroseconds, to: &buffer)
@@ -274,7 +274,7 @@ public struct MultipacketFrameCodec: Sendable {
         var buffer = payload
         var frames: [MultipacketFrame] = []
         while let typeByte = buffer.readInteger(as: UInt8.self) {
-            guard let type = MultipacketFrameType(rawValue: typeByte) else {
+            guard let type = MessagingFrameType(rawValue: typeByte) else {
                 throw MessagingError(.unknownFrameType, "frame type 0x\(String(typeByte, radix: 16))")
             }
             switch type {
@@ -394,7 +394,7 @@ public struct MultipacketFrameCodec: Sendable {
         return (MultipacketMessageHeader(sequence: sequence, reliable: reliable, kind: kind, fragment: fragment), data)
     }
 
-    private func readAck(_ buffer: inout ByteBuffer) throws(MessagingError) -> MultipacketAck {
+    private func readAck(_ buffer: inout ByteBuffer) throws(MessagingError) -> MultipacketAckFrame {
         let largest = try Self.readVarint(&buffer, "Ack largest")
         let delay = try Self.readVarint(&buffer, "Ack delay")
         let extra = try Self.readVarint(&buffer, "Ack range count")
@@ -416,6 +416,6 @@ public struct MultipacketFrameCodec: Sendable {
             low = high - length
             ranges.append(low...high)
         }
-        return MultipacketAck(ranges: ranges, ackDelayMicroseconds: delay)
+        return MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
     }
 }

@@ -20,15 +20,15 @@ private func fragmentFrame(
 ) -> MultipacketFrame {
     let info = MultipacketFragmentInfo(index: index, count: count, totalLength: total)
     let header = MultipacketMessageHeader(sequence: sequence, reliable: true, kind: .oneWay, fragment: info)
-    let data = pattern(Int(sequence), length: info.length)
+    let data = messagingPattern(Int(sequence), length: info.length)
     if let name {
         return .initiate(transportId: 0, protocolName: name, protocolInt: protocolInt, header: header, data: data)
     }
     return .continuation(protocolInt: protocolInt, header: header, data: data)
 }
 
-private func acks(_ actions: [MessagingAction]) throws -> [MultipacketAck] {
-    try payloads(actions).flatMap { try frames($0) }.compactMap {
+private func acks(_ actions: [MessagingAction]) throws -> [MultipacketAckFrame] {
+    try messagingPayloads(actions).flatMap { try messagingFrames($0) }.compactMap {
         if case .ack(let ack) = $0 { return ack }
         return nil
     }
@@ -39,32 +39,36 @@ struct MessagingLimitsTests {
     let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
 
     @Test func floodOfInitsKeepsTheProtocolTableBounded() throws {
-        var b = machine()
+        var b = makeMessagingMachine()
         for i in 0..<2000 {
             let header = MultipacketMessageHeader(sequence: UInt64(i), reliable: false, kind: .oneWay)
             let frame = MultipacketFrame.initiate(
-                transportId: 0, protocolName: "/flood/\(i)", protocolInt: UInt16(i), header: header, data: bytes([1]))
+                transportId: 0, protocolName: "/flood/\(i)", protocolInt: UInt16(i), header: header,
+                data: messagingBytes([1]))
             _ = b.onPayload(payload([frame]), now: t0)
         }
         #expect(b.inboundProtocolCount == 64)
         #expect(b.counters.protocolTableEvictions == 2000 - 64)
         // An evicted int is now unknown: its Continuation is answered with Reset(unknownProtocolInt).
         let header = MultipacketMessageHeader(sequence: 5000, reliable: false, kind: .oneWay)
-        let actions = b.onPayload(payload([.continuation(protocolInt: 3, header: header, data: bytes([1]))]), now: t0)
+        let actions = b.onPayload(
+            payload([.continuation(protocolInt: 3, header: header, data: messagingBytes([1]))]), now: t0)
         #expect(
-            try payloads(actions).flatMap { try frames($0) } == [.reset(protocolInt: 3, reason: .unknownProtocolInt)])
+            try messagingPayloads(actions).flatMap { try messagingFrames($0) } == [
+                .reset(protocolInt: 3, reason: .unknownProtocolInt)
+            ])
         #expect(b.counters.unknownProtocolInts == 1)
     }
 
     @Test func malformedAndUnknownPayloadsAreCountedAndDropped() {
-        var b = machine()
-        var rng = SplitMix64(seed: 77)
+        var b = makeMessagingMachine()
+        var rng = MessagingRNG(seed: 77)
         var dropped = 0
         for _ in 0..<3000 {
             var input: [UInt8] = [UInt8(rng.next() % 8)]
             for _ in 0..<(rng.next() % 40) { input.append(UInt8(truncatingIfNeeded: rng.next())) }
-            if (try? MultipacketFrameCodec().decode(bytes(input))) == nil { dropped += 1 }
-            _ = b.onPayload(bytes(input), now: t0)
+            if (try? MultipacketFrameCodec().decode(messagingBytes(input))) == nil { dropped += 1 }
+            _ = b.onPayload(messagingBytes(input), now: t0)
         }
         #expect(b.counters.malformedPayloads + b.counters.unknownFrameTypes == dropped)
         #expect(b.counters.unknownFrameTypes > 0)
@@ -74,10 +78,10 @@ struct MessagingLimitsTests {
     }
 
     @Test func oversizeFragmentCountIsRejectedWholePayload() {
-        var b = machine()
+        var b = makeMessagingMachine()
         // count 4097 is over ceil(1 MiB / 256 B); the frame is hand-encoded since the codec refuses it.
         let input: [UInt8] = [0x01, 0, 0, 2, 0x2F, 0x66, 0, 1, 0, 0x09, 0, 0x81, 0x20, 0x81, 0x20, 1, 7]
-        let actions = b.onPayload(bytes(input), now: t0)
+        let actions = b.onPayload(messagingBytes(input), now: t0)
         #expect(actions.isEmpty)
         #expect(b.counters.malformedPayloads == 1)
         #expect(b.partialMessageCount == 0)
@@ -86,7 +90,7 @@ struct MessagingLimitsTests {
     @Test func partialMessageLimitDropsAndCounts() throws {
         var limits = MessagingLimits()
         limits.maxPartialMessages = 4
-        var b = machine(limits)
+        var b = makeMessagingMachine(limits)
         var seq: UInt64 = 0
         var frames: [MultipacketFrame] = [fragmentFrame(sequence: 0, index: 0, count: 3, total: 300, name: "/f")]
         seq = 3
@@ -108,7 +112,7 @@ struct MessagingLimitsTests {
     @Test func perPeerReassemblyBytesLimit() {
         var limits = MessagingLimits()
         limits.maxReassemblyBytes = 1 << 20
-        var b = machine(limits)
+        var b = makeMessagingMachine(limits)
         _ = b.onPayload(
             payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 600_000, name: "/f")]), now: t0)
         _ = b.onPayload(payload([fragmentFrame(sequence: 1000, index: 0, count: 1000, total: 600_000)]), now: t0)
@@ -119,8 +123,8 @@ struct MessagingLimitsTests {
 
     @Test func globalBudgetIsSharedAcrossMachines() {
         let budget = MessagingReassemblyBudget(capacity: 1_000_000)
-        var b1 = machine(budget: budget)
-        var b2 = machine(budget: budget)
+        var b1 = makeMessagingMachine(budget: budget)
+        var b2 = makeMessagingMachine(budget: budget)
         _ = b1.onPayload(
             payload([fragmentFrame(sequence: 0, index: 0, count: 1000, total: 700_000, name: "/f")]), now: t0)
         _ = b2.onPayload(
@@ -146,7 +150,7 @@ struct MessagingLimitsTests {
     }
 
     @Test func inconsistentFragmentIsRefused() {
-        var b = machine()
+        var b = makeMessagingMachine()
         _ = b.onPayload(payload([fragmentFrame(sequence: 0, index: 0, count: 3, total: 300, name: "/f")]), now: t0)
         // Same message id (seq 1 − index 1 = 0) but a different length.
         _ = b.onPayload(payload([fragmentFrame(sequence: 1, index: 1, count: 3, total: 600)]), now: t0)
@@ -157,28 +161,31 @@ struct MessagingLimitsTests {
     @Test func receivedRangesStayBounded() {
         var limits = MessagingLimits()
         limits.maxReceivedRanges = 16
-        var b = machine(limits)
+        var b = makeMessagingMachine(limits)
         let header = MultipacketMessageHeader(sequence: 0, reliable: true, kind: .oneWay)
         _ = b.onPayload(
-            payload([.initiate(transportId: 0, protocolName: "/r", protocolInt: 1, header: header, data: bytes([]))]),
+            payload([
+                .initiate(transportId: 0, protocolName: "/r", protocolInt: 1, header: header, data: messagingBytes([]))
+            ]),
             now: t0)
         for i in 1..<500 {
             let h = MultipacketMessageHeader(sequence: UInt64(i * 2), reliable: true, kind: .oneWay)
-            _ = b.onPayload(payload([.continuation(protocolInt: 1, header: h, data: bytes([]))]), now: t0)
+            _ = b.onPayload(payload([.continuation(protocolInt: 1, header: h, data: messagingBytes([]))]), now: t0)
         }
         #expect(b.receivedRangeCount == 16)
         #expect(b.counters.receivedRangeEvictions == 500 - 16)
         // A number below the forgotten floor is dropped, not delivered, not acknowledged.
         let h = MultipacketMessageHeader(sequence: 1, reliable: true, kind: .oneWay)
-        let actions = b.onPayload(payload([.continuation(protocolInt: 1, header: h, data: bytes([]))]), now: t0)
+        let actions = b.onPayload(
+            payload([.continuation(protocolInt: 1, header: h, data: messagingBytes([]))]), now: t0)
         #expect(!actions.contains { if case .deliver = $0 { return true } else { return false } })
         #expect(b.counters.tooOldReliable == 1)
     }
 
     @Test func acksForUnsentSequenceNumbersAreIgnored() throws {
-        var a = machine()
-        let sent = try a.send(bytes([1]), protocol: "/x", now: t0)
-        let bogus = MultipacketAck(ranges: [0...50], ackDelayMicroseconds: 0)
+        var a = makeMessagingMachine()
+        let sent = try a.send(messagingBytes([1]), protocol: "/x", now: t0)
+        let bogus = MultipacketAckFrame(ranges: [0...50], ackDelayMicroseconds: 0)
         let actions = a.onPayload(payload([.ack(bogus)]), now: t0)
         #expect(!actions.contains(.delivered(sent.id)))
         #expect(a.counters.invalidAcks == 1)
@@ -186,8 +193,8 @@ struct MessagingLimitsTests {
     }
 
     @Test func staleResetsAreIgnored() throws {
-        var a = machine()
-        _ = try a.send(bytes([1]), protocol: "/x", now: t0)
+        var a = makeMessagingMachine()
+        _ = try a.send(messagingBytes([1]), protocol: "/x", now: t0)
         // Reset(unknownProtocolInt) while every frame for it already carries Init: stale, ignored.
         let actions = a.onPayload(
             payload([
@@ -248,7 +255,7 @@ struct MessagingBuildingBlockTests {
 
     @Test func replayWindowSlides() {
         var window = MessagingReplayWindow(size: 128)
-        var rng = SplitMix64(seed: 5)
+        var rng = MessagingRNG(seed: 5)
         var seen = Set<UInt64>()
         var highest: UInt64 = 0
         for _ in 0..<20_000 {

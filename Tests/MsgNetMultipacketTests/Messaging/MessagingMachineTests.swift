@@ -3,58 +3,60 @@ import Testing
 
 @testable import MsgNetMultipacket
 
-let everyProtocol: MessagingMachine.HandlerPredicate = { _ in true }
+let messagingEveryProtocol: MessagingMachine.HandlerPredicate = { _ in true }
 
-func machine(
+func makeMessagingMachine(
     _ limits: MessagingLimits = MessagingLimits(),
     budget: (any MessagingReassemblyAccountant)? = nil,
-    hasHandler: @escaping MessagingMachine.HandlerPredicate = everyProtocol
+    hasHandler: @escaping MessagingMachine.HandlerPredicate = messagingEveryProtocol
 ) -> MessagingMachine {
     MessagingMachine(limits: limits, budget: budget, hasHandler: hasHandler)
 }
 
-func payloads(_ actions: [MessagingAction]) -> [ByteBuffer] {
+func messagingPayloads(_ actions: [MessagingAction]) -> [ByteBuffer] {
     actions.compactMap {
         if case .sendPayload(let payload, _) = $0 { return payload }
         return nil
     }
 }
 
-func frames(_ payload: ByteBuffer) throws -> [MultipacketFrame] {
+func messagingFrames(_ payload: ByteBuffer) throws -> [MultipacketFrame] {
     try MultipacketFrameCodec().decode(payload)
 }
 
 @Suite("Messaging machine, back to back")
 struct MessagingMachineTests {
     @Test func firstMessageUsesInitThenContinuation() throws {
-        var a = machine()
-        var b = machine()
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
         let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-        let first = try a.send(bytes([1, 2, 3]), protocol: "/chat/1", now: now)
-        let p1 = payloads(first.actions)
+        let first = try a.send(messagingBytes([1, 2, 3]), protocol: "/chat/1", now: now)
+        let p1 = messagingPayloads(first.actions)
         #expect(p1.count == 1)
-        guard case .initiate(0, "/chat/1", let int, _, let data) = try frames(p1[0]).first else {
+        guard case .initiate(0, "/chat/1", let int, _, let data) = try messagingFrames(p1[0]).first else {
             Issue.record("expected Init")
             return
         }
-        #expect(data == bytes([1, 2, 3]))
+        #expect(data == messagingBytes([1, 2, 3]))
         // b delivers and (one ack-eliciting payload) delays its ack.
         let bActions = b.onPayload(p1[0], now: now)
         #expect(
             bActions.contains(
-                .deliver(.init(protocolName: "/chat/1", data: bytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
-        #expect(payloads(bActions).isEmpty)
+                .deliver(
+                    .init(protocolName: "/chat/1", data: messagingBytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
+        #expect(messagingPayloads(bActions).isEmpty)
         #expect(bActions.contains(.scheduleWakeup(now + .milliseconds(25))))
         let ackActions = b.onTimer(now: now + .milliseconds(25))
-        let ackPayloads = payloads(ackActions)
+        let ackPayloads = messagingPayloads(ackActions)
         #expect(ackPayloads.count == 1)
         let aActions = a.onPayload(ackPayloads[0], now: now + .milliseconds(30))
         #expect(aActions.contains(.delivered(first.id)))
         // RTT measured: 30 ms minus the 25 ms ack delay.
         #expect(a.rttEstimator.smoothedRTT == .milliseconds(5))
         // Next message on the same protocol uses the 2-byte int.
-        let second = try a.send(bytes([4]), protocol: "/chat/1", now: now + .milliseconds(31))
-        guard case .continuation(int, let header, _) = try frames(payloads(second.actions)[0]).first else {
+        let second = try a.send(messagingBytes([4]), protocol: "/chat/1", now: now + .milliseconds(31))
+        guard case .continuation(int, let header, _) = try messagingFrames(messagingPayloads(second.actions)[0]).first
+        else {
             Issue.record("expected Continuation")
             return
         }
@@ -63,20 +65,20 @@ struct MessagingMachineTests {
 
     @Test func reliableUnderLossDuplicationReorderingArrivesExactlyOnce() throws {
         for seed in UInt64(1)...4 {
-            var link = LossyLink(
-                a: machine(), b: machine(), seed: seed, loss: 0.10, duplicate: 0.05,
+            var link = MessagingLossyLink(
+                a: makeMessagingMachine(), b: makeMessagingMachine(), seed: seed, loss: 0.10, duplicate: 0.05,
                 minDelay: .milliseconds(5), maxDelay: .milliseconds(60))
-            var sent: [Side: [MessagingSendID: ByteBuffer]] = [.a: [:], .b: [:]]
+            var sent: [MessagingSide: [MessagingSendID: ByteBuffer]] = [.a: [:], .b: [:]]
             for i in 0..<300 {
-                let side: Side = i % 3 == 0 ? .b : .a
+                let side: MessagingSide = i % 3 == 0 ? .b : .a
                 let size = [0, 10, 500, 1100, 3000, 20_000][i % 6]
-                let data = pattern(i, length: size)
+                let data = messagingPattern(i, length: size)
                 let id = try link.send(from: side, data, protocol: "/p/\(i % 4)")
                 sent[side]![id] = data
                 if i % 10 == 9 { link.run(for: .milliseconds(3)) }
             }
             link.run()
-            for side in [Side.a, .b] {
+            for side in [MessagingSide.a, .b] {
                 // Every send has exactly one outcome, and it is "delivered".
                 #expect(link.outcomes[side]!.count == sent[side]!.count)
                 #expect(link.outcomes[side]!.values.allSatisfy { $0 == [.delivered] })
@@ -93,11 +95,11 @@ struct MessagingMachineTests {
     }
 
     @Test func unreliableNeverArrivesTwice() throws {
-        var link = LossyLink(
-            a: machine(), b: machine(), seed: 7, loss: 0.1, duplicate: 0.5,
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 7, loss: 0.1, duplicate: 0.5,
             minDelay: .milliseconds(1), maxDelay: .milliseconds(80))
         for i in 0..<500 {
-            try link.send(from: .a, pattern(i, length: 100), protocol: "/u", mode: .unreliable)
+            try link.send(from: .a, messagingPattern(i, length: 100), protocol: "/u", mode: .unreliable)
             link.run(for: .milliseconds(1))
         }
         link.run()
@@ -112,17 +114,18 @@ struct MessagingMachineTests {
     }
 
     @Test func unreliableMustFitOnePayload() {
-        var a = machine()
+        var a = makeMessagingMachine()
         #expect(throws: MessagingError.self) {
-            _ = try a.send(pattern(1, length: 1200), protocol: "/u", mode: .unreliable, now: .uptimeNanoseconds(0))
+            _ = try a.send(
+                messagingPattern(1, length: 1200), protocol: "/u", mode: .unreliable, now: .uptimeNanoseconds(0))
         }
     }
 
     @Test func oneMebibyteMessageUnderLoss() throws {
-        var link = LossyLink(
-            a: machine(), b: machine(), seed: 99, loss: 0.10, duplicate: 0.02,
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 99, loss: 0.10, duplicate: 0.02,
             minDelay: .milliseconds(2), maxDelay: .milliseconds(30))
-        let big = pattern(12345, length: 1 << 20)
+        let big = messagingPattern(12345, length: 1 << 20)
         let id = try link.send(from: .a, big, protocol: "/big")
         link.run()
         #expect(link.outcomes[.a]![id] == [.delivered])
@@ -132,22 +135,22 @@ struct MessagingMachineTests {
     }
 
     @Test func tooLargeMessageIsRefused() {
-        var a = machine()
+        var a = makeMessagingMachine()
         #expect(throws: MessagingError(.messageTooLarge, "message of 1048577 bytes over 1048576")) {
-            _ = try a.send(pattern(1, length: (1 << 20) + 1), protocol: "/big", now: .uptimeNanoseconds(0))
+            _ = try a.send(messagingPattern(1, length: (1 << 20) + 1), protocol: "/big", now: .uptimeNanoseconds(0))
         }
     }
 
     @Test func requestReplyCorrelation() throws {
-        var link = LossyLink(a: machine(), b: machine(), seed: 3, loss: 0.1)
-        try link.send(from: .a, bytes([1]), protocol: "/kv", kind: .request(id: 41))
-        try link.send(from: .a, bytes([2]), protocol: "/kv", kind: .request(id: 42))
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 3, loss: 0.1)
+        try link.send(from: .a, messagingBytes([1]), protocol: "/kv", kind: .request(id: 41))
+        try link.send(from: .a, messagingBytes([2]), protocol: "/kv", kind: .request(id: 42))
         link.run()
         let requests = link.deliveries[.b]!
         #expect(Set(requests.map(\.kind)) == [.request(id: 41), .request(id: 42)])
         for request in requests {
             guard case .request(let id) = request.kind else { continue }
-            try link.send(from: .b, bytes([UInt8(id)]), protocol: "/kv", kind: .reply(to: id))
+            try link.send(from: .b, messagingBytes([UInt8(id)]), protocol: "/kv", kind: .reply(to: id))
         }
         link.run()
         let replies = link.deliveries[.a]!
@@ -158,10 +161,11 @@ struct MessagingMachineTests {
     }
 
     @Test func initForProtocolWithoutHandlerFailsWithProtocolNotSupported() throws {
-        var link = LossyLink(a: machine(), b: machine(hasHandler: { $0 != "/nope" }), seed: 5)
-        let bad1 = try link.send(from: .a, bytes([1]), protocol: "/nope")
-        let bad2 = try link.send(from: .a, pattern(2, length: 5000), protocol: "/nope")
-        let good = try link.send(from: .a, bytes([3]), protocol: "/yes")
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(hasHandler: { $0 != "/nope" }), seed: 5)
+        let bad1 = try link.send(from: .a, messagingBytes([1]), protocol: "/nope")
+        let bad2 = try link.send(from: .a, messagingPattern(2, length: 5000), protocol: "/nope")
+        let good = try link.send(from: .a, messagingBytes([3]), protocol: "/yes")
         link.run()
         #expect(link.outcomes[.a]![bad1] == [.failed(.protocolNotSupported)])
         #expect(link.outcomes[.a]![bad2] == [.failed(.protocolNotSupported)])
@@ -174,13 +178,13 @@ struct MessagingMachineTests {
         // b forgets bindings after one entry: a's second protocol evicts the first.
         var limits = MessagingLimits()
         limits.maxInboundProtocols = 1
-        var link = LossyLink(a: machine(), b: machine(limits), seed: 11)
-        try link.send(from: .a, bytes([1]), protocol: "/one")
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(limits), seed: 11)
+        try link.send(from: .a, messagingBytes([1]), protocol: "/one")
         link.run()
-        try link.send(from: .a, bytes([2]), protocol: "/two")
+        try link.send(from: .a, messagingBytes([2]), protocol: "/two")
         link.run()
         // "/one" is confirmed at a (Continuation), but b forgot it: Reset → re-Init → delivered once.
-        let id = try link.send(from: .a, bytes([3]), protocol: "/one")
+        let id = try link.send(from: .a, messagingBytes([3]), protocol: "/one")
         link.run()
         #expect(link.outcomes[.a]![id] == [.delivered])
         #expect(link.deliveries[.b]!.map(\.protocolName) == ["/one", "/two", "/one"])
@@ -189,8 +193,9 @@ struct MessagingMachineTests {
     }
 
     @Test func deadlineExpiryYieldsTimeout() throws {
-        var link = LossyLink(a: machine(), b: machine(), seed: 1, loss: 1.0)
-        let id = try link.send(from: .a, pattern(1, length: 4000), protocol: "/void", deadline: link.now + .seconds(3))
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 1, loss: 1.0)
+        let id = try link.send(
+            from: .a, messagingPattern(1, length: 4000), protocol: "/void", deadline: link.now + .seconds(3))
         link.run()
         #expect(link.outcomes[.a]![id] == [.failed(.timedOut)])
         #expect(link.machines[.a]!.counters.sendTimeouts == 1)
@@ -203,29 +208,29 @@ struct MessagingMachineTests {
     @Test func boundedQueueRefusesWithLimitExceeded() throws {
         var limits = MessagingLimits()
         limits.maxQueuedMessages = 3
-        var a = machine(limits)
+        var a = makeMessagingMachine(limits)
         let now = NIODeadline.uptimeNanoseconds(0)
-        for _ in 0..<3 { _ = try a.send(bytes([1]), protocol: "/q", now: now) }
-        #expect(throws: MessagingError.self) { _ = try a.send(bytes([1]), protocol: "/q", now: now) }
+        for _ in 0..<3 { _ = try a.send(messagingBytes([1]), protocol: "/q", now: now) }
+        #expect(throws: MessagingError.self) { _ = try a.send(messagingBytes([1]), protocol: "/q", now: now) }
         #expect(a.counters.sendsRefused == 1)
     }
 
     @Test func inFlightWindowIsBounded() throws {
         var limits = MessagingLimits()
         limits.maxInFlightFragments = 8
-        var link = LossyLink(a: machine(limits), b: machine(), seed: 2, loss: 0.1)
-        let id = try link.send(from: .a, pattern(1, length: 100_000), protocol: "/w")
+        var link = MessagingLossyLink(a: makeMessagingMachine(limits), b: makeMessagingMachine(), seed: 2, loss: 0.1)
+        let id = try link.send(from: .a, messagingPattern(1, length: 100_000), protocol: "/w")
         #expect(link.machines[.a]!.inFlightCount == 8)
         link.run()
         #expect(link.outcomes[.a]![id] == [.delivered])
-        #expect(link.deliveries[.b]!.first?.data == pattern(1, length: 100_000))
+        #expect(link.deliveries[.b]!.first?.data == messagingPattern(1, length: 100_000))
     }
 
     @Test func closeFailsEverySendOnce() throws {
-        var a = machine()
+        var a = makeMessagingMachine()
         let now = NIODeadline.uptimeNanoseconds(0)
-        let one = try a.send(bytes([1]), protocol: "/c", now: now).id
-        let two = try a.send(pattern(2, length: 9000), protocol: "/c", now: now).id
+        let one = try a.send(messagingBytes([1]), protocol: "/c", now: now).id
+        let two = try a.send(messagingPattern(2, length: 9000), protocol: "/c", now: now).id
         let actions = a.close()
         #expect(
             actions == [
@@ -234,22 +239,22 @@ struct MessagingMachineTests {
             ])
         #expect(a.close().isEmpty)
         #expect(a.onTimer(now: now + .seconds(100)).isEmpty)
-        #expect(throws: MessagingError.self) { _ = try a.send(bytes([1]), protocol: "/c", now: now) }
+        #expect(throws: MessagingError.self) { _ = try a.send(messagingBytes([1]), protocol: "/c", now: now) }
     }
 
     @Test func transportConsolidationAcksFirstInitAndDeliversOnce() throws {
-        var a = machine()
-        var b = machine()
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
         let now = NIODeadline.uptimeNanoseconds(0)
         a.probeTransports([1, 2, 3])
-        let sent = try a.send(bytes([9]), protocol: "/first", now: now)
+        let sent = try a.send(messagingBytes([9]), protocol: "/first", now: now)
         let copies: [(ByteBuffer, UInt16?)] = sent.actions.compactMap {
             if case .sendPayload(let p, let t) = $0 { return (p, t) }
             return nil
         }
         #expect(copies.map(\.1) == [1, 2, 3])
         for (payload, tid) in copies {
-            guard case .initiate(let t, _, _, _, _) = try frames(payload).first else {
+            guard case .initiate(let t, _, _, _, _) = try messagingFrames(payload).first else {
                 Issue.record("expected Init")
                 return
             }
@@ -261,11 +266,11 @@ struct MessagingMachineTests {
         for index in [1, 2, 0] {
             let actions = b.onPayload(copies[index].0, now: now)
             delivered += actions.filter { if case .deliver = $0 { return true } else { return false } }.count
-            replies += payloads(actions)
+            replies += messagingPayloads(actions)
         }
         #expect(delivered == 1)
         #expect(b.counters.duplicateReliable == 2)
-        let transportAcks = try replies.flatMap { try frames($0) }.filter {
+        let transportAcks = try replies.flatMap { try messagingFrames($0) }.filter {
             if case .transportAck = $0 { return true } else { return false }
         }
         #expect(transportAcks == [.transportAck(transportId: 2)])
@@ -275,18 +280,19 @@ struct MessagingMachineTests {
         #expect(aActions.contains(.delivered(sent.id)))
         #expect(a.selectedTransport == 2)
         // After the choice, one payload per event, no transport tag.
-        let next = try a.send(bytes([10]), protocol: "/first", now: now + .milliseconds(2))
+        let next = try a.send(messagingBytes([10]), protocol: "/first", now: now + .milliseconds(2))
         #expect(
             next.actions.compactMap { if case .sendPayload(_, let t) = $0 { return t } else { return nil } }.isEmpty)
-        #expect(payloads(next.actions).count == 1)
+        #expect(messagingPayloads(next.actions).count == 1)
     }
 
     @Test func payloadsNeverExceedMaxPayloadWithLongProtocolNames() throws {
-        var a = machine()
+        var a = makeMessagingMachine()
         let name = "/" + String(repeating: "n", count: 1023)
         let result = try a.send(
-            pattern(1, length: 20_000), protocol: name, kind: .request(id: .max >> 1), now: .uptimeNanoseconds(0))
-        let ps = payloads(result.actions)
+            messagingPattern(1, length: 20_000), protocol: name, kind: .request(id: .max >> 1),
+            now: .uptimeNanoseconds(0))
+        let ps = messagingPayloads(result.actions)
         #expect(!ps.isEmpty)
         #expect(ps.allSatisfy { $0.readableBytes <= 1200 })
     }
@@ -294,12 +300,12 @@ struct MessagingMachineTests {
     @Test func heavyLossEveryReliableSendHasExactlyOneOutcomeAndNoFalseDelivered() throws {
         var limits = MessagingLimits()
         limits.deliveryTimeout = .seconds(2)
-        var link = LossyLink(
-            a: machine(limits), b: machine(), seed: 2024, loss: 0.45, duplicate: 0.1,
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(limits), b: makeMessagingMachine(), seed: 2024, loss: 0.45, duplicate: 0.1,
             minDelay: .milliseconds(1), maxDelay: .milliseconds(100))
         var sent: [MessagingSendID: ByteBuffer] = [:]
         for i in 0..<200 {
-            let data = pattern(i, length: [3, 900, 2500, 9000][i % 4])
+            let data = messagingPattern(i, length: [3, 900, 2500, 9000][i % 4])
             sent[try link.send(from: .a, data, protocol: "/h/\(i % 3)")] = data
             link.run(for: .milliseconds(7))
         }
@@ -333,12 +339,12 @@ struct MessagingMachineTests {
         // ints, so Reset(unknownProtocolInt) → re-Init runs constantly, with loss and reordering.
         var limits = MessagingLimits()
         limits.maxInboundProtocols = 2
-        var link = LossyLink(
-            a: machine(), b: machine(limits), seed: 8, loss: 0.1, duplicate: 0.05,
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(limits), seed: 8, loss: 0.1, duplicate: 0.05,
             minDelay: .milliseconds(2), maxDelay: .milliseconds(40))
         var sent: [MessagingSendID: ByteBuffer] = [:]
         for i in 0..<150 {
-            let data = pattern(i, length: [5, 1500][i % 2])
+            let data = messagingPattern(i, length: [5, 1500][i % 2])
             sent[try link.send(from: .a, data, protocol: "/t/\(i % 5)")] = data
             link.run(for: .milliseconds(20))
         }
@@ -353,21 +359,21 @@ struct MessagingMachineTests {
     }
 
     @Test func enqueueThenFlushPacksSmallMessagesIntoOnePayload() throws {
-        var a = machine()
-        var b = machine()
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
         let now = NIODeadline.uptimeNanoseconds(0)
         var ids: [MessagingSendID] = []
-        for i in 0..<20 { ids.append(try a.enqueue(pattern(i, length: 30), protocol: "/small", now: now)) }
-        _ = try a.enqueue(bytes([7]), protocol: "/small", mode: .unreliable, now: now)
-        let out = payloads(a.flush(now: now))
+        for i in 0..<20 { ids.append(try a.enqueue(messagingPattern(i, length: 30), protocol: "/small", now: now)) }
+        _ = try a.enqueue(messagingBytes([7]), protocol: "/small", mode: .unreliable, now: now)
+        let out = messagingPayloads(a.flush(now: now))
         #expect(out.count == 1)
         let actions = b.onPayload(out[0], now: now)
         #expect(actions.filter { if case .deliver = $0 { return true } else { return false } }.count == 21)
         // 20 ack-eliciting frames: acknowledged at once, in one Ack with one range.
-        let ackPayloads = payloads(actions)
+        let ackPayloads = messagingPayloads(actions)
         #expect(
-            try ackPayloads.flatMap { try frames($0) } == [
-                .ack(MultipacketAck(ranges: [0...19], ackDelayMicroseconds: 0))
+            try ackPayloads.flatMap { try messagingFrames($0) } == [
+                .ack(MultipacketAckFrame(ranges: [0...19], ackDelayMicroseconds: 0))
             ])
         let outcomes = a.onPayload(ackPayloads[0], now: now + .milliseconds(1))
         #expect(outcomes.filter { if case .delivered = $0 { return true } else { return false } }.count == 20)

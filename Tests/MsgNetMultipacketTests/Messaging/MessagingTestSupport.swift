@@ -2,8 +2,8 @@ import NIOCore
 
 @testable import MsgNetMultipacket
 
-/// A tiny seeded PRNG (SplitMix64) so every "random" test is reproducible.
-struct SplitMix64: RandomNumberGenerator {
+/// A tiny seeded PRNG (MessagingRNG) so every "random" test is reproducible.
+struct MessagingRNG: RandomNumberGenerator {
     var state: UInt64
 
     init(seed: UInt64) { state = seed }
@@ -19,11 +19,11 @@ struct SplitMix64: RandomNumberGenerator {
     mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(1 << 53) < p }
 }
 
-func bytes(_ array: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: array) }
+func messagingBytes(_ array: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: array) }
 
 /// Deterministic message contents: `length` bytes derived from `tag`.
-func pattern(_ tag: Int, length: Int) -> ByteBuffer {
-    var rng = SplitMix64(seed: UInt64(tag) &* 7919 &+ 1)
+func messagingPattern(_ tag: Int, length: Int) -> ByteBuffer {
+    var rng = MessagingRNG(seed: UInt64(tag) &* 7919 &+ 1)
     var out: [UInt8] = []
     out.reserveCapacity(length)
     while out.count < length {
@@ -35,37 +35,37 @@ func pattern(_ tag: Int, length: Int) -> ByteBuffer {
     return ByteBuffer(bytes: out)
 }
 
-enum Side: Hashable {
+enum MessagingSide: Hashable {
     case a
     case b
 
-    var other: Side { self == .a ? .b : .a }
+    var other: MessagingSide { self == .a ? .b : .a }
 }
 
-enum Outcome: Hashable {
+enum MessagingOutcome: Hashable {
     case delivered
     case failed(MessagingError.Code)
 }
 
 /// Two machines back to back over an in-memory link with seeded loss, duplication, reordering and delay,
 /// driven by a fake clock.
-struct LossyLink {
-    var machines: [Side: MessagingMachine]
+struct MessagingLossyLink {
+    var machines: [MessagingSide: MessagingMachine]
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-    var rng: SplitMix64
+    var rng: MessagingRNG
     var loss: Double
     var duplicate: Double
     var minDelay: TimeAmount
     var maxDelay: TimeAmount
-    var packets: [(at: NIODeadline, order: Int, to: Side, payload: ByteBuffer)] = []
+    var packets: [(at: NIODeadline, order: Int, to: MessagingSide, payload: ByteBuffer)] = []
     var order = 0
-    var wakeups: [Side: NIODeadline] = [:]
-    var deliveries: [Side: [MessagingInboundMessage]] = [.a: [], .b: []]
-    var outcomes: [Side: [MessagingSendID: [Outcome]]] = [.a: [:], .b: [:]]
-    var transportAcks: [Side: [UInt16]] = [.a: [], .b: []]
+    var wakeups: [MessagingSide: NIODeadline] = [:]
+    var deliveries: [MessagingSide: [MessagingInboundMessage]] = [.a: [], .b: []]
+    var outcomes: [MessagingSide: [MessagingSendID: [MessagingOutcome]]] = [.a: [:], .b: [:]]
+    var transportAcks: [MessagingSide: [UInt16]] = [.a: [], .b: []]
     var payloadsSent = 0
     /// Per side: transport ids of payloads it emitted.
-    var transportTags: [Side: [UInt16?]] = [.a: [], .b: []]
+    var transportTags: [MessagingSide: [UInt16?]] = [.a: [], .b: []]
 
     init(
         a: MessagingMachine,
@@ -77,7 +77,7 @@ struct LossyLink {
         maxDelay: TimeAmount = .milliseconds(10)
     ) {
         machines = [.a: a, .b: b]
-        rng = SplitMix64(seed: seed)
+        rng = MessagingRNG(seed: seed)
         self.loss = loss
         self.duplicate = duplicate
         self.minDelay = minDelay
@@ -90,7 +90,7 @@ struct LossyLink {
         return .nanoseconds(minDelay.nanoseconds + Int64(rng.next() % UInt64(span)))
     }
 
-    mutating func handle(_ actions: [MessagingAction], from side: Side) {
+    mutating func handle(_ actions: [MessagingAction], from side: MessagingSide) {
         for action in actions {
             switch action {
             case .sendPayload(let payload, let transportId):
@@ -118,7 +118,7 @@ struct LossyLink {
 
     @discardableResult
     mutating func send(
-        from side: Side,
+        from side: MessagingSide,
         _ data: ByteBuffer,
         protocol name: String = "/test/1",
         mode: MessagingDeliveryMode = .reliable,
@@ -149,7 +149,7 @@ struct LossyLink {
                 handle(actions, from: packet.to)
                 continue
             }
-            for side in [Side.a, .b] {
+            for side in [MessagingSide.a, .b] {
                 if let at = wakeups[side], at <= now {
                     wakeups[side] = nil
                     let actions = machines[side]!.onTimer(now: now)

@@ -18,9 +18,9 @@ struct MultipacketFrameCodecTests {
     }
 
     func expectError(_ input: [UInt8], _ code: MessagingError.Code, sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(throws: MessagingError.self, sourceLocation: sourceLocation) { try codec.decode(bytes(input)) }
+        #expect(throws: MessagingError.self, sourceLocation: sourceLocation) { try codec.decode(messagingBytes(input)) }
         do {
-            _ = try codec.decode(bytes(input))
+            _ = try codec.decode(messagingBytes(input))
         } catch {
             #expect(error.code == code, sourceLocation: sourceLocation)
         }
@@ -29,7 +29,7 @@ struct MultipacketFrameCodecTests {
     @Test func initExactBytes() throws {
         let header = MultipacketMessageHeader(sequence: 300, reliable: true, kind: .request(id: 5))
         let frame = MultipacketFrame.initiate(
-            transportId: 0x0102, protocolName: "/a", protocolInt: 7, header: header, data: bytes([0xAA, 0xBB]))
+            transportId: 0x0102, protocolName: "/a", protocolInt: 7, header: header, data: messagingBytes([0xAA, 0xBB]))
         let encoded = encode([frame])
         #expect(
             encoded == [
@@ -37,16 +37,16 @@ struct MultipacketFrameCodecTests {
                 0xAC, 0x02, 0x03, 0x05,  // seq 300, flags reliable|request, request id 5
                 0x02, 0xAA, 0xBB,  // data length, data
             ])
-        #expect(try codec.decode(bytes(encoded)) == [frame])
+        #expect(try codec.decode(messagingBytes(encoded)) == [frame])
     }
 
     @Test func continuationFragmentExactBytes() throws {
         let fragment = MultipacketFragmentInfo(index: 1, count: 2, totalLength: 3)
         let header = MultipacketMessageHeader(sequence: 9, reliable: true, kind: .reply(to: 1), fragment: fragment)
-        let frame = MultipacketFrame.continuation(protocolInt: 0x0203, header: header, data: bytes([0x11]))
+        let frame = MultipacketFrame.continuation(protocolInt: 0x0203, header: header, data: messagingBytes([0x11]))
         let encoded = encode([frame])
         #expect(encoded == [0x03, 0x02, 0x03, 0x09, 0x0D, 0x01, 0x01, 0x02, 0x03, 0x01, 0x11])
-        #expect(try codec.decode(bytes(encoded)) == [frame])
+        #expect(try codec.decode(messagingBytes(encoded)) == [frame])
     }
 
     @Test func controlFramesExactBytes() throws {
@@ -54,7 +54,7 @@ struct MultipacketFrameCodecTests {
             .transportAck(transportId: 0xBEEF),
             .reset(protocolInt: 3, reason: .protocolNotSupported),
             .reset(protocolInt: 4, reason: .unknownProtocolInt),
-            .ack(MultipacketAck(ranges: [10...12, 5...7, 0...0], ackDelayMicroseconds: 200)),
+            .ack(MultipacketAckFrame(ranges: [10...12, 5...7, 0...0], ackDelayMicroseconds: 200)),
             .padding(length: 3),
         ]
         let encoded = encode(frames)
@@ -67,7 +67,7 @@ struct MultipacketFrameCodecTests {
                 0x05, 0x0C, 0xC8, 0x01, 0x02, 0x02, 0x01, 0x02, 0x03, 0x00,
                 0x00, 0x00, 0x00, 0x00,
             ])
-        #expect(try codec.decode(bytes(encoded)) == frames)
+        #expect(try codec.decode(messagingBytes(encoded)) == frames)
     }
 
     @Test func unreliableOneWayRoundTrip() throws {
@@ -75,7 +75,7 @@ struct MultipacketFrameCodecTests {
         let frame = MultipacketFrame.continuation(protocolInt: 1, header: header, data: ByteBuffer())
         let encoded = encode([frame])
         #expect(encoded == [0x03, 0x00, 0x01, 0x00, 0x00, 0x00])
-        #expect(try codec.decode(bytes(encoded)) == [frame])
+        #expect(try codec.decode(messagingBytes(encoded)) == [frame])
     }
 
     @Test func unknownFrameTypeRejectsWholePayload() {
@@ -108,7 +108,7 @@ struct MultipacketFrameCodecTests {
             limits: {
                 var l = MessagingLimits(); l.maxPayload = 2000; return l
             }())
-        #expect(throws: MessagingError.self) { try codec.decode(bytes(input)) }
+        #expect(throws: MessagingError.self) { try codec.decode(messagingBytes(input)) }
         expectError([UInt8](repeating: 0, count: 1201), .malformedFrame)  // payload over maxPayload
     }
 
@@ -129,7 +129,8 @@ struct MultipacketFrameCodecTests {
         // index above sequence (message id would be negative): seq 5, index 6 of 8
         expectError(fragmentFrame(index: 6, count: [0x08], total: [0x10], data: 2), .malformedFrame)
         // a consistent one decodes
-        #expect((try? codec.decode(bytes(fragmentFrame(index: 1, count: [0x02], total: [0x05], data: 2)))) != nil)
+        #expect(
+            (try? codec.decode(messagingBytes(fragmentFrame(index: 1, count: [0x02], total: [0x05], data: 2)))) != nil)
     }
 
     @Test func ackRangeCountLimit() {
@@ -141,25 +142,25 @@ struct MultipacketFrameCodecTests {
     @Test func everyTruncationOfAValidPayloadIsRejectedOrShorter() throws {
         let fragment = MultipacketFragmentInfo(index: 0, count: 2, totalLength: 6)
         let frames: [MultipacketFrame] = [
-            .ack(MultipacketAck(ranges: [100...200, 1...50], ackDelayMicroseconds: 77)),
+            .ack(MultipacketAckFrame(ranges: [100...200, 1...50], ackDelayMicroseconds: 77)),
             .initiate(
                 transportId: 9, protocolName: "/x/1.0.0", protocolInt: 3,
                 header: MultipacketMessageHeader(sequence: 2, reliable: true, kind: .oneWay, fragment: fragment),
-                data: bytes([1, 2, 3])),
+                data: messagingBytes([1, 2, 3])),
             .reset(protocolInt: 2, reason: .unknownProtocolInt),
         ]
         let encoded = encode(frames)
-        #expect(try codec.decode(bytes(encoded)) == frames)
+        #expect(try codec.decode(messagingBytes(encoded)) == frames)
         for cut in 1..<encoded.count {
             // A prefix either fails cleanly or (at a frame boundary) decodes to a prefix of the frames.
-            if let decoded = try? codec.decode(bytes(Array(encoded[..<cut]))) {
+            if let decoded = try? codec.decode(messagingBytes(Array(encoded[..<cut]))) {
                 #expect(Array(frames.prefix(decoded.count)) == decoded)
             }
         }
     }
 
     @Test func randomInputNeverCrashes() {
-        var rng = SplitMix64(seed: 0xC0DEC)
+        var rng = MessagingRNG(seed: 0xC0DEC)
         var decodedSomething = 0
         for _ in 0..<5000 {
             let length = Int(rng.next() % 64) + 1
@@ -167,7 +168,7 @@ struct MultipacketFrameCodecTests {
             for _ in 0..<length { input.append(UInt8(truncatingIfNeeded: rng.next())) }
             // Bias the first byte towards known types so the deeper paths are exercised.
             input[0] = UInt8(rng.next() % 7)
-            if let frames = try? codec.decode(bytes(input)) {
+            if let frames = try? codec.decode(messagingBytes(input)) {
                 decodedSomething += 1
                 // Padding content is ignored (not re-encoded as is); everything else is canonical.
                 if case .padding = frames.last { continue }
@@ -181,13 +182,13 @@ struct MultipacketFrameCodecTests {
     }
 
     @Test func randomFramesRoundTrip() throws {
-        var rng = SplitMix64(seed: 42)
+        var rng = MessagingRNG(seed: 42)
         for _ in 0..<2000 {
             let frame: MultipacketFrame
             let kinds: [MessagingMessageKind] = [.oneWay, .request(id: rng.next() >> 2), .reply(to: rng.next() % 300)]
             let kind = kinds[Int(rng.next() % 3)]
             let sequence = rng.next() >> UInt64(1 + rng.next() % 63)
-            let data = pattern(Int(rng.next() % 1000), length: Int(rng.next() % 100))
+            let data = messagingPattern(Int(rng.next() % 1000), length: Int(rng.next() % 100))
             switch rng.next() % 5 {
             case 0:
                 let header = MultipacketMessageHeader(sequence: sequence, reliable: rng.next() % 2 == 0, kind: kind)
@@ -206,13 +207,13 @@ struct MultipacketFrameCodecTests {
                     guard low >= 2 + 1000 else { break }
                     high = low - 2 - rng.next() % 1000
                 }
-                frame = .ack(MultipacketAck(ranges: ranges, ackDelayMicroseconds: rng.next() % 100_000))
+                frame = .ack(MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: rng.next() % 100_000))
             case 3:
                 frame = .reset(protocolInt: UInt16(truncatingIfNeeded: rng.next()), reason: .unknownProtocolInt)
             default:
                 frame = .transportAck(transportId: UInt16(truncatingIfNeeded: rng.next()))
             }
-            #expect(try codec.decode(bytes(encode([frame]))) == [frame])
+            #expect(try codec.decode(messagingBytes(encode([frame]))) == [frame])
         }
     }
 }
