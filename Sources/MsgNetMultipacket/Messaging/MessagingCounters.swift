@@ -40,8 +40,10 @@ public struct MessagingCounters: Hashable, Sendable {
     public var ignoredTransportAcks = 0
     /// Resets for a protocolInt with nothing to reset.
     public var ignoredResets = 0
-    /// Reliable fragments retransmitted.
+    /// Reliable fragments retransmitted (timer or fast retransmit).
     public var retransmissions = 0
+    /// Fragments declared lost early because 3 later-sent numbers were acknowledged.
+    public var fastRetransmissions = 0
     /// Reliable sends failed by their deadline.
     public var sendTimeouts = 0
     /// Sends refused because a queue or table was full.

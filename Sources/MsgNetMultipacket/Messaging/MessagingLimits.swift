@@ -29,6 +29,8 @@ public struct MessagingLimits: Hashable, Sendable {
     public var minRTO: TimeAmount = .milliseconds(200)
     /// Largest RTO, also the cap of the exponential backoff.
     public var maxRTO: TimeAmount = .seconds(10)
+    /// Retransmit a fragment before its RTO when 3 later-sent numbers are acknowledged and it is overdue.
+    public var fastRetransmit: Bool = true
     /// Longest a receiver waits before acknowledging a single ack-eliciting payload.
     public var maxAckDelay: TimeAmount = .milliseconds(25)
     /// Ranges the receiver remembers for reliable sequence numbers (dedup); past it the oldest range is forgotten.

@@ -449,6 +449,7 @@ public struct MessagingMachine: Sendable {
                 _ = receiveData(name, header: header, data: data, now: now, actions: &actions)
             }
         }
+        retransmitDue(now: now, builder: &builder)
         finish(now: now, builder: &builder, actions: &actions)
         return actions
     }
@@ -650,6 +651,7 @@ public struct MessagingMachine: Sendable {
         let ackDelay = TimeAmount.microseconds(Int64(min(ack.ackDelayMicroseconds, UInt64(Int64.max / 1000))))
         var rangeIndex = ack.ranges.count - 1
         var write = 0
+        var largestSent: NIODeadline?
         for read in inFlight.indices {
             let record = inFlight[read]
             while rangeIndex >= 0 && ack.ranges[rangeIndex].upperBound < record.sequence { rangeIndex -= 1 }
@@ -659,6 +661,7 @@ public struct MessagingMachine: Sendable {
                 continue
             }
             // Newly acknowledged.
+            if record.sequence == top.upperBound { largestSent = record.lastSent }
             if record.sequence == top.upperBound && record.transmissions == 1 {
                 let sample = now - record.lastSent
                 let delay = min(ackDelay, limits.maxAckDelay)
@@ -681,7 +684,33 @@ public struct MessagingMachine: Sendable {
             }
         }
         inFlight.removeLast(inFlight.count - write)
+        // Fast retransmit: a fragment sent no later than the newly acknowledged highest one, at least
+        // `fastRetransmitThreshold` numbers below it ...
+        guard limits.fastRetransmit, let largestSent, let srtt = rttEstimator.smoothedRTT,
+            top.upperBound >= Self.fastRetransmitThreshold
+        else { return }
+        let threshold = top.upperBound - Self.fastRetransmitThreshold
+        // Only gaps among the leading (unbroken) ranges are known to be gaps.
+        let knownFrom = ack.ranges[min(ack.ranges.count, Self.ackTopRanges) - 1].lowerBound
+        // ... is due for retransmission SRTT + 2·RTTVAR after it was sent (at once if that has passed),
+        // instead of a full (backed-off) RTO; mere reordering rarely lasts that long.
+        let wait = TimeAmount.nanoseconds(srtt.nanoseconds + 4 * rttEstimator.rttVariation.nanoseconds)
+        for i in inFlight.indices {
+            guard inFlight[i].sequence <= threshold else { break }
+            guard inFlight[i].sequence > knownFrom && inFlight[i].lastSent <= largestSent else { continue }
+            let due = max(inFlight[i].lastSent + wait, now)
+            if due < inFlight[i].retransmitAt {
+                inFlight[i].retransmitAt = due
+                counters.fastRetransmissions += 1
+                noteWakeup(due)
+            }
+        }
     }
+
+    /// Packet-reordering threshold of the fast retransmit (as QUIC's kPacketThreshold).
+    static let fastRetransmitThreshold: UInt64 = 3
+    /// An Ack starts with the receiver's highest `ackTopRanges` ranges, none skipped.
+    static let ackTopRanges = 16
 
     private mutating func processReset(
         _ protocolInt: UInt16,
@@ -974,10 +1003,15 @@ public struct MessagingMachine: Sendable {
         let capacity = max(limits.maxAckRangesPerFrame, 1)
         var chosen: [Int] = []
         chosen.reserveCapacity(capacity)
-        for sequence in recentSequences where chosen.count < capacity / 2 {
+        // 1. The highest ranges, unbroken (so gaps between them are real gaps: fast retransmit relies on it).
+        let top = min(all.count, Self.ackTopRanges, capacity)
+        for index in stride(from: all.count - 1, through: all.count - top, by: -1) { chosen.append(index) }
+        // 2. The ranges holding numbers received since the last Ack (so duplicates get acknowledged).
+        for sequence in recentSequences where chosen.count < capacity {
             if let index = received.rangeIndex(containing: sequence), !chosen.contains(index) { chosen.append(index) }
         }
-        var index = all.count - 1
+        // 3. More of the highest ranges.
+        var index = all.count - 1 - top
         while chosen.count < capacity && index >= 0 {
             if !chosen.contains(index) { chosen.append(index) }
             index -= 1
