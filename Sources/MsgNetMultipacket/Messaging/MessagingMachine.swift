@@ -198,6 +198,7 @@ public struct MessagingMachine: Sendable {
     /// The transport id the peer acknowledged first, once it has.
     public private(set) var selectedTransport: UInt16?
 
+    private var retransmitNow = false
     private var scheduledWakeup: NIODeadline?
     private var wakeupChanged = false
 
@@ -306,6 +307,11 @@ public struct MessagingMachine: Sendable {
                 .invalidArgument,
                 "protocol name of \(nameLength) bytes not in 1...\(limits.maxProtocolNameLength)"
             )
+        }
+        switch kind {
+        case .oneWay: break
+        case .request(let id), .reply(let id):
+            guard id < 1 << 63 else { throw MessagingError(.invalidArgument, "correlation id \(id) over 2^63 − 1") }
         }
         let length = message.readableBytes
         let room = limits.maxPayload - initHeaderBound(nameLength: nameLength, kind: kind)
@@ -449,7 +455,10 @@ public struct MessagingMachine: Sendable {
                 _ = receiveData(name, header: header, data: data, now: now, actions: &actions)
             }
         }
-        retransmitDue(now: now, builder: &builder)
+        if retransmitNow {
+            retransmitNow = false
+            retransmitDue(now: now, builder: &builder)
+        }
         finish(now: now, builder: &builder, actions: &actions)
         return actions
     }
@@ -702,7 +711,7 @@ public struct MessagingMachine: Sendable {
             if due < inFlight[i].retransmitAt {
                 inFlight[i].retransmitAt = due
                 counters.fastRetransmissions += 1
-                noteWakeup(due)
+                if due <= now { retransmitNow = true } else { noteWakeup(due) }
             }
         }
     }
