@@ -1033,6 +1033,11 @@ public struct MessagingMachine: Sendable {
         if chosen.first == all.count - 1, let at = largestReceivedAt {
             delay = UInt64(max((now - at).nanoseconds, 0) / 1000)
         }
-        return MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
+        var ack = MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
+        // Only matters for tiny `maxPayload` settings: an Ack must fit one payload.
+        while ack.ranges.count > 1 && MultipacketFrameCodec.encodedLength(.ack(ack)) > limits.maxPayload {
+            ack.ranges.removeLast()
+        }
+        return ack
     }
 }
