@@ -3,21 +3,21 @@ import MsgNetCore
 import NIOCore
 
 /// Identifies one `MessagingMachine.send`; outcome actions name it.
-public struct MessagingSendID: Hashable, Comparable, Sendable, CustomStringConvertible {
+package struct MessagingSendID: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The raw value, unique per machine.
-    public let rawValue: UInt64
+    package let rawValue: UInt64
 
     /// Wraps a raw value.
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    package init(rawValue: UInt64) { self.rawValue = rawValue }
 
-    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+    package static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
 
     /// `"send#<n>"`.
-    public var description: String { "send#\(rawValue)" }
+    package var description: String { "send#\(rawValue)" }
 }
 
 /// How a message travels.
-public enum MessagingDeliveryMode: Hashable, Sendable {
+package enum MessagingDeliveryMode: Hashable, Sendable {
     /// Acknowledged, retransmitted, deduplicated, fragmented when large; ends in `.delivered` or `.failed`.
     case reliable
     /// One best-effort payload, never delivered twice; no outcome action.
@@ -25,18 +25,18 @@ public enum MessagingDeliveryMode: Hashable, Sendable {
 }
 
 /// A message received from the peer, ready for its handler.
-public struct MessagingInboundMessage: Hashable, Sendable {
+package struct MessagingInboundMessage: Hashable, Sendable {
     /// The protocol the peer named for it.
-    public var protocolName: String
+    package var protocolName: String
     /// The message bytes.
-    public var data: ByteBuffer
+    package var data: ByteBuffer
     /// One-way, request (with id) or reply (with the id of our request).
-    public var kind: MessagingMessageKind
+    package var kind: MessagingMessageKind
     /// How it travelled.
-    public var mode: MessagingDeliveryMode
+    package var mode: MessagingDeliveryMode
 
     /// Creates a message.
-    public init(protocolName: String, data: ByteBuffer, kind: MessagingMessageKind, mode: MessagingDeliveryMode) {
+    package init(protocolName: String, data: ByteBuffer, kind: MessagingMessageKind, mode: MessagingDeliveryMode) {
         self.protocolName = protocolName
         self.data = data
         self.kind = kind
@@ -45,7 +45,7 @@ public struct MessagingInboundMessage: Hashable, Sendable {
 }
 
 /// What the shell must do after an event.
-public enum MessagingAction: Hashable, Sendable {
+package enum MessagingAction: Hashable, Sendable {
     /// Seal and send this payload. `transportId` is nil for the chosen (or only) path; while probing
     /// transports (`probeTransports`), one copy per probed id is emitted, to be sent on that path.
     case sendPayload(ByteBuffer, transportId: UInt16?)
@@ -62,11 +62,11 @@ public enum MessagingAction: Hashable, Sendable {
 }
 
 /// The result of `MessagingMachine.send`.
-public struct MessagingSendResult: Sendable {
+package struct MessagingSendResult: Sendable {
     /// The id later outcome actions name (reliable sends only).
-    public var id: MessagingSendID
+    package var id: MessagingSendID
     /// Payloads to send now (and possibly a wakeup).
-    public var actions: [MessagingAction]
+    package var actions: [MessagingAction]
 }
 
 /// The messaging layer of one authenticated multipacket session: frames, protocol naming
@@ -76,9 +76,9 @@ public struct MessagingSendResult: Sendable {
 ///
 /// Every reliable `send` that does not throw ends in exactly one `.delivered(id)` or `.failed(id, error)`.
 /// Delivery is unordered (see `docs/multipacket-frames.md`).
-public struct MessagingMachine: Sendable {
+package struct MessagingMachine: Sendable {
     /// Tells whether a local handler exists for a protocol name.
-    public typealias HandlerPredicate = @Sendable (String) -> Bool
+    package typealias HandlerPredicate = @Sendable (String) -> Bool
 
     private enum State {
         case open
@@ -156,15 +156,15 @@ public struct MessagingMachine: Sendable {
 
     private var state: State = .open
     /// The limits this machine enforces.
-    public let limits: MessagingLimits
+    package let limits: MessagingLimits
     private let codec: MultipacketFrameCodec
     private let hasHandler: HandlerPredicate
     private let budget: (any MessagingReassemblyAccountant)?
     private let allocator = ByteBufferAllocator()
     /// Drop and event counters.
-    public private(set) var counters = MessagingCounters()
+    package private(set) var counters = MessagingCounters()
     /// The round-trip estimator (RFC 6298).
-    public private(set) var rttEstimator: MessagingRTTEstimator
+    package private(set) var rttEstimator: MessagingRTTEstimator
 
     private var outboundProtocols: [String: OutboundProtocol] = [:]
     private var outboundNames: [UInt16: String] = [:]
@@ -196,7 +196,7 @@ public struct MessagingMachine: Sendable {
 
     private var probedTransports: [UInt16] = []
     /// The transport id the peer acknowledged first, once it has.
-    public private(set) var selectedTransport: UInt16?
+    package private(set) var selectedTransport: UInt16?
 
     private var retransmitNow = false
     private var scheduledWakeup: NIODeadline?
@@ -208,7 +208,7 @@ public struct MessagingMachine: Sendable {
     ///   - limits: sizes, windows and timeouts (both peers should agree).
     ///   - budget: the reassembly budget shared by all machines of the node, if any.
     ///   - hasHandler: whether a handler exists for a protocol; asked for every inbound Init and Continuation.
-    public init(
+    package init(
         limits: MessagingLimits = MessagingLimits(),
         budget: (any MessagingReassemblyAccountant)? = nil,
         hasHandler: @escaping HandlerPredicate
@@ -229,26 +229,26 @@ public struct MessagingMachine: Sendable {
     // MARK: Introspection
 
     /// Reliable fragments sent and not yet acknowledged.
-    public var inFlightCount: Int { inFlight.count }
+    package var inFlightCount: Int { inFlight.count }
     /// Reliable sends not finished yet.
-    public var pendingSendCount: Int { messages.count }
+    package var pendingSendCount: Int { messages.count }
     /// Partially reassembled inbound messages.
-    public var partialMessageCount: Int { partials.count }
+    package var partialMessageCount: Int { partials.count }
     /// Bytes reserved for reassembly by this machine.
-    public var reassemblyBytesInUse: Int { reassemblyBytes }
+    package var reassemblyBytesInUse: Int { reassemblyBytes }
     /// Protocol bindings the peer has made with Init that we remember.
-    public var inboundProtocolCount: Int { inboundProtocols.count }
+    package var inboundProtocolCount: Int { inboundProtocols.count }
     /// Remembered reliable sequence ranges (dedup state).
-    public var receivedRangeCount: Int { received.ranges.count }
+    package var receivedRangeCount: Int { received.ranges.count }
     /// The wakeup last requested, if any.
-    public var nextWakeup: NIODeadline? { scheduledWakeup }
+    package var nextWakeup: NIODeadline? { scheduledWakeup }
 
     // MARK: Transport consolidation
 
     /// Starts probing several paths (seed "transport consolidation"): until the peer acknowledges one,
     /// every payload is emitted once per id, Inits tagged with it, and protocols are named with Init.
     /// Ids must be non-zero (0 means "not probing"); zeros and duplicates are ignored.
-    public mutating func probeTransports(_ transportIds: [UInt16]) {
+    package mutating func probeTransports(_ transportIds: [UInt16]) {
         var ids: [UInt16] = []
         for id in transportIds where id != 0 && !ids.contains(id) { ids.append(id) }
         probedTransports = ids
@@ -269,7 +269,7 @@ public struct MessagingMachine: Sendable {
     /// - Returns: the send id and the payloads to send now.
     /// - Throws: `MessagingError` (`.messageTooLarge`, `.limitExceeded`, `.invalidArgument`, `.closed`);
     ///   a send that throws produces no outcome action.
-    public mutating func send(
+    package mutating func send(
         _ message: ByteBuffer,
         protocol protocolName: String,
         mode: MessagingDeliveryMode = .reliable,
@@ -282,7 +282,7 @@ public struct MessagingMachine: Sendable {
     }
 
     /// Emits everything enqueued (packed several small messages to a payload), plus pending acks.
-    public mutating func flush(now: NIODeadline) -> [MessagingAction] {
+    package mutating func flush(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
         var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
@@ -292,7 +292,7 @@ public struct MessagingMachine: Sendable {
 
     /// Accepts a message like `send` but emits nothing until the next `flush` (or any other event),
     /// so a burst of small messages shares payloads. Same parameters, errors and outcomes as `send`.
-    public mutating func enqueue(
+    package mutating func enqueue(
         _ message: ByteBuffer,
         protocol protocolName: String,
         mode: MessagingDeliveryMode = .reliable,
@@ -374,7 +374,7 @@ public struct MessagingMachine: Sendable {
     }
 
     /// Fails every unfinished send with `.closed`, frees reassembly memory; later events do nothing.
-    public mutating func close() -> [MessagingAction] {
+    package mutating func close() -> [MessagingAction] {
         guard case .open = state else { return [] }
         state = .closed
         var actions: [MessagingAction] = []
@@ -396,7 +396,7 @@ public struct MessagingMachine: Sendable {
     // MARK: Inbound
 
     /// Handles one decrypted payload from the session layer.
-    public mutating func onPayload(_ payload: ByteBuffer, now: NIODeadline) -> [MessagingAction] {
+    package mutating func onPayload(_ payload: ByteBuffer, now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else {
             counters.payloadsAfterClose += 1
             return []
@@ -465,7 +465,7 @@ public struct MessagingMachine: Sendable {
 
     /// Handles the wakeup requested by `.scheduleWakeup`: delayed acks, retransmissions, deadlines,
     /// reassembly timeouts. Calling it early or late is harmless.
-    public mutating func onTimer(now: NIODeadline) -> [MessagingAction] {
+    package mutating func onTimer(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
         var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
