@@ -30,7 +30,12 @@ public final class NegotiatedStream: Sendable {
     let stream: MplexStream
     private let leftover: NIOLockedValueBox<ByteBuffer?>
 
-    init(protocolID: String, connection: ConnectionInfo, stream: MplexStream, leftover: ByteBuffer?) {
+    init(
+        protocolID: String,
+        connection: ConnectionInfo,
+        stream: MplexStream,
+        leftover: ByteBuffer?
+    ) {
         self.protocolID = protocolID
         self.connection = connection
         self.stream = stream
@@ -46,11 +51,38 @@ public final class NegotiatedStream: Sendable {
         }) {
             return buffered
         }
+        return try await rawRead()
+    }
+
+    private func rawRead() async throws -> ByteBuffer? {
         do {
             return try await stream.read()
         } catch {
             throw StreamsError(.connectionClosed, "stream \(protocolID) reset: \(error)")
         }
+    }
+
+    // MARK: Event-loop hooks for the message layer (same target family only)
+
+    /// The event loop that owns the stream.
+    package var eventLoop: any EventLoop { stream.eventLoop }
+
+    /// Writes on the event loop without waiting for writability; the promise completes when
+    /// the bytes are written to the connection. Do not mix with ``write(_:)`` on one stream.
+    /// - Precondition: called on ``eventLoop``.
+    package func writeOnEventLoop(_ buffer: ByteBuffer, flush: Bool, promise: EventLoopPromise<Void>?) {
+        stream.writeOnEventLoop(buffer, flush: flush, promise: promise)
+    }
+
+    /// Closes the write side after the event-loop writes issued before.
+    /// - Precondition: called on ``eventLoop``.
+    package func closeWriteOnEventLoop(promise: EventLoopPromise<Void>?) {
+        stream.closeWriteOnEventLoop(promise: promise)
+    }
+
+    /// Resets the stream. - Precondition: called on ``eventLoop``.
+    package func resetOnEventLoop() {
+        stream.resetOnEventLoop()
     }
 
     /// Writes `buffer`, returning once it is handed to the connection. Suspends while the
@@ -198,7 +230,10 @@ enum StreamNegotiation {
             for action in actions {
                 switch action {
                 case .send(let bytes):
-                    try await stream.write(bytes)
+                    // Negotiation frames are the stream's first writes, so an event-loop write
+                    // (not waiting for its completion) cannot be overtaken by later writes; a
+                    // failed write shows up as a failed read. Saves a hop per negotiation step.
+                    stream.eventLoop.execute { stream.writeOnEventLoop(bytes, flush: true, promise: nil) }
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
                 case .optimisticallySelected, .listed:

@@ -1,5 +1,6 @@
 import MsgNetCore
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// What identify told us about a peer.
 public struct IdentifyInfo: Sendable, Hashable {
@@ -17,32 +18,94 @@ public struct IdentifyInfo: Sendable, Hashable {
     public var protocols: [String]
     /// The address it sees us at, when it said.
     public var observedAddress: Multiaddr?
+
+    /// Creates an identify result.
+    public init(
+        peer: PeerID,
+        publicKey: PublicKey,
+        protocolVersion: String?,
+        agentVersion: String?,
+        listenAddresses: [Multiaddr],
+        protocols: [String],
+        observedAddress: Multiaddr?
+    ) {
+        self.peer = peer
+        self.publicKey = publicKey
+        self.protocolVersion = protocolVersion
+        self.agentVersion = agentVersion
+        self.listenAddresses = listenAddresses
+        self.protocols = protocols
+        self.observedAddress = observedAddress
+    }
 }
 
-/// In-memory knowledge about peers: addresses, keys, identify results.
+/// In-memory knowledge about peers: addresses with time-to-live, public keys, identify results
+/// (protocols) and measured latency.
 ///
-/// Thread-safe. The message layer extends this with TTLs and latency; a persistent store can
-/// replace it later behind the same methods.
+/// Thread-safe. Time comes from the injected `now` function, so tests can expire addresses
+/// without waiting. Persistence: save ``snapshot()`` and ``restore(_:)`` it on the next start.
 public final class Peerstore: Sendable {
+    /// How long an address stays known.
+    public enum AddressTTL: Sendable, Hashable {
+        /// Until removed (addresses the application gave us, addresses we connected to).
+        case permanent
+        /// For this long after it was (last) added.
+        case duration(TimeAmount)
+    }
+
+    private struct Address {
+        var address: Multiaddr
+        /// `nil` = permanent.
+        var expires: NIODeadline?
+    }
+
     private struct Entry {
-        var addresses: [Multiaddr] = []
+        var addresses: [Address] = []
         var identify: IdentifyInfo?
+        var latency: TimeAmount?
     }
     private let state = NIOLockedValueBox<[PeerID: Entry]>([:])
+    private let now: @Sendable () -> NIODeadline
     /// At most this many addresses are kept per peer (oldest dropped first).
     public let maxAddressesPerPeer: Int
+    /// The TTL of addresses learned from identify.
+    public let identifyAddressTTL: AddressTTL
 
     /// Creates an empty peerstore.
-    public init(maxAddressesPerPeer: Int = 32) {
+    /// - Parameters:
+    ///   - maxAddressesPerPeer: addresses kept per peer.
+    ///   - identifyAddressTTL: how long addresses a peer announced in identify are kept.
+    ///   - now: the clock (inject one in tests).
+    public init(
+        maxAddressesPerPeer: Int = 32,
+        identifyAddressTTL: AddressTTL = .duration(.hours(1)),
+        now: @escaping @Sendable () -> NIODeadline = { NIODeadline.now() }
+    ) {
         self.maxAddressesPerPeer = maxAddressesPerPeer
+        self.identifyAddressTTL = identifyAddressTTL
+        self.now = now
     }
 
-    /// Records addresses for `peer` (without `/p2p`; duplicates are ignored).
-    public func addAddresses(_ addresses: [Multiaddr], for peer: PeerID) {
+    /// Records addresses for `peer` (without `/p2p`). A known address gets the later of its old
+    /// and new expiry.
+    public func addAddresses(_ addresses: [Multiaddr], for peer: PeerID, ttl: AddressTTL = .permanent) {
+        let current = now()
+        let expires: NIODeadline?
+        switch ttl {
+        case .permanent: expires = nil
+        case .duration(let amount): expires = current + amount
+        }
         state.withLockedValue { all in
             var entry = all[peer] ?? Entry()
-            for a in addresses.map({ $0.withoutPeerID() }) where !entry.addresses.contains(a) {
-                entry.addresses.append(a)
+            entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
+            for a in addresses.map({ $0.withoutPeerID() }) {
+                if let i = entry.addresses.firstIndex(where: { $0.address == a }) {
+                    if let old = entry.addresses[i].expires {
+                        entry.addresses[i].expires = expires.map { max($0, old) }
+                    }
+                } else {
+                    entry.addresses.append(Address(address: a, expires: expires))
+                }
             }
             if entry.addresses.count > maxAddressesPerPeer {
                 entry.addresses.removeFirst(entry.addresses.count - maxAddressesPerPeer)
@@ -51,14 +114,27 @@ public final class Peerstore: Sendable {
         }
     }
 
-    /// Known addresses of `peer`.
-    public func addresses(for peer: PeerID) -> [Multiaddr] {
-        state.withLockedValue { $0[peer]?.addresses ?? [] }
+    /// Forgets `addresses` of `peer`.
+    public func removeAddresses(_ addresses: [Multiaddr], for peer: PeerID) {
+        let remove = Set(addresses.map { $0.withoutPeerID() })
+        state.withLockedValue { $0[peer]?.addresses.removeAll { remove.contains($0.address) } }
     }
 
-    /// Stores an identify result (and its listen addresses).
+    /// Known, unexpired addresses of `peer`.
+    public func addresses(for peer: PeerID) -> [Multiaddr] {
+        let current = now()
+        return state.withLockedValue { all in
+            guard var entry = all[peer] else { return [] }
+            let before = entry.addresses.count
+            entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
+            if entry.addresses.count != before { all[peer] = entry }
+            return entry.addresses.map(\.address)
+        }
+    }
+
+    /// Stores an identify result; its listen addresses get ``identifyAddressTTL``.
     public func setIdentify(_ info: IdentifyInfo) {
-        addAddresses(info.listenAddresses, for: info.peer)
+        addAddresses(info.listenAddresses, for: info.peer, ttl: identifyAddressTTL)
         state.withLockedValue { $0[info.peer, default: Entry()].identify = info }
     }
 
@@ -72,8 +148,96 @@ public final class Peerstore: Sendable {
         identify(for: peer)?.protocols ?? []
     }
 
+    /// The public key of `peer`: from identify, or inlined in its id (Ed25519).
+    public func publicKey(for peer: PeerID) -> PublicKey? {
+        identify(for: peer)?.publicKey ?? peer.publicKey
+    }
+
+    /// Records a round-trip time to `peer`; the stored latency is a moving average
+    /// (new samples weigh 1/8).
+    public func recordLatency(_ rtt: TimeAmount, for peer: PeerID) {
+        state.withLockedValue { all in
+            let old = all[peer]?.latency
+            all[peer, default: Entry()].latency =
+                old.map { .nanoseconds(($0.nanoseconds * 7 + rtt.nanoseconds) / 8) } ?? rtt
+        }
+    }
+
+    /// The smoothed round-trip time to `peer`, when measured.
+    public func latency(for peer: PeerID) -> TimeAmount? {
+        state.withLockedValue { $0[peer]?.latency }
+    }
+
     /// Every peer we know something about.
     public var peers: [PeerID] {
         state.withLockedValue { Array($0.keys) }
+    }
+
+    // MARK: Persistence
+
+    /// Everything known about one peer, in a form that outlives the process: address TTLs are
+    /// the time remaining. A persistent store saves ``snapshot()`` and feeds it to
+    /// ``restore(_:)`` on the next start.
+    public struct Record: Sendable, Hashable {
+        /// The peer.
+        public var peer: PeerID
+        /// Its unexpired addresses with their remaining time to live.
+        public var addresses: [AddressRecord]
+        /// The last identify result.
+        public var identify: IdentifyInfo?
+        /// The smoothed round-trip time.
+        public var latency: TimeAmount?
+
+        /// Creates a record.
+        public init(peer: PeerID, addresses: [AddressRecord], identify: IdentifyInfo?, latency: TimeAmount?) {
+            self.peer = peer
+            self.addresses = addresses
+            self.identify = identify
+            self.latency = latency
+        }
+    }
+
+    /// An address and its remaining time to live.
+    public struct AddressRecord: Sendable, Hashable {
+        /// The address (without `/p2p`).
+        public var address: Multiaddr
+        /// The time left (or permanent).
+        public var ttl: AddressTTL
+
+        /// Creates an address record.
+        public init(address: Multiaddr, ttl: AddressTTL) {
+            self.address = address
+            self.ttl = ttl
+        }
+    }
+
+    /// Everything this peerstore knows, with expired addresses left out.
+    public func snapshot() -> [Record] {
+        let current = now()
+        return state.withLockedValue { all in
+            all.map { peer, entry in
+                Record(
+                    peer: peer,
+                    addresses: entry.addresses.compactMap { a in
+                        guard let expires = a.expires else { return AddressRecord(address: a.address, ttl: .permanent) }
+                        guard expires > current else { return nil }
+                        return AddressRecord(address: a.address, ttl: .duration(expires - current))
+                    },
+                    identify: entry.identify,
+                    latency: entry.latency
+                )
+            }.sorted { $0.peer < $1.peer }
+        }
+    }
+
+    /// Adds `records` (from a snapshot) to what this peerstore knows.
+    public func restore(_ records: [Record]) {
+        for record in records {
+            for a in record.addresses { addAddresses([a.address], for: record.peer, ttl: a.ttl) }
+            state.withLockedValue { all in
+                if let identify = record.identify { all[record.peer, default: Entry()].identify = identify }
+                if let latency = record.latency { all[record.peer, default: Entry()].latency = latency }
+            }
+        }
     }
 }
