@@ -144,6 +144,7 @@ let package = Package(
             name: "msgnet-bench",
             dependencies: [
                 "MsgNetCore",
+                "MsgNetHost",
                 "MsgNetStreams",
                 "MsgNetTransportPosix",
                 .product(name: "NIOCore", package: "swift-nio"),
