@@ -21,7 +21,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msgnet-bench",
         abstract: "MsgNet benchmarks against raw-socket baselines.",
-        subcommands: [StreamsBench.self],
+        subcommands: [StreamsBench.self, MessagesBench.self],
         defaultSubcommand: StreamsBench.self
     )
 }
@@ -246,6 +246,8 @@ func median(_ xs: [Double]) -> Double {
 }
 
 func fmt(_ x: Double) -> String {
+    if x.isNaN { return "–" }
+    if abs(x) >= 1000 { return "\(Int(x.rounded()))" }
     let r = (x * 10).rounded() / 10
     return "\(r)"
 }
