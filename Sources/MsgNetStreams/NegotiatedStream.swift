@@ -29,16 +29,27 @@ public final class NegotiatedStream: Sendable {
     public let connection: ConnectionInfo
     let stream: MplexStream
     private let leftover: NIOLockedValueBox<ByteBuffer?>
+    /// Set while an optimistic (lazy) proposal awaits the remote's answer: the first reads feed
+    /// the answer through this machine before any protocol data is returned.
+    private let pendingNegotiation: NIOLockedValueBox<MultistreamMachine?>
 
-    init(protocolID: String, connection: ConnectionInfo, stream: MplexStream, leftover: ByteBuffer?) {
+    init(
+        protocolID: String,
+        connection: ConnectionInfo,
+        stream: MplexStream,
+        leftover: ByteBuffer?,
+        pendingNegotiation: MultistreamMachine? = nil
+    ) {
         self.protocolID = protocolID
         self.connection = connection
         self.stream = stream
         self.leftover = NIOLockedValueBox(leftover.flatMap { $0.readableBytes > 0 ? $0 : nil })
+        self.pendingNegotiation = NIOLockedValueBox(pendingNegotiation)
     }
 
     /// The next bytes from the remote, or `nil` once it has closed its write side.
-    /// - Throws: ``StreamsError`` with `.connectionClosed` when the stream was reset.
+    /// - Throws: ``StreamsError`` with `.connectionClosed` when the stream was reset, or
+    ///   `.protocolNotSupported` when the remote refused a lazily proposed protocol.
     public func read() async throws -> ByteBuffer? {
         if let buffered = leftover.withLockedValue({ value -> ByteBuffer? in
             defer { value = nil }
@@ -46,11 +57,58 @@ public final class NegotiatedStream: Sendable {
         }) {
             return buffered
         }
+        if var machine = pendingNegotiation.withLockedValue({ $0 }) {
+            defer { pendingNegotiation.withLockedValue { $0 = nil } }
+            while true {
+                guard var bytes = try await rawRead() else {
+                    throw StreamsError(.connectionClosed, "stream \(protocolID) closed during protocol negotiation")
+                }
+                for action in machine.onBytes(&bytes) {
+                    switch action {
+                    case .negotiated(_, let rest):
+                        if rest.readableBytes > 0 { return rest }
+                        return try await rawRead()
+                    case .failed(let error):
+                        await stream.reset()
+                        throw ConnectionUpgrader.classify(error, stage: .muxerNegotiation)
+                    case .send, .optimisticallySelected, .listed:
+                        break
+                    }
+                }
+            }
+        }
+        return try await rawRead()
+    }
+
+    private func rawRead() async throws -> ByteBuffer? {
         do {
             return try await stream.read()
         } catch {
             throw StreamsError(.connectionClosed, "stream \(protocolID) reset: \(error)")
         }
+    }
+
+    // MARK: Event-loop hooks for the message layer (same target family only)
+
+    /// The event loop that owns the stream.
+    package var eventLoop: any EventLoop { stream.eventLoop }
+
+    /// Writes on the event loop without waiting for writability; the promise completes when
+    /// the bytes are written to the connection. Do not mix with ``write(_:)`` on one stream.
+    /// - Precondition: called on ``eventLoop``.
+    package func writeOnEventLoop(_ buffer: ByteBuffer, flush: Bool, promise: EventLoopPromise<Void>?) {
+        stream.writeOnEventLoop(buffer, flush: flush, promise: promise)
+    }
+
+    /// Closes the write side after the event-loop writes issued before.
+    /// - Precondition: called on ``eventLoop``.
+    package func closeWriteOnEventLoop(promise: EventLoopPromise<Void>?) {
+        stream.closeWriteOnEventLoop(promise: promise)
+    }
+
+    /// Resets the stream. - Precondition: called on ``eventLoop``.
+    package func resetOnEventLoop() {
+        stream.resetOnEventLoop()
     }
 
     /// Writes `buffer`, returning once it is handed to the connection. Suspends while the

@@ -1,5 +1,6 @@
 import MsgNetCore
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// What identify told us about a peer.
 public struct IdentifyInfo: Sendable, Hashable {
@@ -19,30 +20,73 @@ public struct IdentifyInfo: Sendable, Hashable {
     public var observedAddress: Multiaddr?
 }
 
-/// In-memory knowledge about peers: addresses, keys, identify results.
+/// In-memory knowledge about peers: addresses with time-to-live, public keys, identify results
+/// (protocols) and measured latency.
 ///
-/// Thread-safe. The message layer extends this with TTLs and latency; a persistent store can
-/// replace it later behind the same methods.
+/// Thread-safe. Time comes from the injected `now` function, so tests can expire addresses
+/// without waiting. A persistent store can replace this later behind the same methods.
 public final class Peerstore: Sendable {
+    /// How long an address stays known.
+    public enum AddressTTL: Sendable, Hashable {
+        /// Until removed (addresses the application gave us, addresses we connected to).
+        case permanent
+        /// For this long after it was (last) added.
+        case duration(TimeAmount)
+    }
+
+    private struct Address {
+        var address: Multiaddr
+        /// `nil` = permanent.
+        var expires: NIODeadline?
+    }
+
     private struct Entry {
-        var addresses: [Multiaddr] = []
+        var addresses: [Address] = []
         var identify: IdentifyInfo?
+        var latency: TimeAmount?
     }
     private let state = NIOLockedValueBox<[PeerID: Entry]>([:])
+    private let now: @Sendable () -> NIODeadline
     /// At most this many addresses are kept per peer (oldest dropped first).
     public let maxAddressesPerPeer: Int
+    /// The TTL of addresses learned from identify.
+    public let identifyAddressTTL: AddressTTL
 
     /// Creates an empty peerstore.
-    public init(maxAddressesPerPeer: Int = 32) {
+    /// - Parameters:
+    ///   - maxAddressesPerPeer: addresses kept per peer.
+    ///   - identifyAddressTTL: how long addresses a peer announced in identify are kept.
+    ///   - now: the clock (inject one in tests).
+    public init(
+        maxAddressesPerPeer: Int = 32,
+        identifyAddressTTL: AddressTTL = .duration(.hours(1)),
+        now: @escaping @Sendable () -> NIODeadline = { NIODeadline.now() }
+    ) {
         self.maxAddressesPerPeer = maxAddressesPerPeer
+        self.identifyAddressTTL = identifyAddressTTL
+        self.now = now
     }
 
-    /// Records addresses for `peer` (without `/p2p`; duplicates are ignored).
-    public func addAddresses(_ addresses: [Multiaddr], for peer: PeerID) {
+    /// Records addresses for `peer` (without `/p2p`). A known address gets the later of its old
+    /// and new expiry.
+    public func addAddresses(_ addresses: [Multiaddr], for peer: PeerID, ttl: AddressTTL = .permanent) {
+        let current = now()
+        let expires: NIODeadline?
+        switch ttl {
+        case .permanent: expires = nil
+        case .duration(let amount): expires = current + amount
+        }
         state.withLockedValue { all in
             var entry = all[peer] ?? Entry()
-            for a in addresses.map({ $0.withoutPeerID() }) where !entry.addresses.contains(a) {
-                entry.addresses.append(a)
+            entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
+            for a in addresses.map({ $0.withoutPeerID() }) {
+                if let i = entry.addresses.firstIndex(where: { $0.address == a }) {
+                    if let old = entry.addresses[i].expires {
+                        entry.addresses[i].expires = expires.map { max($0, old) }
+                    }
+                } else {
+                    entry.addresses.append(Address(address: a, expires: expires))
+                }
             }
             if entry.addresses.count > maxAddressesPerPeer {
                 entry.addresses.removeFirst(entry.addresses.count - maxAddressesPerPeer)
@@ -51,14 +95,27 @@ public final class Peerstore: Sendable {
         }
     }
 
-    /// Known addresses of `peer`.
-    public func addresses(for peer: PeerID) -> [Multiaddr] {
-        state.withLockedValue { $0[peer]?.addresses ?? [] }
+    /// Forgets `addresses` of `peer`.
+    public func removeAddresses(_ addresses: [Multiaddr], for peer: PeerID) {
+        let remove = Set(addresses.map { $0.withoutPeerID() })
+        state.withLockedValue { $0[peer]?.addresses.removeAll { remove.contains($0.address) } }
     }
 
-    /// Stores an identify result (and its listen addresses).
+    /// Known, unexpired addresses of `peer`.
+    public func addresses(for peer: PeerID) -> [Multiaddr] {
+        let current = now()
+        return state.withLockedValue { all in
+            guard var entry = all[peer] else { return [] }
+            let before = entry.addresses.count
+            entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
+            if entry.addresses.count != before { all[peer] = entry }
+            return entry.addresses.map(\.address)
+        }
+    }
+
+    /// Stores an identify result; its listen addresses get ``identifyAddressTTL``.
     public func setIdentify(_ info: IdentifyInfo) {
-        addAddresses(info.listenAddresses, for: info.peer)
+        addAddresses(info.listenAddresses, for: info.peer, ttl: identifyAddressTTL)
         state.withLockedValue { $0[info.peer, default: Entry()].identify = info }
     }
 
@@ -70,6 +127,26 @@ public final class Peerstore: Sendable {
     /// The protocols `peer` announced, if identified.
     public func protocols(for peer: PeerID) -> [String] {
         identify(for: peer)?.protocols ?? []
+    }
+
+    /// The public key of `peer`: from identify, or inlined in its id (Ed25519).
+    public func publicKey(for peer: PeerID) -> PublicKey? {
+        identify(for: peer)?.publicKey ?? peer.publicKey
+    }
+
+    /// Records a round-trip time to `peer`; the stored latency is a moving average
+    /// (new samples weigh 1/8).
+    public func recordLatency(_ rtt: TimeAmount, for peer: PeerID) {
+        state.withLockedValue { all in
+            let old = all[peer]?.latency
+            all[peer, default: Entry()].latency =
+                old.map { .nanoseconds(($0.nanoseconds * 7 + rtt.nanoseconds) / 8) } ?? rtt
+        }
+    }
+
+    /// The smoothed round-trip time to `peer`, when measured.
+    public func latency(for peer: PeerID) -> TimeAmount? {
+        state.withLockedValue { $0[peer]?.latency }
     }
 
     /// Every peer we know something about.

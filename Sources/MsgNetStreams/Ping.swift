@@ -49,7 +49,9 @@ extension StreamHost {
             let start = clock.now
             try await stream.write(payload)
             let pong = try await stream.read(exactly: PingProtocol.size)
-            rtts.append(clock.now - start)
+            let rtt = clock.now - start
+            rtts.append(rtt)
+            peerstore.recordLatency(.nanoseconds(Int64(rtt / .nanoseconds(1))), for: stream.connection.remotePeer)
             guard pong == payload else {
                 await stream.reset()
                 throw StreamsError(.protocolViolation, "ping reply from \(stream.connection.remotePeer) does not match")

@@ -67,7 +67,7 @@ public final class StreamHost: Sendable {
     public let peerstore: Peerstore
     /// The settings.
     public let configuration: StreamHostConfiguration
-    let transports: [any StreamTransport]
+    package let transports: [any StreamTransport]
     let upgrader: ConnectionUpgrader
     let logger: Logger
 
@@ -81,7 +81,8 @@ public final class StreamHost: Sendable {
         var connections: [PeerID: [ConnectionRecord]] = [:]
         var inboundConnections = 0
         var pendingInboundStreams = 0
-        var dialing: [PeerID: EventLoopFuture<ConnectionRecord>] = [:]
+        /// Dials in progress, by peer: later callers wait for the first dial instead of dialing again.
+        var dialing: [PeerID: [CheckedContinuation<ConnectionRecord, any Error>]] = [:]
         var shutdown = false
     }
 
@@ -262,8 +263,11 @@ public final class StreamHost: Sendable {
     @discardableResult
     public func connect(to address: Multiaddr, dialAsListener: Bool = false) async throws -> PeerID {
         let expected = address.peerID
-        if let expected, !dialAsListener, let existing = connection(to: expected) {
-            return existing.info.remotePeer
+        if let expected, !dialAsListener {
+            let record = try await deduplicatedDial(expected) { [self] in
+                try await dial(address, expectedPeer: expected, dialAsListener: false)
+            }
+            return record.info.remotePeer
         }
         let record = try await dial(address, expectedPeer: expected, dialAsListener: dialAsListener)
         return record.info.remotePeer
@@ -444,10 +448,14 @@ public final class StreamHost: Sendable {
 
     /// Connects to `address` (ending in `/p2p/<id>`) if needed and opens a stream on it.
     public func newStream(to address: Multiaddr, protocols: [String]) async throws -> NegotiatedStream {
-        if let peer = address.peerID, let existing = connection(to: peer) {
-            return try await newStream(on: existing, protocols: protocols)
+        let record: ConnectionRecord
+        if let peer = address.peerID {
+            record = try await deduplicatedDial(peer) { [self] in
+                try await dial(address, expectedPeer: peer, dialAsListener: false)
+            }
+        } else {
+            record = try await dial(address, expectedPeer: nil, dialAsListener: false)
         }
-        let record = try await dial(address, expectedPeer: address.peerID, dialAsListener: false)
         return try await newStream(on: record, protocols: protocols)
     }
 
@@ -463,21 +471,114 @@ public final class StreamHost: Sendable {
         return NegotiatedStream(protocolID: id, connection: record.info, stream: stream, leftover: leftover)
     }
 
+    /// Opens a stream to `peer` (dialing it when needed) and proposes `protocolID` lazily
+    /// (multistream-select's optimistic mode): the proposal leaves together with `initialData` in
+    /// one frame, and the remote's answer is checked by the first read, which throws
+    /// `.protocolNotSupported` when the remote refused. Saves a round trip per stream.
+    ///
+    /// - Parameter closeWrite: close our write side right after `initialData` (a request).
+    package func newStreamLazily(
+        to peer: PeerID,
+        protocolID: String,
+        initialData: ByteBuffer?,
+        closeWrite: Bool
+    ) async throws -> NegotiatedStream {
+        let record = try await connectionOrDial(peer)
+        let muxer = record.connection.muxer
+        var machine = MultistreamMachine.initiator(proposals: [protocolID], optimistic: true)
+        var out = ByteBuffer()
+        for action in machine.start() {
+            if case .send(var bytes) = action { out.writeBuffer(&bytes) }
+        }
+        if let initialData { out.writeImmutableBuffer(initialData) }
+        let first = out
+        let stream: MplexStream
+        do {
+            stream = try await muxer.eventLoop.submit {
+                let stream = try muxer.openStreamOnEventLoop(flush: false)
+                stream.writeOnEventLoop(first, flush: true, promise: nil)
+                if closeWrite { stream.closeWriteOnEventLoop(promise: nil) }
+                return stream
+            }.get()
+        } catch let error as MplexError where error.code == .tooManyStreams {
+            throw StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")
+        } catch {
+            throw StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")
+        }
+        return NegotiatedStream(
+            protocolID: protocolID, connection: record.info, stream: stream, leftover: nil,
+            pendingNegotiation: machine)
+    }
+
     private func connectionOrDial(_ peer: PeerID) async throws -> ConnectionRecord {
         if let existing = connection(to: peer) { return existing }
-        let addresses = peerstore.addresses(for: peer)
-        guard !addresses.isEmpty else {
-            throw StreamsError(.dialFailed, "no known addresses for \(peer)")
-        }
-        var errors: [String] = []
-        for address in addresses {
-            do {
-                return try await dial(address, expectedPeer: peer, dialAsListener: false)
-            } catch {
-                errors.append("\(address): \(error)")
+        return try await deduplicatedDial(peer) { [self] in
+            let addresses = peerstore.addresses(for: peer)
+            guard !addresses.isEmpty else {
+                throw StreamsError(.dialFailed, "no known addresses for \(peer)")
             }
+            var errors: [String] = []
+            for address in addresses {
+                do {
+                    return try await dial(address, expectedPeer: peer, dialAsListener: false)
+                } catch {
+                    errors.append("\(address): \(error)")
+                }
+            }
+            throw StreamsError(.dialFailed, "could not reach \(peer): \(errors.joined(separator: "; "))")
         }
-        throw StreamsError(.dialFailed, "could not reach \(peer): \(errors.joined(separator: "; "))")
+    }
+
+    /// Runs `dial` for `peer` unless a dial to it is already in progress, in which case this
+    /// waits for that dial's outcome: concurrent callers share one connection attempt.
+    private func deduplicatedDial(
+        _ peer: PeerID,
+        _ dial: @Sendable () async throws -> ConnectionRecord
+    ) async throws -> ConnectionRecord {
+        enum Role {
+            case dialer
+            case waiter
+            case connected(ConnectionRecord)
+        }
+        // Decide under the lock whether we dial, so two callers never both dial.
+        let role = state.withLockedValue { s -> Role in
+            if let live = s.connections[peer]?.first(where: { $0.connection.channel.isActive }) {
+                return .connected(live)
+            }
+            if s.dialing[peer] != nil { return .waiter }
+            s.dialing[peer] = []
+            return .dialer
+        }
+        switch role {
+        case .connected(let record):
+            return record
+        case .waiter:
+            return try await withCheckedThrowingContinuation { continuation in
+                let waiting = state.withLockedValue { s -> Bool in
+                    guard s.dialing[peer] != nil else { return false }
+                    s.dialing[peer]!.append(continuation)
+                    return true
+                }
+                // The dial finished between the two locks: look again.
+                if !waiting {
+                    if let live = connection(to: peer) {
+                        continuation.resume(returning: live)
+                    } else {
+                        continuation.resume(throwing: StreamsError(.dialFailed, "dial to \(peer) failed"))
+                    }
+                }
+            }
+        case .dialer:
+            let result: Result<ConnectionRecord, any Error>
+            do {
+                result = .success(try await dial())
+            } catch {
+                result = .failure(error)
+            }
+            let waiters = state.withLockedValue { s in s.dialing.removeValue(forKey: peer) ?? [] }
+            for waiter in waiters { waiter.resume(with: result) }
+            return try result.get()
+        }
     }
 
     func yieldEvent(_ event: StreamHostEvent) { eventContinuation.yield(event) }

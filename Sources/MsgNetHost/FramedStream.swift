@@ -1,0 +1,189 @@
+import MsgNetCore
+import MsgNetStreams
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Splits a stream's bytes into `uvarint(length) || payload` messages, with a hard size limit.
+/// Messages are slices of the received buffers (no copy unless a message spans chunks).
+struct FramedReader {
+    private var buffer = ByteBuffer()
+    let maxSize: Int
+
+    init(maxSize: Int) {
+        self.maxSize = maxSize
+    }
+
+    /// Takes one complete message out of `buffer`, or `nil` when more bytes are needed.
+    /// - Throws: `.messageTooLarge` for a length over the limit, `.remoteError` for a malformed one.
+    static func parse(_ buffer: inout ByteBuffer, maxSize: Int) throws -> ByteBuffer? {
+        let start = buffer.readerIndex
+        let length: UInt64?
+        do {
+            length = try UVarint.read(from: &buffer)
+        } catch {
+            throw MessageError(.remoteError, "malformed message length prefix")
+        }
+        guard let length else { return nil }
+        guard length <= UInt64(maxSize) else {
+            throw MessageError(.messageTooLarge, "inbound message of \(length) bytes exceeds the limit of \(maxSize)")
+        }
+        guard let payload = buffer.readSlice(length: Int(length)) else {
+            buffer.moveReaderIndex(to: start)
+            return nil
+        }
+        return payload
+    }
+
+    /// The next message, or `nil` when the stream ends cleanly between messages.
+    mutating func next(from stream: NegotiatedStream) async throws -> ByteBuffer? {
+        while true {
+            if buffer.readableBytes > 0, let message = try Self.parse(&buffer, maxSize: maxSize) {
+                return message
+            }
+            guard var chunk = try await stream.read() else {
+                if buffer.readableBytes == 0 { return nil }
+                throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
+            }
+            if buffer.readableBytes == 0 {
+                buffer = chunk
+            } else {
+                buffer.discardReadBytes()
+                buffer.writeBuffer(&chunk)
+            }
+        }
+    }
+}
+
+/// One message stream (inbound or outbound) with a coalescing writer: messages queued while a
+/// flush is pending leave together in one write. Sends wait only when more than the high
+/// watermark is queued or unwritten (backpressure), until it drains below the low watermark.
+final class StreamChannel: MessageReplyChannel, Sendable {
+    let stream: NegotiatedStream
+    let peer: PeerID
+    let protocolID: String
+    let maxMessageSize: Int
+    private let highWatermark: Int
+    private let lowWatermark: Int
+
+    private struct State {
+        var pending = ByteBuffer()
+        var flushScheduled = false
+        var unwritten = 0
+        var waiters: [CheckedContinuation<Void, any Error>] = []
+        var error: MessageError?
+        var closing = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    init(stream: NegotiatedStream, maxMessageSize: Int, highWatermark: Int) {
+        self.stream = stream
+        self.peer = stream.connection.remotePeer
+        self.protocolID = stream.protocolID
+        self.maxMessageSize = maxMessageSize
+        self.highWatermark = max(1, highWatermark)
+        self.lowWatermark = max(1, highWatermark / 2)
+    }
+
+    /// Whether the channel can still take messages.
+    var isUsable: Bool { state.withLockedValue { $0.error == nil && !$0.closing } }
+
+    /// The reply of a handler goes back on this stream.
+    func reply(_ data: ByteBuffer, token: UInt64) async throws {
+        guard data.readableBytes <= maxMessageSize else {
+            throw MessageError(
+                .messageTooLarge, "reply of \(data.readableBytes) bytes exceeds the limit of \(maxMessageSize)")
+        }
+        try await write(data)
+    }
+
+    /// Queues one framed message.
+    func write(_ payload: ByteBuffer) async throws {
+        let (schedule, wait) = try state.withLockedValue { s throws -> (Bool, Bool) in
+            if let error = s.error { throw error }
+            if s.closing { throw MessageError(.connectionClosed, "the channel to \(peer) on \(protocolID) is closed") }
+            UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
+            s.pending.writeImmutableBuffer(payload)
+            let schedule = !s.flushScheduled
+            s.flushScheduled = true
+            return (schedule, s.pending.readableBytes + s.unwritten > highWatermark)
+        }
+        if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
+        if wait {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let result = state.withLockedValue { s -> Result<Void, MessageError>? in
+                    if let error = s.error { return .failure(error) }
+                    if s.pending.readableBytes + s.unwritten <= lowWatermark { return .success(()) }
+                    s.waiters.append(c)
+                    return nil
+                }
+                if let result { c.resume(with: result) }
+            }
+        }
+    }
+
+    private func flushOnLoop() {
+        let buffer = state.withLockedValue { s -> ByteBuffer? in
+            s.flushScheduled = false
+            guard s.error == nil, s.pending.readableBytes > 0 else { return nil }
+            let b = s.pending
+            s.pending = ByteBuffer()
+            s.unwritten += b.readableBytes
+            return b
+        }
+        guard let buffer else { return }
+        let count = buffer.readableBytes
+        let promise = stream.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenComplete { result in self.written(count, result) }
+        stream.writeOnEventLoop(buffer, flush: true, promise: promise)
+    }
+
+    private func written(_ count: Int, _ result: Result<Void, any Error>) {
+        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, any Error>] in
+            s.unwritten -= count
+            if case .failure(let error) = result, s.error == nil {
+                s.error = MessageError(.connectionClosed, "stream to \(peer) on \(protocolID) failed: \(error)")
+            }
+            guard s.error != nil || s.pending.readableBytes + s.unwritten <= lowWatermark else { return [] }
+            let w = s.waiters
+            s.waiters = []
+            return w
+        }
+        let error = state.withLockedValue { $0.error }
+        for w in waiters {
+            if let error { w.resume(throwing: error) } else { w.resume() }
+        }
+    }
+
+    /// Marks the channel failed: queued and later writes fail with `error`.
+    func fail(_ error: MessageError) {
+        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, any Error>] in
+            if s.error == nil { s.error = error }
+            let w = s.waiters
+            s.waiters = []
+            return w
+        }
+        for w in waiters { w.resume(throwing: error) }
+    }
+
+    /// Writes what is queued, then closes our write side.
+    func close() async {
+        let proceed = state.withLockedValue { s -> Bool in
+            guard !s.closing else { return false }
+            s.closing = true
+            return true
+        }
+        guard proceed else { return }
+        let promise = stream.eventLoop.makePromise(of: Void.self)
+        stream.eventLoop.execute {
+            self.flushOnLoop()
+            self.stream.closeWriteOnEventLoop(promise: promise)
+        }
+        try? await promise.futureResult.get()
+    }
+
+    /// Resets the stream; queued messages are dropped.
+    func reset(_ error: MessageError) {
+        fail(error)
+        stream.eventLoop.execute { self.stream.resetOnEventLoop() }
+    }
+}

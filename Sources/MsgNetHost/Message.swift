@@ -1,0 +1,91 @@
+import MsgNetCore
+import NIOCore
+
+/// How a message travels. Choose per send; the stream path is always reliable.
+public enum DeliveryMode: Sendable, Hashable {
+    /// Delivered in order on its channel, or the caller learns of the failure (the default).
+    case reliable
+    /// Best effort: one datagram, may be lost. On the stream path this is the same as `.reliable`.
+    case unreliable
+}
+
+/// Which kind of path a message arrived on. Nothing else about a ``Message`` depends on it.
+public enum MessagePath: Sendable, Hashable, CustomStringConvertible {
+    /// A libp2p stream (multistream-negotiated mplex stream over TCP).
+    case stream
+    /// A datagram session (multipacket over UDP).
+    case datagram
+
+    /// `"stream"` or `"datagram"`.
+    public var description: String {
+        switch self {
+        case .stream: return "stream"
+        case .datagram: return "datagram"
+        }
+    }
+}
+
+/// Where a reply to a message goes: implemented by each ``MessageTransport`` (on streams, the
+/// stream the message came on). One channel object serves many messages; `token` tells them apart
+/// where the path needs it (datagrams), and is ignored where it does not (streams).
+public protocol MessageReplyChannel: Sendable {
+    /// Sends `data` as the reply to the message that carried `token`.
+    func reply(_ data: ByteBuffer, token: UInt64) async throws
+}
+
+/// One inbound message: its bytes, the authenticated sender and the protocol, plus a way to
+/// reply on the channel it came on.
+public struct Message: Sendable {
+    /// The payload.
+    public var data: ByteBuffer
+    /// The sender (authenticated by the path's security handshake).
+    public let from: PeerID
+    /// The protocol id the message was sent on.
+    public let `protocol`: String
+    /// The path it arrived on, when known.
+    public let path: MessagePath?
+    private let replyChannel: (any MessageReplyChannel)?
+    private let replyToken: UInt64
+
+    /// Creates a message. Transports call this; applications normally only receive messages.
+    public init(
+        data: ByteBuffer,
+        from: PeerID,
+        protocol: String,
+        path: MessagePath?,
+        replyChannel: (any MessageReplyChannel)? = nil,
+        replyToken: UInt64 = 0
+    ) {
+        self.data = data
+        self.from = from
+        self.protocol = `protocol`
+        self.path = path
+        self.replyChannel = replyChannel
+        self.replyToken = replyToken
+    }
+
+    /// Whether ``reply(_:)`` can reach the sender (false for replies themselves).
+    public var canReply: Bool { replyChannel != nil }
+
+    /// Sends `data` back to the sender as the reply to this message: the sender's
+    /// ``MessageHost/request(_:to:protocol:timeout:)`` returns it. Over streams the reply is
+    /// written on the stream the message came on, as libp2p request/response protocols expect.
+    ///
+    /// - Throws: ``MessageError`` (`.connectionClosed` when the channel is gone,
+    ///   `.messageTooLarge`, `.remoteError` when this message cannot be replied to).
+    public func reply(_ data: ByteBuffer) async throws {
+        guard let replyChannel else {
+            throw MessageError(.remoteError, "a message on \(self.protocol) from \(from) cannot be replied to")
+        }
+        try await replyChannel.reply(data, token: replyToken)
+    }
+
+    /// Sends `bytes` back as the reply (see ``reply(_:)-(ByteBuffer)``).
+    public func reply(_ bytes: some Sequence<UInt8>) async throws {
+        try await reply(ByteBuffer(bytes: bytes))
+    }
+}
+
+/// Handles inbound messages of one protocol. Runs for each message; messages on one channel
+/// are handled one after another, in order. Throwing closes (resets) the channel the message came on.
+public typealias MessageHandler = @Sendable (Message) async throws -> Void

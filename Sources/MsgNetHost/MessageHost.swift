@@ -1,0 +1,343 @@
+import Logging
+import MsgNetCore
+import MsgNetSecurity
+import MsgNetStreams
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Settings of a ``MessageHost`` that hold on every path.
+public struct MessageHostConfiguration: Sendable {
+    /// The largest message payload sent or accepted, in bytes (default 1 MiB). Larger outbound
+    /// messages fail with `.messageTooLarge`; a larger inbound one closes its channel.
+    public var maxMessageSize = 1 << 20
+    /// Handler invocations running at once per protocol. Further messages wait, and their
+    /// channels stop being read (backpressure).
+    public var maxConcurrentHandlersPerProtocol = 64
+    /// Messages held unread per ``MessageHost/messages(for:)`` sequence before delivery waits.
+    public var inboxCapacity = 64
+    /// Inbound messages accepted per peer and second, over all protocols; `nil` = no limit.
+    /// Messages over the limit are dropped, their channel is closed and a
+    /// ``MessageHostEvent/messageRejected(from:protocol:reason:)`` is emitted.
+    public var maxInboundMessagesPerSecondPerPeer: Double?
+    /// The burst the inbound rate limit allows.
+    public var inboundMessageBurst = 100
+    /// Timeout of ``MessageHost/request(_:to:protocol:timeout:)`` when none is given.
+    public var defaultRequestTimeout: Duration = .seconds(10)
+    /// The clock of rate limits (inject one in tests).
+    public var now: @Sendable () -> NIODeadline = { NIODeadline.now() }
+
+    /// The defaults.
+    public init() {}
+}
+
+/// A message-first peer-to-peer node: register handlers for protocol ids, send messages and
+/// requests to peers by id. The host picks a path (``MessageTransport``) per peer, dials it
+/// from the peerstore when needed, and delivers the same ``Message`` to the same handler
+/// whatever path it came on.
+///
+/// Lifetime: call ``run()`` in a task; it owns all of the host's work and returns after
+/// ``shutdown()`` (graceful: listeners close, connections close, running handlers finish).
+///
+/// ```swift
+/// let host = MessageHost(identity: .generate(), streamTransports: [TCPTransport(group: group)])
+/// host.setMessageHandler(for: "/echo/1.0.0") { message in try await message.reply(message.data) }
+/// ```
+public final class MessageHost: Sendable {
+    /// Our identity.
+    public let identity: PrivateKey
+    /// Our peer id.
+    public var peerID: PeerID { identity.peerID }
+    /// What we know about peers (addresses, keys, protocols, latency).
+    public let peerstore: Peerstore
+    /// The settings.
+    public let configuration: MessageHostConfiguration
+    /// The paths, in order of preference.
+    public let transports: [any MessageTransport]
+    let logger: Logger
+
+    final class Slot: Sendable {
+        let handler: MessageHandler
+        let gate: AsyncGate
+        let inbox: MessageInbox?
+        init(handler: @escaping MessageHandler, limit: Int, inbox: MessageInbox?) {
+            self.handler = handler
+            self.gate = AsyncGate(limit: limit)
+            self.inbox = inbox
+        }
+    }
+
+    private struct State {
+        var slots: [String: Slot] = [:]
+        var limiter: RateLimiter?
+        var shutdown = false
+        var running = false
+    }
+    private let state: NIOLockedValueBox<State>
+
+    /// Lifecycle events (connections, listeners, identify, rejected messages). One consumer;
+    /// the newest 1024 are kept when nobody reads.
+    public let events: AsyncStream<MessageHostEvent>
+    private let eventContinuation: AsyncStream<MessageHostEvent>.Continuation
+
+    /// Creates a host over the given paths. Give every transport the same `peerstore`.
+    public init(
+        identity: PrivateKey,
+        transports: [any MessageTransport],
+        peerstore: Peerstore,
+        configuration: MessageHostConfiguration = MessageHostConfiguration(),
+        logger: Logger = Logger(label: "msgnet.message-host")
+    ) {
+        precondition(!transports.isEmpty, "a MessageHost needs at least one transport")
+        self.identity = identity
+        self.transports = transports
+        self.peerstore = peerstore
+        self.configuration = configuration
+        var l = logger
+        l[metadataKey: "peer"] = "\(identity.peerID)"
+        self.logger = l
+        var initial = State()
+        if let rate = configuration.maxInboundMessagesPerSecondPerPeer {
+            initial.limiter = RateLimiter(rate: rate, burst: configuration.inboundMessageBurst)
+        }
+        state = NIOLockedValueBox(initial)
+        (events, eventContinuation) = AsyncStream.makeStream(
+            of: MessageHostEvent.self, bufferingPolicy: .bufferingNewest(1024))
+    }
+
+    /// Creates a host on the stream path (libp2p: multistream, Noise, mplex) over
+    /// `streamTransports` (e.g. `TCPTransport`).
+    ///
+    /// - Parameter security: the security protocols offered, in order; Noise when `nil`.
+    public convenience init(
+        identity: PrivateKey,
+        streamTransports: [any StreamTransport],
+        security: [any SecurityProtocol]? = nil,
+        configuration: MessageHostConfiguration = MessageHostConfiguration(),
+        streamConfiguration: StreamMessageTransport.Configuration = StreamMessageTransport.Configuration(),
+        peerstore: Peerstore = Peerstore(),
+        logger: Logger = Logger(label: "msgnet.message-host")
+    ) {
+        let transport = StreamMessageTransport(
+            identity: identity,
+            transports: streamTransports,
+            security: security ?? [NoiseSecurity(identity: identity)],
+            peerstore: peerstore,
+            configuration: streamConfiguration,
+            logger: logger
+        )
+        self.init(
+            identity: identity, transports: [transport], peerstore: peerstore, configuration: configuration,
+            logger: logger)
+    }
+
+    /// The network: listening, sessions, peers, the peerstore.
+    public var network: MessageNetwork { MessageNetwork(host: self) }
+
+    // MARK: Lifetime
+
+    /// Runs the host until ``shutdown()``: every transport, connection and inbound handler
+    /// runs inside this call.
+    public func run() async throws {
+        let context = MessageTransportContext(host: self)
+        let proceed = state.withLockedValue { s -> Bool in
+            guard !s.shutdown, !s.running else { return false }
+            s.running = true
+            return true
+        }
+        guard proceed else { return }
+        try await withThrowingDiscardingTaskGroup { group in
+            for transport in transports {
+                group.addTask { try await transport.run(context: context) }
+            }
+        }
+    }
+
+    /// Shuts down gracefully: stops listening, closes every connection, finishes
+    /// ``messages(for:)`` sequences and ``events``; ``run()`` returns once running handlers
+    /// have returned. Idempotent.
+    public func shutdown() async {
+        let inboxes = state.withLockedValue { s -> [MessageInbox] in
+            s.shutdown = true
+            return s.slots.values.compactMap(\.inbox)
+        }
+        for transport in transports { await transport.shutdown() }
+        for inbox in inboxes { inbox.finish() }
+        eventContinuation.finish()
+    }
+
+    // MARK: Handlers
+
+    /// Handles inbound messages on `protocol` with `handler`, replacing an earlier handler.
+    /// Peers proposing a protocol without handler are told it is not supported.
+    public func setMessageHandler(for protocol: String, _ handler: @escaping MessageHandler) {
+        install(`protocol`, Slot(handler: handler, limit: configuration.maxConcurrentHandlersPerProtocol, inbox: nil))
+    }
+
+    /// Removes the handler (or ``messages(for:)`` sequence) of `protocol`; messages already being
+    /// handled finish.
+    public func removeMessageHandler(for protocol: String) {
+        let (old, protocols) = state.withLockedValue { s in
+            (s.slots.removeValue(forKey: `protocol`), Set(s.slots.keys))
+        }
+        old?.inbox?.finish()
+        for t in transports { t.setHandledProtocols(protocols) }
+    }
+
+    /// Inbound messages on `protocol` as a bounded `AsyncSequence` (replacing any handler for it).
+    /// When ``MessageHostConfiguration/inboxCapacity`` messages wait unread, the channels they
+    /// come on stop being read. The sequence ends on ``removeMessageHandler(for:)`` or shutdown.
+    public func messages(for protocol: String) -> MessageInbox {
+        let inbox = MessageInbox(capacity: configuration.inboxCapacity)
+        let slot = Slot(
+            handler: { message in
+                guard await inbox.push(message) else {
+                    throw MessageError(.protocolNotSupported, "the inbox of \(message.protocol) is closed")
+                }
+            },
+            limit: configuration.maxConcurrentHandlersPerProtocol,
+            inbox: inbox)
+        install(`protocol`, slot)
+        return inbox
+    }
+
+    /// Protocols with a handler.
+    public var handledProtocols: [String] {
+        state.withLockedValue { $0.slots.keys.sorted() }
+    }
+
+    private func install(_ protocolID: String, _ slot: Slot) {
+        let (old, protocols) = state.withLockedValue { s in
+            let old = s.slots.updateValue(slot, forKey: protocolID)
+            return (old, Set(s.slots.keys))
+        }
+        old?.inbox?.finish()
+        for t in transports { t.setHandledProtocols(protocols) }
+    }
+
+    func handles(_ protocolID: String) -> Bool {
+        state.withLockedValue { $0.slots[protocolID] != nil }
+    }
+
+    /// Runs the handler of `message.protocol` (see ``MessageTransportContext/deliver(_:)``).
+    func deliver(_ message: Message) async throws {
+        let now = configuration.maxInboundMessagesPerSecondPerPeer == nil ? nil : configuration.now()
+        let lookup = state.withLockedValue { s -> (Slot?, Bool) in
+            guard let slot = s.slots[message.protocol] else { return (nil, true) }
+            if let now, s.limiter != nil, !s.limiter!.admit(message.from, now: now) { return (slot, false) }
+            return (slot, true)
+        }
+        guard let slot = lookup.0 else {
+            throw MessageError(.protocolNotSupported, "no handler for \(message.protocol)")
+        }
+        guard lookup.1 else {
+            let error = MessageError(
+                .limitExceeded, "inbound message rate limit reached for \(message.from) on \(message.protocol)")
+            emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
+            throw error
+        }
+        await slot.gate.acquire()
+        defer { slot.gate.release() }
+        do {
+            try await slot.handler(message)
+        } catch {
+            logger.debug(
+                "message handler failed",
+                metadata: ["protocol": "\(message.protocol)", "from": "\(message.from)", "error": "\(error)"])
+            throw error
+        }
+    }
+
+    func emit(_ event: MessageHostEvent) { eventContinuation.yield(event) }
+
+    // MARK: Sending
+
+    /// Sends `data` to `peer` on `protocol`. Connects first when needed (from the peerstore's
+    /// addresses; concurrent sends share one connection attempt).
+    ///
+    /// Returns once the message is queued on the channel to the peer, like a socket write:
+    /// sends wait when too much is queued (backpressure). Messages on one channel arrive in
+    /// order. Use ``request(_:to:protocol:timeout:)`` to learn that the peer handled a message.
+    ///
+    /// - Throws: ``MessageError``: `.messageTooLarge`, `.dialFailed`, `.protocolNotSupported`,
+    ///   `.connectionClosed`, `.limitExceeded`, `.cancelled`.
+    public func send(
+        _ data: ByteBuffer,
+        to peer: PeerID,
+        protocol: String,
+        mode: DeliveryMode = .reliable
+    ) async throws {
+        try checkSendable(data, protocol: `protocol`)
+        do {
+            try await transport(for: peer).send(data, to: peer, protocol: `protocol`, mode: mode)
+        } catch {
+            throw MessageError.from(error)
+        }
+    }
+
+    /// Sends `bytes` (see ``send(_:to:protocol:mode:)-(ByteBuffer,_,_,_)``).
+    public func send(
+        _ bytes: some Sequence<UInt8>,
+        to peer: PeerID,
+        protocol: String,
+        mode: DeliveryMode = .reliable
+    ) async throws {
+        try await send(ByteBuffer(bytes: bytes), to: peer, protocol: `protocol`, mode: mode)
+    }
+
+    /// Sends `data` to `peer` on `protocol` and waits for exactly one reply (the peer's handler
+    /// calls ``Message/reply(_:)``). Over streams each request has its own stream, as in libp2p
+    /// request/response protocols, so concurrent requests do not wait for each other.
+    ///
+    /// Cancelling the calling task abandons the request (its stream is reset).
+    ///
+    /// - Parameter timeout: the longest wait for the reply; the configuration's
+    ///   ``MessageHostConfiguration/defaultRequestTimeout`` when `nil`.
+    /// - Returns: the reply (``Message/canReply`` is false).
+    /// - Throws: ``MessageError``: `.timedOut` and `.connectionClosed` (outcome unknown),
+    ///   `.protocolNotSupported`, `.messageTooLarge`, `.dialFailed`, `.limitExceeded`,
+    ///   `.remoteError`, `.cancelled`.
+    public func request(
+        _ data: ByteBuffer,
+        to peer: PeerID,
+        protocol: String,
+        timeout: Duration? = nil
+    ) async throws -> Message {
+        try checkSendable(data, protocol: `protocol`)
+        let limit = (timeout ?? configuration.defaultRequestTimeout).timeAmount
+        do {
+            return try await transport(for: peer).request(data, to: peer, protocol: `protocol`, timeout: limit)
+        } catch {
+            throw MessageError.from(error)
+        }
+    }
+
+    /// Sends `bytes` and waits for one reply (see ``request(_:to:protocol:timeout:)-(ByteBuffer,_,_,_)``).
+    public func request(
+        _ bytes: some Sequence<UInt8>,
+        to peer: PeerID,
+        protocol: String,
+        timeout: Duration? = nil
+    ) async throws -> Message {
+        try await request(ByteBuffer(bytes: bytes), to: peer, protocol: `protocol`, timeout: timeout)
+    }
+
+    private func checkSendable(_ data: ByteBuffer, protocol protocolID: String) throws {
+        if data.readableBytes > configuration.maxMessageSize {
+            throw MessageError(
+                .messageTooLarge,
+                "message of \(data.readableBytes) bytes on \(protocolID) exceeds the limit of \(configuration.maxMessageSize)"
+            )
+        }
+        if state.withLockedValue({ $0.shutdown }) { throw MessageError(.cancelled, "the host is shut down") }
+        if Task.isCancelled { throw MessageError(.cancelled, "cancelled") }
+    }
+
+    /// The path for `peer`: one already connected to it, else the first that can dial one of
+    /// its known addresses, else the first.
+    func transport(for peer: PeerID) -> any MessageTransport {
+        if transports.count == 1 { return transports[0] }
+        if let connected = transports.first(where: { $0.isConnected(to: peer) }) { return connected }
+        let addresses = peerstore.addresses(for: peer)
+        return transports.first { t in addresses.contains(where: t.canHandle) } ?? transports[0]
+    }
+}

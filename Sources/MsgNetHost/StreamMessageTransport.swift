@@ -1,0 +1,401 @@
+import Logging
+import MsgNetCore
+import MsgNetSecurity
+import MsgNetStreams
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// The stream path of the message API: libp2p over a ``StreamTransport`` (TCP), wire-compatible
+/// with other libp2p implementations.
+///
+/// - A message protocol is negotiated with multistream-select on an mplex stream; then each
+///   message is `uvarint(length) || payload`.
+/// - Plain sends reuse one outbound stream per (peer, protocol), reopened after it closes;
+///   messages the peer writes back on it reach the protocol's handler.
+/// - Each request opens its own stream (protocol proposed lazily, together with the request),
+///   closes its write side after the request and reads exactly one reply, as libp2p
+///   request/response protocols (identify, kad) do.
+/// - Inbound streams are read one message at a time; a handler's reply is written on the stream
+///   the message came on. While the handler is busy (or its protocol at its concurrency limit)
+///   the stream is not read, so mplex and then TCP push back on the sender.
+public final class StreamMessageTransport: MessageTransport {
+    /// Settings of the stream path.
+    public struct Configuration: Sendable {
+        /// Message streams per peer and direction: inbound streams over this are reset; a
+        /// request over this fails with `.limitExceeded`.
+        public var maxStreamsPerPeer = 256
+        /// Bytes queued or unwritten on one outbound channel above which sends wait.
+        public var writeHighWatermark = 256 * 1024
+        /// The underlying stream host's settings (identify, timeouts, mplex limits).
+        public var streamHost = StreamHostConfiguration()
+
+        /// The defaults.
+        public init() {}
+    }
+
+    /// The stream host underneath (connections, identify, ping, raw streams).
+    public let streamHost: StreamHost
+    /// The settings.
+    public let configuration: Configuration
+    /// Always `.stream`.
+    public var path: MessagePath { .stream }
+    let logger: Logger
+
+    private struct Key: Hashable {
+        let peer: PeerID
+        let protocolID: String
+    }
+    private enum Outbound {
+        case opening([CheckedContinuation<StreamChannel, any Error>])
+        case open(StreamChannel)
+    }
+    private struct State {
+        var context: MessageTransportContext?
+        var handled: Set<String> = []
+        var outbound: [Key: Outbound] = [:]
+        var inboundStreams: [PeerID: Int] = [:]
+        var requestStreams: [PeerID: Int] = [:]
+        var shutdown = false
+    }
+    private let state = NIOLockedValueBox(State())
+    private let work: AsyncStream<@Sendable () async -> Void>
+    private let workContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
+
+    /// Creates the stream path over `transports` with `security` (e.g. `NoiseSecurity`).
+    public init(
+        identity: PrivateKey,
+        transports: [any StreamTransport],
+        security: [any SecurityProtocol],
+        peerstore: Peerstore,
+        configuration: Configuration = Configuration(),
+        logger: Logger = Logger(label: "msgnet.message-host")
+    ) {
+        self.streamHost = StreamHost(
+            identity: identity,
+            transports: transports,
+            security: security,
+            configuration: configuration.streamHost,
+            peerstore: peerstore,
+            logger: logger
+        )
+        self.configuration = configuration
+        self.logger = logger
+        (work, workContinuation) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
+    }
+
+    // MARK: Lifetime
+
+    /// Runs the stream host and every message stream reader until ``shutdown()``.
+    public func run(context: MessageTransportContext) async throws {
+        state.withLockedValue { $0.context = context }
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.streamHost.run() }
+            group.addTask {
+                for await event in self.streamHost.events {
+                    if let mapped = Self.map(event) { context.emit(mapped) }
+                }
+            }
+            for await item in work {
+                group.addTask { await item() }
+            }
+        }
+        state.withLockedValue { $0.context = nil }
+    }
+
+    /// Closes listeners and connections; ``run(context:)`` returns when the readers have.
+    public func shutdown() async {
+        let channels = state.withLockedValue { s -> [StreamChannel] in
+            s.shutdown = true
+            let open = s.outbound.values.compactMap { o -> StreamChannel? in
+                if case .open(let c) = o { return c }
+                return nil
+            }
+            return open
+        }
+        for c in channels { await c.close() }
+        await streamHost.shutdown()
+        workContinuation.finish()
+    }
+
+    private static func map(_ event: StreamHostEvent) -> MessageHostEvent? {
+        func connection(_ info: ConnectionInfo) -> MessageConnection {
+            MessageConnection(
+                peer: info.remotePeer, remoteAddress: info.remoteAddress, localAddress: info.localAddress,
+                direction: info.direction == .inbound ? .inbound : .outbound, path: .stream)
+        }
+        switch event {
+        case .listenStarted(let a): return .listenStarted(a)
+        case .listenClosed(let a): return .listenClosed(a)
+        case .connectionOpened(let info): return .connectionOpened(connection(info))
+        case .connectionClosed(let info): return .connectionClosed(connection(info))
+        case .peerIdentified(let info): return .peerIdentified(info)
+        case .peerProtocolsUpdated(let peer, let protocols): return .peerProtocolsUpdated(peer, protocols)
+        }
+    }
+
+    // MARK: Network
+
+    /// Starts listening on `address`.
+    public func listen(on address: Multiaddr) async throws -> Multiaddr {
+        try await streamHost.listen(on: address)
+    }
+
+    /// The addresses we listen on.
+    public var listenAddresses: [Multiaddr] { streamHost.listenAddresses }
+
+    /// Whether a transport of this path can handle `address`.
+    public func canHandle(_ address: Multiaddr) -> Bool {
+        streamHost.transports.contains { $0.canHandle(address.withoutPeerID()) }
+    }
+
+    /// Connects to `address` (with `/p2p/<id>`), sharing an in-progress dial to the same peer.
+    public func connect(to address: Multiaddr) async throws -> PeerID {
+        try await streamHost.connect(to: address)
+    }
+
+    /// Whether a connection to `peer` is up.
+    public func isConnected(to peer: PeerID) -> Bool { streamHost.isConnected(to: peer) }
+
+    /// Peers with a connection.
+    public var connectedPeers: [PeerID] { streamHost.connectedPeers }
+
+    /// Protocols with an open outbound message stream to `peer`.
+    public func sessionProtocols(with peer: PeerID) -> [String] {
+        state.withLockedValue { s in
+            s.outbound.compactMap { key, value -> String? in
+                guard key.peer == peer, case .open(let c) = value, c.isUsable else { return nil }
+                return key.protocolID
+            }.sorted()
+        }
+    }
+
+    /// Closes the outbound message stream to `peer` on `protocol`.
+    public func closeSession(to peer: PeerID, protocol: String) async {
+        let key = Key(peer: peer, protocolID: `protocol`)
+        let channel = state.withLockedValue { s -> StreamChannel? in
+            guard case .open(let c) = s.outbound[key] else { return nil }
+            s.outbound[key] = nil
+            return c
+        }
+        await channel?.close()
+    }
+
+    /// Closes every connection to `peer`.
+    public func closePeer(_ peer: PeerID) async {
+        await streamHost.disconnect(peer)
+    }
+
+    /// Registers (and removes) stream handlers so that exactly `protocols` are negotiable.
+    public func setHandledProtocols(_ protocols: Set<String>) {
+        let (added, removed) = state.withLockedValue { s -> (Set<String>, Set<String>) in
+            let added = protocols.subtracting(s.handled)
+            let removed = s.handled.subtracting(protocols)
+            s.handled = protocols
+            return (added, removed)
+        }
+        for p in removed { streamHost.removeStreamHandler(p) }
+        for p in added.sorted() {
+            streamHost.setStreamHandler(p) { [self] stream in
+                try await serveInbound(stream)
+            }
+        }
+    }
+
+    // MARK: Inbound
+
+    private func serveInbound(_ stream: NegotiatedStream) async throws {
+        let peer = stream.connection.remotePeer
+        let context = try state.withLockedValue { s throws -> MessageTransportContext in
+            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
+            let count = s.inboundStreams[peer, default: 0]
+            guard count < configuration.maxStreamsPerPeer else {
+                throw MessageError(.limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
+            }
+            s.inboundStreams[peer] = count + 1
+            return context
+        }
+        defer {
+            state.withLockedValue { s in
+                let n = s.inboundStreams[peer, default: 1] - 1
+                s.inboundStreams[peer] = n == 0 ? nil : n
+            }
+        }
+        let channel = StreamChannel(
+            stream: stream, maxMessageSize: context.maxMessageSize, highWatermark: configuration.writeHighWatermark)
+        if await readMessages(on: channel, context: context, inbound: true) {
+            await channel.close()
+        }
+    }
+
+    /// Reads messages on `channel` and hands each to its handler until the stream ends.
+    /// - Returns: whether the stream ended cleanly (otherwise it was reset).
+    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool {
+        var reader = FramedReader(maxSize: context.maxMessageSize)
+        do {
+            while let data = try await reader.next(from: channel.stream) {
+                let message = Message(
+                    data: data, from: channel.peer, protocol: channel.protocolID, path: .stream, replyChannel: channel)
+                do {
+                    try await context.deliver(message)
+                } catch let error as MessageError where error.code == .protocolNotSupported && !inbound {
+                    // The peer wrote back on our outbound stream but we have no handler: drop it.
+                    logger.debug(
+                        "dropping message on an outbound stream without handler",
+                        metadata: ["protocol": "\(channel.protocolID)", "from": "\(channel.peer)"])
+                }
+            }
+            return true
+        } catch {
+            let e = MessageError.from(error)
+            if e.code == .messageTooLarge || e.code == .remoteError {
+                context.emit(.messageRejected(from: channel.peer, protocol: channel.protocolID, reason: e))
+            }
+            logger.debug(
+                "message stream ended",
+                metadata: ["protocol": "\(channel.protocolID)", "remote": "\(channel.peer)", "error": "\(e)"])
+            channel.reset(e)
+            return false
+        }
+    }
+
+    // MARK: Outbound
+
+    /// Sends one message on the (peer, protocol) channel, opening it when needed.
+    public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
+        let channel = try await outboundChannel(Key(peer: peer, protocolID: `protocol`))
+        try await channel.write(data)
+    }
+
+    /// Opens the (peer, protocol) channel now.
+    public func openSession(to peer: PeerID, protocol: String) async throws {
+        _ = try await outboundChannel(Key(peer: peer, protocolID: `protocol`))
+    }
+
+    private func outboundChannel(_ key: Key) async throws -> StreamChannel {
+        enum Step {
+            case ready(StreamChannel)
+            case wait
+            case open(MessageTransportContext)
+        }
+        let step = try state.withLockedValue { s throws -> Step in
+            guard let context = s.context, !s.shutdown else {
+                throw MessageError(.cancelled, "the host is not running")
+            }
+            switch s.outbound[key] {
+            case .open(let c) where c.isUsable:
+                return .ready(c)
+            case .opening:
+                return .wait
+            case .open, nil:
+                s.outbound[key] = .opening([])
+                return .open(context)
+            }
+        }
+        switch step {
+        case .ready(let channel):
+            return channel
+        case .wait:
+            return try await withCheckedThrowingContinuation { continuation in
+                let ready = state.withLockedValue { s -> Result<StreamChannel, any Error>? in
+                    switch s.outbound[key] {
+                    case .opening(var waiters):
+                        waiters.append(continuation)
+                        s.outbound[key] = .opening(waiters)
+                        return nil
+                    case .open(let c):
+                        return .success(c)
+                    case nil:
+                        return .failure(MessageError(.connectionClosed, "the channel to \(key.peer) closed"))
+                    }
+                }
+                if let ready { continuation.resume(with: ready) }
+            }
+        case .open(let context):
+            let result: Result<StreamChannel, any Error>
+            do {
+                let stream = try await streamHost.newStream(to: key.peer, protocols: [key.protocolID])
+                let channel = StreamChannel(
+                    stream: stream, maxMessageSize: context.maxMessageSize,
+                    highWatermark: configuration.writeHighWatermark)
+                result = .success(channel)
+            } catch {
+                result = .failure(MessageError.from(error))
+            }
+            let waiters = state.withLockedValue { s -> [CheckedContinuation<StreamChannel, any Error>] in
+                guard case .opening(let waiters) = s.outbound[key] else { return [] }
+                if case .success(let c) = result { s.outbound[key] = .open(c) } else { s.outbound[key] = nil }
+                return waiters
+            }
+            if case .success(let channel) = result {
+                let enqueued = workContinuation.yield { [self] in
+                    _ = await readMessages(on: channel, context: context, inbound: false)
+                    channel.fail(MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
+                    state.withLockedValue { s in
+                        if case .open(let c) = s.outbound[key], c === channel { s.outbound[key] = nil }
+                    }
+                }
+                if case .terminated = enqueued { channel.reset(MessageError(.cancelled, "shutting down")) }
+            }
+            for w in waiters { w.resume(with: result) }
+            return try result.get()
+        }
+    }
+
+    /// Sends a request on a new stream and reads exactly one reply.
+    public func request(
+        _ data: ByteBuffer,
+        to peer: PeerID,
+        protocol: String,
+        timeout: TimeAmount
+    ) async throws -> Message {
+        let maxSize = try state.withLockedValue { s throws -> Int in
+            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "the host is not running") }
+            let count = s.requestStreams[peer, default: 0]
+            guard count < configuration.maxStreamsPerPeer else {
+                throw MessageError(
+                    .limitExceeded, "more than \(configuration.maxStreamsPerPeer) requests in flight to \(peer)")
+            }
+            s.requestStreams[peer] = count + 1
+            return context.maxMessageSize
+        }
+        defer {
+            state.withLockedValue { s in
+                let n = s.requestStreams[peer, default: 1] - 1
+                s.requestStreams[peer] = n == 0 ? nil : n
+            }
+        }
+        var frame = ByteBuffer()
+        frame.reserveCapacity(10 + data.readableBytes)
+        UVarint.write(UInt64(data.readableBytes), to: &frame)
+        frame.writeImmutableBuffer(data)
+        let stream = try await streamHost.newStreamLazily(
+            to: peer, protocolID: `protocol`, initialData: frame, closeWrite: true)
+        let timedOut = NIOLockedValueBox(false)
+        let timer = stream.eventLoop.scheduleTask(in: timeout) {
+            timedOut.withLockedValue { $0 = true }
+            stream.resetOnEventLoop()
+        }
+        defer { timer.cancel() }
+        do {
+            return try await withTaskCancellationHandler {
+                var reader = FramedReader(maxSize: maxSize)
+                guard let reply = try await reader.next(from: stream) else {
+                    throw MessageError(.remoteError, "\(peer) closed the \(`protocol`) stream without replying")
+                }
+                return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
+            } onCancel: {
+                stream.eventLoop.execute { stream.resetOnEventLoop() }
+            }
+        } catch {
+            if timedOut.withLockedValue({ $0 }) {
+                throw MessageError(.timedOut, "no reply from \(peer) on \(`protocol`) within \(timeout)")
+            }
+            if Task.isCancelled { throw MessageError(.cancelled, "request to \(peer) on \(`protocol`) cancelled") }
+            let e = MessageError.from(error)
+            if e.code == .messageTooLarge || e.code == .remoteError {
+                stream.eventLoop.execute { stream.resetOnEventLoop() }
+            }
+            throw e
+        }
+    }
+}

@@ -1,0 +1,528 @@
+import MsgNetCore
+import MsgNetHost
+import MsgNetStreams
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+
+/// The message API's handler semantics, run over every path in ``TransportFactory/all``.
+@Suite("Message handlers", .timeLimit(.minutes(2)))
+struct HandlerSuite {
+    @Test("send reaches the handler, in order, with the authenticated sender", arguments: TransportFactory.all)
+    func sendInOrder(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let got = NIOLockedValueBox<[String]>([])
+        let count = Counter()
+        b.setMessageHandler(for: "/t/1") { message in
+            #expect(message.from == a.peerID)
+            #expect(message.protocol == "/t/1")
+            #expect(message.path != nil)
+            got.withLockedValue { $0.append(String(buffer: message.data)) }
+            count.add()
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            for i in 0..<200 { try await a.send(bytes("m\(i)"), to: b.peerID, protocol: "/t/1") }
+            await count.wait(atLeast: 200)
+            #expect(got.withLockedValue { $0 } == (0..<200).map { "m\($0)" })
+            #expect(a.network.hasSession(with: b.peerID))
+            #expect(a.network.peers == [b.peerID])
+        }
+    }
+
+    @Test("request and reply; 64 concurrent requests do not block each other", arguments: TransportFactory.all)
+    func requestReply(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/kv/1") { message in
+            #expect(message.canReply)
+            try await message.reply(bytes("re:" + String(buffer: message.data)))
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let one = try await a.request(bytes("x"), to: b.peerID, protocol: "/kv/1", timeout: .seconds(10))
+            #expect(String(buffer: one.data) == "re:x")
+            #expect(one.from == b.peerID)
+            #expect(!one.canReply)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<64 {
+                    group.addTask {
+                        let r = try await a.request(bytes("q\(i)"), to: b.peerID, protocol: "/kv/1")
+                        #expect(String(buffer: r.data) == "re:q\(i)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test("a blocked request does not hold up others to the same peer", arguments: TransportFactory.all)
+    func requestsIndependent(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let release = Signal()
+        let blocked = Signal()
+        b.setMessageHandler(for: "/kv/1") { message in
+            if String(buffer: message.data) == "slow" {
+                blocked.fire()
+                await release.wait()
+            }
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            async let slow = a.request(bytes("slow"), to: b.peerID, protocol: "/kv/1")
+            await blocked.wait()
+            for i in 0..<10 {
+                let r = try await a.request(bytes("f\(i)"), to: b.peerID, protocol: "/kv/1")
+                #expect(String(buffer: r.data) == "f\(i)")
+            }
+            release.fire()
+            #expect(String(buffer: try await slow.data) == "slow")
+        }
+    }
+
+    @Test("registration, replacement and removal", arguments: TransportFactory.all)
+    func registration(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/r/1") { try await $0.reply(bytes("one")) }
+        #expect(b.handledProtocols == ["/r/1"])
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            #expect(String(buffer: try await a.request(bytes(""), to: b.peerID, protocol: "/r/1").data) == "one")
+            b.setMessageHandler(for: "/r/1") { try await $0.reply(bytes("two")) }
+            #expect(String(buffer: try await a.request(bytes(""), to: b.peerID, protocol: "/r/1").data) == "two")
+            b.removeMessageHandler(for: "/r/1")
+            #expect(b.handledProtocols.isEmpty)
+            await #expect {
+                _ = try await a.request(bytes(""), to: b.peerID, protocol: "/r/1")
+            } throws: { code($0) == .protocolNotSupported }
+        }
+    }
+
+    @Test("unknown protocol: not supported for sends, requests and sessions", arguments: TransportFactory.all)
+    func unknownProtocol(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/known/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                try await a.send(bytes("x"), to: b.peerID, protocol: "/unknown/1")
+            } throws: { code($0) == .protocolNotSupported }
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/unknown/1")
+            } throws: { code($0) == .protocolNotSupported }
+            await #expect {
+                _ = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
+            } throws: { code($0) == .protocolNotSupported }
+            // The connection survives.
+            #expect(String(buffer: try await a.request(bytes("k"), to: b.peerID, protocol: "/known/1").data) == "k")
+        }
+    }
+
+    @Test("oversize: refused before sending; a receiver with a lower limit resets", arguments: TransportFactory.all)
+    func oversize(factory: TransportFactory) async throws {
+        let a = factory.host { $0.maxMessageSize = 4096 }
+        let b = factory.host { $0.maxMessageSize = 1024 }
+        let handled = Counter()
+        b.setMessageHandler(for: "/big/1") { message in
+            handled.add()
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                try await a.send(ByteBuffer(repeating: 1, count: 4097), to: b.peerID, protocol: "/big/1")
+            } throws: { code($0) == .messageTooLarge }
+            await #expect {
+                _ = try await a.request(ByteBuffer(repeating: 1, count: 4097), to: b.peerID, protocol: "/big/1")
+            } throws: { code($0) == .messageTooLarge }
+            // Accepted by a, refused by b: the stream is reset, the caller learns the outcome is unknown.
+            await #expect {
+                _ = try await a.request(ByteBuffer(repeating: 1, count: 2000), to: b.peerID, protocol: "/big/1")
+            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+            let rejected = await firstEvent(b) {
+                if case .messageRejected(_, "/big/1", let reason) = $0 { return reason.code == .messageTooLarge }
+                return false
+            }
+            #expect(rejected != nil)
+            #expect(handled.value == 0)
+            // A reply larger than the requester's limit is refused too.
+            let r = try await a.request(ByteBuffer(repeating: 2, count: 1000), to: b.peerID, protocol: "/big/1")
+            #expect(r.data.readableBytes == 1000)
+        }
+    }
+
+    @Test("concurrent senders: every message arrives once, each sender's in order", arguments: TransportFactory.all)
+    func concurrentSenders(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let got = NIOLockedValueBox<[Int: [Int]]>([:])
+        let count = Counter()
+        b.setMessageHandler(for: "/c/1") { message in
+            var d = message.data
+            let sender = Int(d.readInteger(as: UInt32.self)!)
+            let seq = Int(d.readInteger(as: UInt32.self)!)
+            got.withLockedValue { $0[sender, default: []].append(seq) }
+            count.add()
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for sender in 0..<8 {
+                    group.addTask {
+                        for seq in 0..<100 {
+                            var m = ByteBuffer()
+                            m.writeInteger(UInt32(sender))
+                            m.writeInteger(UInt32(seq))
+                            try await a.send(m, to: b.peerID, protocol: "/c/1")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            await count.wait(atLeast: 800)
+            let all = got.withLockedValue { $0 }
+            #expect(all.count == 8)
+            for (_, seqs) in all { #expect(seqs == Array(0..<100)) }
+        }
+    }
+
+    @Test("slow handler: bounded concurrency per protocol, the rest wait", arguments: TransportFactory.all)
+    func slowHandlerBounded(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host { $0.maxConcurrentHandlersPerProtocol = 2 }
+        let running = Counter()
+        let started = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/slow/1") { message in
+            running.add()
+            started.add()
+            await release.wait()
+            running.add(-1)
+            try await message.reply(message.data)
+        }
+        try await MsgNetHostTests.running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<10 {
+                    group.addTask {
+                        let r = try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/slow/1")
+                        #expect(String(buffer: r.data) == "\(i)")
+                    }
+                }
+                await started.wait(atLeast: 2)
+                // Two run; a ping round trip later still only two have started.
+                _ = try await (b.transports[0] as! StreamMessageTransport).streamHost.ping(a.peerID)
+                #expect(started.value == 2)
+                release.fire()
+                try await group.waitForAll()
+            }
+            #expect(running.peak == 2)
+            #expect(started.value == 10)
+        }
+    }
+
+    @Test("slow consumer: the inbox holds at most its capacity; sends wait", arguments: TransportFactory.all)
+    func inboxBackpressure(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host { $0.inboxCapacity = 4 }
+        let inbox = b.messages(for: "/in/1")
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let sent = Counter()
+            async let sending: Void = {
+                for i in 0..<300 {
+                    var m = ByteBuffer(repeating: 0, count: 16 * 1024)
+                    m.setInteger(UInt32(i), at: 0)
+                    try await a.send(m, to: b.peerID, protocol: "/in/1")
+                    sent.add()
+                }
+            }()
+            var next = 0
+            for await message in inbox {
+                #expect(message.data.getInteger(at: 0, as: UInt32.self) == UInt32(next))
+                #expect(inbox.bufferedPeak <= 4)
+                next += 1
+                if next == 300 { break }
+            }
+            try await sending
+            #expect(sent.value == 300)
+            #expect(inbox.bufferedPeak <= 4)
+        }
+    }
+
+    @Test("peer disconnects mid-request: connection closed, outcome unknown", arguments: TransportFactory.all)
+    func disconnectMidRequest(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let got = Signal()
+        let release = Signal()
+        b.setMessageHandler(for: "/hang/1") { _ in
+            got.fire()
+            await release.wait()
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            async let result: Message = a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60))
+            await got.wait()
+            await b.network.closePeer(a.peerID)
+            await #expect {
+                _ = try await result
+            } throws: { error in
+                code(error) == .connectionClosed && (error as? MessageError)?.outcomeUnknown == true
+            }
+            release.fire()
+        }
+    }
+
+    @Test("request timeout: timed out, outcome unknown", arguments: TransportFactory.all)
+    func requestTimeout(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let release = Signal()
+        b.setMessageHandler(for: "/hang/1") { _ in await release.wait() }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .milliseconds(200))
+            } throws: { code($0) == .timedOut }
+            release.fire()
+        }
+    }
+
+    @Test("cancelling a request fails it with cancelled", arguments: TransportFactory.all)
+    func cancelRequest(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let got = Signal()
+        let release = Signal()
+        b.setMessageHandler(for: "/hang/1") { _ in
+            got.fire()
+            await release.wait()
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let task = Task { try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)) }
+            await got.wait()
+            task.cancel()
+            await #expect {
+                _ = try await task.value
+            } throws: { code($0) == .cancelled }
+            release.fire()
+        }
+    }
+
+    @Test("a handler's reply to a plain send reaches our handler of the protocol", arguments: TransportFactory.all)
+    func replyOnOutboundStream(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/chat/1") { try await $0.reply(bytes("ack:" + String(buffer: $0.data))) }
+        let acks = a.messages(for: "/chat/1")
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes("hi"), to: b.peerID, protocol: "/chat/1")
+            var it = acks.makeAsyncIterator()
+            let ack = await it.next()
+            #expect(ack.map { String(buffer: $0.data) } == "ack:hi")
+            #expect(ack?.from == b.peerID)
+        }
+    }
+
+    @Test("a throwing handler closes the channel; the requester sees it", arguments: TransportFactory.all)
+    func throwingHandler(factory: TransportFactory) async throws {
+        struct Boom: Error {}
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/boom/1") { _ in throw Boom() }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/boom/1")
+            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+        }
+    }
+
+    @Test("sessions: open, list, send, close", arguments: TransportFactory.all)
+    func sessions(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let count = Counter()
+        b.setMessageHandler(for: "/s/1") { _ in count.add() }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let session = try await a.network.newSession(to: b.peerID, protocol: "/s/1")
+            #expect(session.remote == b.peerID)
+            #expect(session.protocol == "/s/1")
+            #expect(a.network.sessions(with: b.peerID).map(\.protocol) == ["/s/1"])
+            try await session.send(bytes("1"))
+            try await session.send(bytes("2"))
+            await count.wait(atLeast: 2)
+            await session.close()
+            #expect(a.network.sessions(with: b.peerID).isEmpty)
+            // The next send reopens transparently.
+            try await session.send(bytes("3"))
+            await count.wait(atLeast: 3)
+        }
+    }
+
+    @Test("sending to an unconnected peer dials once for concurrent sends", arguments: TransportFactory.all)
+    func dialDedup(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let count = Counter()
+        b.setMessageHandler(for: "/d/1") { _ in count.add() }
+        let events = try await running([a, b]) { () -> [MessageHostEvent] in
+            _ = try await introduce(a, to: b, on: factory)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<16 {
+                    group.addTask { try await a.send(bytes("\(i)"), to: b.peerID, protocol: "/d/1") }
+                }
+                try await group.waitForAll()
+            }
+            await count.wait(atLeast: 16)
+            await a.shutdown()
+            var all: [MessageHostEvent] = []
+            for await e in a.events { all.append(e) }
+            return all
+        }
+        let opened = events.filter {
+            if case .connectionOpened(let c) = $0 { return c.peer == b.peerID }
+            return false
+        }
+        #expect(opened.count == 1)
+    }
+
+    @Test("sending to a peer without addresses fails with dialFailed", arguments: TransportFactory.all)
+    func noAddress(factory: TransportFactory) async throws {
+        let a = factory.host()
+        try await running([a]) {
+            await #expect {
+                try await a.send(bytes("x"), to: PrivateKey.generate().peerID, protocol: "/x/1")
+            } throws: { code($0) == .dialFailed }
+        }
+    }
+
+    @Test("limit: inbound message streams per peer", arguments: TransportFactory.all)
+    func inboundStreamLimit(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host(limits: PathLimits(maxStreamsPerPeer: 2))
+        let started = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/l/1") { message in
+            started.add()
+            await release.wait()
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<2 {
+                    group.addTask { _ = try await a.request(bytes("ok"), to: b.peerID, protocol: "/l/1") }
+                }
+                await started.wait(atLeast: 2)
+                await #expect {
+                    _ = try await a.request(bytes("third"), to: b.peerID, protocol: "/l/1")
+                } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+                release.fire()
+                try await group.waitForAll()
+            }
+            #expect(started.value == 2)
+        }
+    }
+
+    @Test("limit: outbound requests in flight per peer", arguments: TransportFactory.all)
+    func outboundStreamLimit(factory: TransportFactory) async throws {
+        let a = factory.host(limits: PathLimits(maxStreamsPerPeer: 2))
+        let b = factory.host()
+        let started = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/l/1") { message in
+            started.add()
+            await release.wait()
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<2 {
+                    group.addTask { _ = try await a.request(bytes("ok"), to: b.peerID, protocol: "/l/1") }
+                }
+                await started.wait(atLeast: 2)
+                await #expect {
+                    _ = try await a.request(bytes("third"), to: b.peerID, protocol: "/l/1")
+                } throws: { code($0) == .limitExceeded }
+                release.fire()
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test("limit: inbound message rate per peer (injected clock)", arguments: TransportFactory.all)
+    func rateLimit(factory: TransportFactory) async throws {
+        let clock = ManualClock()
+        let a = factory.host()
+        let b = factory.host {
+            $0.maxInboundMessagesPerSecondPerPeer = 1
+            $0.inboundMessageBurst = 3
+            $0.now = clock.now
+        }
+        b.setMessageHandler(for: "/rate/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            for i in 0..<3 {
+                #expect(String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/rate/1").data) == "\(i)")
+            }
+            await #expect {
+                _ = try await a.request(bytes("over"), to: b.peerID, protocol: "/rate/1")
+            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+            let rejected = await firstEvent(b) {
+                if case .messageRejected(let from, _, let reason) = $0 { return from == a.peerID && reason.code == .limitExceeded }
+                return false
+            }
+            #expect(rejected != nil)
+            clock.advance(.seconds(1))
+            #expect(String(buffer: try await a.request(bytes("again"), to: b.peerID, protocol: "/rate/1").data) == "again")
+        }
+    }
+
+    @Test("lifecycle events: listen, connection, identify, close", arguments: TransportFactory.all)
+    func events(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/e/1") { try await $0.reply($0.data) }
+        let events = try await running([a, b]) { () -> [MessageHostEvent] in
+            let address = try await a.network.listen(on: factory.listenAddress())
+            let bAddress = try await b.network.listen(on: factory.listenAddress())
+            #expect(address.peerID == a.peerID)
+            #expect(try await a.network.connect(to: bAddress) == b.peerID)
+            let identified = await firstEvent(a) {
+                if case .peerIdentified(let info) = $0 { return info.peer == b.peerID }
+                return false
+            }
+            if case .peerIdentified(let info) = identified {
+                #expect(info.protocols.contains("/e/1"))
+            } else {
+                Issue.record("no peerIdentified event")
+            }
+            #expect(a.peerstore.protocols(for: b.peerID).contains("/e/1"))
+            await a.network.closePeer(b.peerID)
+            _ = await firstEvent(a) {
+                if case .connectionClosed(let c) = $0 { return c.peer == b.peerID }
+                return false
+            }
+            await a.shutdown()
+            var rest: [MessageHostEvent] = []
+            for await e in a.events { rest.append(e) }
+            return rest
+        }
+        #expect(
+            events.contains {
+                if case .listenClosed(let addr) = $0 { return addr.peerID == a.peerID }
+                return false
+            })
+    }
+}

@@ -1,0 +1,71 @@
+import MsgNetCore
+import MsgNetHost
+import MsgNetStreams
+import NIOCore
+import Testing
+
+@Suite("Peerstore")
+struct PeerstoreTests {
+    @Test("addresses expire after their TTL; permanent ones stay")
+    func ttl() throws {
+        let clock = ManualClock()
+        let store = Peerstore(now: clock.now)
+        let peer = PrivateKey.generate().peerID
+        let a1 = try Multiaddr("/ip4/10.0.0.1/tcp/1")
+        let a2 = try Multiaddr("/ip4/10.0.0.2/tcp/2")
+        store.addAddresses([a1], for: peer, ttl: .duration(.seconds(10)))
+        store.addAddresses([a2], for: peer)
+        #expect(store.addresses(for: peer) == [a1, a2])
+        clock.advance(.seconds(9))
+        #expect(store.addresses(for: peer) == [a1, a2])
+        // Re-adding extends the TTL.
+        store.addAddresses([a1], for: peer, ttl: .duration(.seconds(10)))
+        clock.advance(.seconds(5))
+        #expect(store.addresses(for: peer) == [a1, a2])
+        clock.advance(.seconds(6))
+        #expect(store.addresses(for: peer) == [a2])
+        store.removeAddresses([a2], for: peer)
+        #expect(store.addresses(for: peer).isEmpty)
+    }
+
+    @Test("identify addresses get the identify TTL; keys and latency")
+    func identifyAndLatency() throws {
+        let clock = ManualClock()
+        let store = Peerstore(identifyAddressTTL: .duration(.minutes(1)), now: clock.now)
+        let key = PrivateKey.generate()
+        let peer = key.peerID
+        let a = try Multiaddr("/ip4/10.0.0.3/tcp/3")
+        store.setIdentify(
+            IdentifyInfo(
+                peer: peer, publicKey: key.publicKey, protocolVersion: nil, agentVersion: "x",
+                listenAddresses: [a], protocols: ["/p/1"], observedAddress: nil))
+        #expect(store.protocols(for: peer) == ["/p/1"])
+        #expect(store.publicKey(for: peer) == key.publicKey)
+        #expect(store.addresses(for: peer) == [a])
+        clock.advance(.minutes(2))
+        #expect(store.addresses(for: peer).isEmpty)
+        #expect(store.latency(for: peer) == nil)
+        store.recordLatency(.milliseconds(8), for: peer)
+        store.recordLatency(.milliseconds(16), for: peer)
+        #expect(store.latency(for: peer) == .milliseconds(9))
+    }
+
+    @Test("a host does not dial expired addresses")
+    func hostSkipsExpired() async throws {
+        let clock = ManualClock()
+        let factory = TransportFactory.tcp
+        let a = factory.host(peerstore: Peerstore(now: clock.now))
+        let b = factory.host()
+        b.setMessageHandler(for: "/x/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            let address = try await b.network.listen(on: factory.listenAddress())
+            a.peerstore.addAddresses([address], for: b.peerID, ttl: .duration(.seconds(30)))
+            clock.advance(.seconds(31))
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/x/1")
+            } throws: { code($0) == .dialFailed }
+            a.peerstore.addAddresses([address], for: b.peerID, ttl: .duration(.seconds(30)))
+            #expect(String(buffer: try await a.request(bytes("x"), to: b.peerID, protocol: "/x/1").data) == "x")
+        }
+    }
+}

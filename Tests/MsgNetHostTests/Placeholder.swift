@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetHost
-
-@Test func placeholder() { #expect(Bool(true)) }

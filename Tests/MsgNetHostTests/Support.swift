@@ -1,0 +1,159 @@
+import Logging
+import MsgNetCore
+import MsgNetHost
+import MsgNetSecurity
+import MsgNetStreams
+import MsgNetTransportPosix
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Makes hosts on one path. The handler suite takes this as its parameter, so the datagram
+/// path runs the same tests by adding a factory to ``all``.
+struct TransportFactory: Sendable, CustomStringConvertible {
+    let name: String
+    /// The address to listen on (port 0).
+    let listenAddress: @Sendable () -> Multiaddr
+    let make:
+        @Sendable (
+            _ identity: PrivateKey, _ configuration: MessageHostConfiguration, _ limits: PathLimits,
+            _ peerstore: Peerstore
+        ) -> MessageHost
+
+    var description: String { name }
+
+    /// The stream path: TCP, Noise, mplex.
+    static let tcp = TransportFactory(
+        name: "tcp",
+        listenAddress: { try! Multiaddr("/ip4/127.0.0.1/tcp/0") },
+        make: { identity, configuration, limits, peerstore in
+            var stream = StreamMessageTransport.Configuration()
+            if let n = limits.maxStreamsPerPeer { stream.maxStreamsPerPeer = n }
+            return MessageHost(
+                identity: identity,
+                streamTransports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
+                configuration: configuration,
+                streamConfiguration: stream,
+                peerstore: peerstore
+            )
+        }
+    )
+
+    static let all: [TransportFactory] = [.tcp]
+
+    func host(
+        identity: PrivateKey = .generate(),
+        limits: PathLimits = PathLimits(),
+        peerstore: Peerstore = Peerstore(),
+        configure: (inout MessageHostConfiguration) -> Void = { _ in }
+    ) -> MessageHost {
+        var c = MessageHostConfiguration()
+        configure(&c)
+        return make(identity, c, limits, peerstore)
+    }
+}
+
+/// Path-specific limits the suite sets (each path maps them onto its own configuration).
+struct PathLimits: Sendable {
+    var maxStreamsPerPeer: Int?
+}
+
+/// A clock tests move by hand.
+final class ManualClock: Sendable {
+    private let value = NIOLockedValueBox(NIODeadline.uptimeNanoseconds(1_000_000_000))
+    var now: @Sendable () -> NIODeadline { { self.value.withLockedValue { $0 } } }
+    func advance(_ amount: TimeAmount) { value.withLockedValue { $0 = $0 + amount } }
+}
+
+/// Runs `hosts` for the duration of `body`, then shuts them down.
+func running<R: Sendable>(
+    _ hosts: [MessageHost],
+    _ body: @Sendable () async throws -> R
+) async throws -> R {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for h in hosts { group.addTask { try await h.run() } }
+        do {
+            let r = try await body()
+            for h in hosts { await h.shutdown() }
+            try await group.waitForAll()
+            return r
+        } catch {
+            for h in hosts { await h.shutdown() }
+            try? await group.waitForAll()
+            throw error
+        }
+    }
+}
+
+/// Lets `b` be dialed by `a`: `b` listens, `a` learns its address.
+func introduce(_ a: MessageHost, to b: MessageHost, on factory: TransportFactory) async throws -> Multiaddr {
+    let address = try await b.network.listen(on: factory.listenAddress())
+    a.peerstore.addAddresses([address], for: b.peerID)
+    return address
+}
+
+/// A one-shot signal a test can wait for (bounded by the test's time limit).
+final class Signal: Sendable {
+    private let state = NIOLockedValueBox<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    func fire() {
+        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
+            s.fired = true
+            let w = s.waiters
+            s.waiters = []
+            return w
+        }
+        for w in waiters { w.resume() }
+    }
+    func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let fired = state.withLockedValue { s -> Bool in
+                if s.fired { return true }
+                s.waiters.append(c)
+                return false
+            }
+            if fired { c.resume() }
+        }
+    }
+}
+
+/// Counts up and lets tests wait for a value.
+final class Counter: Sendable {
+    private let state = NIOLockedValueBox<(value: Int, peak: Int, waiters: [(Int, CheckedContinuation<Void, Never>)])>(
+        (0, 0, []))
+    var value: Int { state.withLockedValue { $0.value } }
+    var peak: Int { state.withLockedValue { $0.peak } }
+    func add(_ n: Int = 1) {
+        let ready = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
+            s.value += n
+            s.peak = max(s.peak, s.value)
+            let ready = s.waiters.filter { $0.0 <= s.value }.map(\.1)
+            s.waiters.removeAll { $0.0 <= s.value }
+            return ready
+        }
+        for c in ready { c.resume() }
+    }
+    func wait(atLeast n: Int) async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let done = state.withLockedValue { s -> Bool in
+                if s.value >= n { return true }
+                s.waiters.append((n, c))
+                return false
+            }
+            if done { c.resume() }
+        }
+    }
+}
+
+/// Collects events until `predicate` matches one; returns it.
+func firstEvent(
+    _ host: MessageHost,
+    where predicate: (MessageHostEvent) -> Bool
+) async -> MessageHostEvent? {
+    for await event in host.events where predicate(event) { return event }
+    return nil
+}
+
+func bytes(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }
+
+func code(_ error: any Error) -> MessageError.Code? { (error as? MessageError)?.code }

@@ -1,0 +1,382 @@
+import NIOCore
+import Testing
+
+@testable import MsgNetMultipacket
+
+let messagingEveryProtocol: MessagingMachine.HandlerPredicate = { _ in true }
+
+func makeMessagingMachine(
+    _ limits: MessagingLimits = MessagingLimits(),
+    budget: (any MessagingReassemblyAccountant)? = nil,
+    hasHandler: @escaping MessagingMachine.HandlerPredicate = messagingEveryProtocol
+) -> MessagingMachine {
+    MessagingMachine(limits: limits, budget: budget, hasHandler: hasHandler)
+}
+
+func messagingPayloads(_ actions: [MessagingAction]) -> [ByteBuffer] {
+    actions.compactMap {
+        if case .sendPayload(let payload, _) = $0 { return payload }
+        return nil
+    }
+}
+
+func messagingFrames(_ payload: ByteBuffer) throws -> [MultipacketFrame] {
+    try MultipacketFrameCodec().decode(payload)
+}
+
+@Suite("Messaging machine, back to back")
+struct MessagingMachineTests {
+    @Test func firstMessageUsesInitThenContinuation() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        let first = try a.send(messagingBytes([1, 2, 3]), protocol: "/chat/1", now: now)
+        let p1 = messagingPayloads(first.actions)
+        #expect(p1.count == 1)
+        guard case .initiate(0, "/chat/1", let int, _, let data) = try messagingFrames(p1[0]).first else {
+            Issue.record("expected Init")
+            return
+        }
+        #expect(data == messagingBytes([1, 2, 3]))
+        // b delivers and (one ack-eliciting payload) delays its ack.
+        let bActions = b.onPayload(p1[0], now: now)
+        #expect(
+            bActions.contains(
+                .deliver(
+                    .init(protocolName: "/chat/1", data: messagingBytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
+        #expect(messagingPayloads(bActions).isEmpty)
+        #expect(bActions.contains(.scheduleWakeup(now + .milliseconds(25))))
+        let ackActions = b.onTimer(now: now + .milliseconds(25))
+        let ackPayloads = messagingPayloads(ackActions)
+        #expect(ackPayloads.count == 1)
+        let aActions = a.onPayload(ackPayloads[0], now: now + .milliseconds(30))
+        #expect(aActions.contains(.delivered(first.id)))
+        // RTT measured: 30 ms minus the 25 ms ack delay.
+        #expect(a.rttEstimator.smoothedRTT == .milliseconds(5))
+        // Next message on the same protocol uses the 2-byte int.
+        let second = try a.send(messagingBytes([4]), protocol: "/chat/1", now: now + .milliseconds(31))
+        guard case .continuation(int, let header, _) = try messagingFrames(messagingPayloads(second.actions)[0]).first
+        else {
+            Issue.record("expected Continuation")
+            return
+        }
+        #expect(header.sequence == 1)
+    }
+
+    @Test func reliableUnderLossDuplicationReorderingArrivesExactlyOnce() throws {
+        for seed in UInt64(1)...4 {
+            var link = MessagingLossyLink(
+                a: makeMessagingMachine(), b: makeMessagingMachine(), seed: seed, loss: 0.10, duplicate: 0.05,
+                minDelay: .milliseconds(5), maxDelay: .milliseconds(60))
+            var sent: [MessagingSide: [MessagingSendID: ByteBuffer]] = [.a: [:], .b: [:]]
+            for i in 0..<300 {
+                let side: MessagingSide = i % 3 == 0 ? .b : .a
+                let size = [0, 10, 500, 1100, 3000, 20_000][i % 6]
+                let data = messagingPattern(i, length: size)
+                let id = try link.send(from: side, data, protocol: "/p/\(i % 4)")
+                sent[side]![id] = data
+                if i % 10 == 9 { link.run(for: .milliseconds(3)) }
+            }
+            link.run()
+            for side in [MessagingSide.a, .b] {
+                // Every send has exactly one outcome, and it is "delivered".
+                #expect(link.outcomes[side]!.count == sent[side]!.count)
+                #expect(link.outcomes[side]!.values.allSatisfy { $0 == [.delivered] })
+                // Every message arrived exactly once, intact.
+                let got = link.deliveries[side.other]!.map { $0.data }
+                #expect(got.count == sent[side]!.count)
+                #expect(Set(got) == Set(sent[side]!.values))
+                #expect(link.machines[side]!.pendingSendCount == 0)
+                #expect(link.machines[side]!.inFlightCount == 0)
+                #expect(link.machines[side]!.partialMessageCount == 0)
+                #expect(link.machines[side]!.counters.retransmissions > 0)
+            }
+        }
+    }
+
+    @Test func unreliableNeverArrivesTwice() throws {
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 7, loss: 0.1, duplicate: 0.5,
+            minDelay: .milliseconds(1), maxDelay: .milliseconds(80))
+        for i in 0..<500 {
+            try link.send(from: .a, messagingPattern(i, length: 100), protocol: "/u", mode: .unreliable)
+            link.run(for: .milliseconds(1))
+        }
+        link.run()
+        let got = link.deliveries[.b]!
+        let counters = link.machines[.b]!.counters
+        // About 10% lost; the rest arrive, none twice (duplicates are counted, not delivered).
+        #expect(got.count > 400 && got.count <= 500, "\(got.count) delivered, \(counters)")
+        #expect(Set(got.map(\.data)).count == got.count)
+        #expect(got.allSatisfy { $0.mode == .unreliable })
+        #expect(link.machines[.b]!.counters.duplicateUnreliable > 0)
+        #expect(link.outcomes[.a]!.isEmpty)
+    }
+
+    @Test func unreliableMustFitOnePayload() {
+        var a = makeMessagingMachine()
+        #expect(throws: MessagingError.self) {
+            _ = try a.send(
+                messagingPattern(1, length: 1200), protocol: "/u", mode: .unreliable, now: .uptimeNanoseconds(0))
+        }
+    }
+
+    @Test func oneMebibyteMessageUnderLoss() throws {
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 99, loss: 0.10, duplicate: 0.02,
+            minDelay: .milliseconds(2), maxDelay: .milliseconds(30))
+        let big = messagingPattern(12345, length: 1 << 20)
+        let id = try link.send(from: .a, big, protocol: "/big")
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.delivered])
+        #expect(link.deliveries[.b]!.count == 1)
+        #expect(link.deliveries[.b]!.first?.data == big)
+        #expect(link.machines[.b]!.reassemblyBytesInUse == 0)
+    }
+
+    @Test func tooLargeMessageIsRefused() {
+        var a = makeMessagingMachine()
+        #expect(throws: MessagingError(.messageTooLarge, "message of 1048577 bytes over 1048576")) {
+            _ = try a.send(messagingPattern(1, length: (1 << 20) + 1), protocol: "/big", now: .uptimeNanoseconds(0))
+        }
+    }
+
+    @Test func requestReplyCorrelation() throws {
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 3, loss: 0.1)
+        try link.send(from: .a, messagingBytes([1]), protocol: "/kv", kind: .request(id: 41))
+        try link.send(from: .a, messagingBytes([2]), protocol: "/kv", kind: .request(id: 42))
+        link.run()
+        let requests = link.deliveries[.b]!
+        #expect(Set(requests.map(\.kind)) == [.request(id: 41), .request(id: 42)])
+        for request in requests {
+            guard case .request(let id) = request.kind else { continue }
+            try link.send(from: .b, messagingBytes([UInt8(id)]), protocol: "/kv", kind: .reply(to: id))
+        }
+        link.run()
+        let replies = link.deliveries[.a]!
+        #expect(
+            Set(replies.map { "\($0.kind)-\(Array($0.data.readableBytesView))" }) == [
+                "reply(to: 41)-[41]", "reply(to: 42)-[42]",
+            ])
+    }
+
+    @Test func initForProtocolWithoutHandlerFailsWithProtocolNotSupported() throws {
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(hasHandler: { $0 != "/nope" }), seed: 5)
+        let bad1 = try link.send(from: .a, messagingBytes([1]), protocol: "/nope")
+        let bad2 = try link.send(from: .a, messagingPattern(2, length: 5000), protocol: "/nope")
+        let good = try link.send(from: .a, messagingBytes([3]), protocol: "/yes")
+        link.run()
+        #expect(link.outcomes[.a]![bad1] == [.failed(.protocolNotSupported)])
+        #expect(link.outcomes[.a]![bad2] == [.failed(.protocolNotSupported)])
+        #expect(link.outcomes[.a]![good] == [.delivered])
+        #expect(link.deliveries[.b]!.map(\.protocolName) == ["/yes"])
+        #expect(link.machines[.b]!.counters.unsupportedProtocols >= 1)
+    }
+
+    @Test func unknownProtocolIntIsResetAndReInited() throws {
+        // b forgets bindings after one entry: a's second protocol evicts the first.
+        var limits = MessagingLimits()
+        limits.maxInboundProtocols = 1
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(limits), seed: 11)
+        try link.send(from: .a, messagingBytes([1]), protocol: "/one")
+        link.run()
+        try link.send(from: .a, messagingBytes([2]), protocol: "/two")
+        link.run()
+        // "/one" is confirmed at a (Continuation), but b forgot it: Reset → re-Init → delivered once.
+        let id = try link.send(from: .a, messagingBytes([3]), protocol: "/one")
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.delivered])
+        #expect(link.deliveries[.b]!.map(\.protocolName) == ["/one", "/two", "/one"])
+        #expect(link.machines[.b]!.counters.unknownProtocolInts == 1)
+        #expect(link.machines[.b]!.counters.protocolTableEvictions >= 1)
+    }
+
+    @Test func deadlineExpiryYieldsTimeout() throws {
+        var link = MessagingLossyLink(a: makeMessagingMachine(), b: makeMessagingMachine(), seed: 1, loss: 1.0)
+        let id = try link.send(
+            from: .a, messagingPattern(1, length: 4000), protocol: "/void", deadline: link.now + .seconds(3))
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.failed(.timedOut)])
+        #expect(link.machines[.a]!.counters.sendTimeouts == 1)
+        #expect(link.machines[.a]!.inFlightCount == 0)
+        #expect(link.machines[.a]!.nextWakeup == nil)
+        // Retransmissions backed off exponentially: far fewer than 3 s / 200 ms per fragment.
+        #expect(link.machines[.a]!.counters.retransmissions <= 4 * 3)
+    }
+
+    @Test func boundedQueueRefusesWithLimitExceeded() throws {
+        var limits = MessagingLimits()
+        limits.maxQueuedMessages = 3
+        var a = makeMessagingMachine(limits)
+        let now = NIODeadline.uptimeNanoseconds(0)
+        for _ in 0..<3 { _ = try a.send(messagingBytes([1]), protocol: "/q", now: now) }
+        #expect(throws: MessagingError.self) { _ = try a.send(messagingBytes([1]), protocol: "/q", now: now) }
+        #expect(a.counters.sendsRefused == 1)
+    }
+
+    @Test func inFlightWindowIsBounded() throws {
+        var limits = MessagingLimits()
+        limits.maxInFlightFragments = 8
+        var link = MessagingLossyLink(a: makeMessagingMachine(limits), b: makeMessagingMachine(), seed: 2, loss: 0.1)
+        let id = try link.send(from: .a, messagingPattern(1, length: 100_000), protocol: "/w")
+        #expect(link.machines[.a]!.inFlightCount == 8)
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.delivered])
+        #expect(link.deliveries[.b]!.first?.data == messagingPattern(1, length: 100_000))
+    }
+
+    @Test func closeFailsEverySendOnce() throws {
+        var a = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(0)
+        let one = try a.send(messagingBytes([1]), protocol: "/c", now: now).id
+        let two = try a.send(messagingPattern(2, length: 9000), protocol: "/c", now: now).id
+        let actions = a.close()
+        #expect(
+            actions == [
+                .failed(one, MessagingError(.closed, "the session closed before \(one) was acknowledged")),
+                .failed(two, MessagingError(.closed, "the session closed before \(two) was acknowledged")),
+            ])
+        #expect(a.close().isEmpty)
+        #expect(a.onTimer(now: now + .seconds(100)).isEmpty)
+        #expect(throws: MessagingError.self) { _ = try a.send(messagingBytes([1]), protocol: "/c", now: now) }
+    }
+
+    @Test func transportConsolidationAcksFirstInitAndDeliversOnce() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(0)
+        a.probeTransports([1, 2, 3])
+        let sent = try a.send(messagingBytes([9]), protocol: "/first", now: now)
+        let copies: [(ByteBuffer, UInt16?)] = sent.actions.compactMap {
+            if case .sendPayload(let p, let t) = $0 { return (p, t) }
+            return nil
+        }
+        #expect(copies.map(\.1) == [1, 2, 3])
+        for (payload, tid) in copies {
+            guard case .initiate(let t, _, _, _, _) = try messagingFrames(payload).first else {
+                Issue.record("expected Init")
+                return
+            }
+            #expect(t == tid)
+        }
+        // Copy on path 2 arrives first, then 3 and 1: one delivery, one transport Ack (for 2).
+        var replies: [ByteBuffer] = []
+        var delivered = 0
+        for index in [1, 2, 0] {
+            let actions = b.onPayload(copies[index].0, now: now)
+            delivered += actions.filter { if case .deliver = $0 { return true } else { return false } }.count
+            replies += messagingPayloads(actions)
+        }
+        #expect(delivered == 1)
+        #expect(b.counters.duplicateReliable == 2)
+        let transportAcks = try replies.flatMap { try messagingFrames($0) }.filter {
+            if case .transportAck = $0 { return true } else { return false }
+        }
+        #expect(transportAcks == [.transportAck(transportId: 2)])
+        var aActions: [MessagingAction] = []
+        for reply in replies { aActions += a.onPayload(reply, now: now + .milliseconds(1)) }
+        #expect(aActions.contains(.transportAcknowledged(2)))
+        #expect(aActions.contains(.delivered(sent.id)))
+        #expect(a.selectedTransport == 2)
+        // After the choice, one payload per event, no transport tag.
+        let next = try a.send(messagingBytes([10]), protocol: "/first", now: now + .milliseconds(2))
+        #expect(
+            next.actions.compactMap { if case .sendPayload(_, let t) = $0 { return t } else { return nil } }.isEmpty)
+        #expect(messagingPayloads(next.actions).count == 1)
+    }
+
+    @Test func payloadsNeverExceedMaxPayloadWithLongProtocolNames() throws {
+        var a = makeMessagingMachine()
+        let name = "/" + String(repeating: "n", count: 1023)
+        let result = try a.send(
+            messagingPattern(1, length: 20_000), protocol: name, kind: .request(id: .max >> 1),
+            now: .uptimeNanoseconds(0))
+        let ps = messagingPayloads(result.actions)
+        #expect(!ps.isEmpty)
+        #expect(ps.allSatisfy { $0.readableBytes <= 1200 })
+    }
+
+    @Test func heavyLossEveryReliableSendHasExactlyOneOutcomeAndNoFalseDelivered() throws {
+        var limits = MessagingLimits()
+        limits.deliveryTimeout = .seconds(2)
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(limits), b: makeMessagingMachine(), seed: 2024, loss: 0.45, duplicate: 0.1,
+            minDelay: .milliseconds(1), maxDelay: .milliseconds(100))
+        var sent: [MessagingSendID: ByteBuffer] = [:]
+        for i in 0..<200 {
+            let data = messagingPattern(i, length: [3, 900, 2500, 9000][i % 4])
+            sent[try link.send(from: .a, data, protocol: "/h/\(i % 3)")] = data
+            link.run(for: .milliseconds(7))
+        }
+        link.run()
+        let outcomes = link.outcomes[.a]!
+        #expect(outcomes.count == sent.count)
+        #expect(outcomes.values.allSatisfy { $0.count == 1 })
+        let received = link.deliveries[.b]!.map(\.data)
+        #expect(Set(received).count == received.count)
+        var delivered = 0
+        var failed = 0
+        for (id, data) in sent {
+            switch outcomes[id]?.first {
+            case .delivered:
+                delivered += 1
+                // "delivered" is never a lie.
+                #expect(received.contains(data))
+            case .failed(let code):
+                failed += 1
+                #expect(code == .timedOut)
+            case nil:
+                Issue.record("no outcome for \(id)")
+            }
+        }
+        #expect(delivered > 0 && failed > 0)
+        #expect(link.machines[.a]!.pendingSendCount == 0)
+    }
+
+    @Test func protocolTableThrashUnderLossStillDeliversExactlyOnce() throws {
+        // b remembers only 2 bindings while a uses 5 protocols: Continuations keep hitting forgotten
+        // ints, so Reset(unknownProtocolInt) → re-Init runs constantly, with loss and reordering.
+        var limits = MessagingLimits()
+        limits.maxInboundProtocols = 2
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(limits), seed: 8, loss: 0.1, duplicate: 0.05,
+            minDelay: .milliseconds(2), maxDelay: .milliseconds(40))
+        var sent: [MessagingSendID: ByteBuffer] = [:]
+        for i in 0..<150 {
+            let data = messagingPattern(i, length: [5, 1500][i % 2])
+            sent[try link.send(from: .a, data, protocol: "/t/\(i % 5)")] = data
+            link.run(for: .milliseconds(20))
+        }
+        link.run()
+        #expect(link.outcomes[.a]!.count == sent.count)
+        #expect(link.outcomes[.a]!.values.allSatisfy { $0 == [.delivered] })
+        let received = link.deliveries[.b]!
+        #expect(received.count == sent.count)
+        #expect(Set(received.map(\.data)) == Set(sent.values))
+        #expect(link.machines[.b]!.counters.unknownProtocolInts > 0)
+        #expect(link.machines[.b]!.inboundProtocolCount <= 2)
+    }
+
+    @Test func enqueueThenFlushPacksSmallMessagesIntoOnePayload() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(0)
+        var ids: [MessagingSendID] = []
+        for i in 0..<20 { ids.append(try a.enqueue(messagingPattern(i, length: 30), protocol: "/small", now: now)) }
+        _ = try a.enqueue(messagingBytes([7]), protocol: "/small", mode: .unreliable, now: now)
+        let out = messagingPayloads(a.flush(now: now))
+        #expect(out.count == 1)
+        let actions = b.onPayload(out[0], now: now)
+        #expect(actions.filter { if case .deliver = $0 { return true } else { return false } }.count == 21)
+        // 20 ack-eliciting frames: acknowledged at once, in one Ack with one range.
+        let ackPayloads = messagingPayloads(actions)
+        #expect(
+            try ackPayloads.flatMap { try messagingFrames($0) } == [
+                .ack(MultipacketAckFrame(ranges: [0...19], ackDelayMicroseconds: 0))
+            ])
+        let outcomes = a.onPayload(ackPayloads[0], now: now + .milliseconds(1))
+        #expect(outcomes.filter { if case .delivered = $0 { return true } else { return false } }.count == 20)
+        #expect(a.flush(now: now).isEmpty)
+    }
+}

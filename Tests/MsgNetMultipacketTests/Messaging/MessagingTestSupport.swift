@@ -1,0 +1,161 @@
+import NIOCore
+
+@testable import MsgNetMultipacket
+
+/// A tiny seeded PRNG (MessagingRNG) so every "random" test is reproducible.
+struct MessagingRNG: RandomNumberGenerator {
+    var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(1 << 53) < p }
+}
+
+func messagingBytes(_ array: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: array) }
+
+/// Deterministic message contents: `length` bytes derived from `tag`.
+func messagingPattern(_ tag: Int, length: Int) -> ByteBuffer {
+    var rng = MessagingRNG(seed: UInt64(tag) &* 7919 &+ 1)
+    var out: [UInt8] = []
+    out.reserveCapacity(length)
+    while out.count < length {
+        let word = rng.next()
+        for shift in stride(from: 0, to: 64, by: 8) where out.count < length {
+            out.append(UInt8(truncatingIfNeeded: word >> shift))
+        }
+    }
+    return ByteBuffer(bytes: out)
+}
+
+enum MessagingSide: Hashable {
+    case a
+    case b
+
+    var other: MessagingSide { self == .a ? .b : .a }
+}
+
+enum MessagingOutcome: Hashable {
+    case delivered
+    case failed(MessagingError.Code)
+}
+
+/// Two machines back to back over an in-memory link with seeded loss, duplication, reordering and delay,
+/// driven by a fake clock.
+struct MessagingLossyLink {
+    var machines: [MessagingSide: MessagingMachine]
+    var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    var rng: MessagingRNG
+    var loss: Double
+    var duplicate: Double
+    var minDelay: TimeAmount
+    var maxDelay: TimeAmount
+    var packets: [(at: NIODeadline, order: Int, to: MessagingSide, payload: ByteBuffer)] = []
+    var order = 0
+    var wakeups: [MessagingSide: NIODeadline] = [:]
+    var deliveries: [MessagingSide: [MessagingInboundMessage]] = [.a: [], .b: []]
+    var outcomes: [MessagingSide: [MessagingSendID: [MessagingOutcome]]] = [.a: [:], .b: [:]]
+    var transportAcks: [MessagingSide: [UInt16]] = [.a: [], .b: []]
+    var payloadsSent = 0
+    /// Per side: transport ids of payloads it emitted.
+    var transportTags: [MessagingSide: [UInt16?]] = [.a: [], .b: []]
+
+    init(
+        a: MessagingMachine,
+        b: MessagingMachine,
+        seed: UInt64,
+        loss: Double = 0,
+        duplicate: Double = 0,
+        minDelay: TimeAmount = .milliseconds(10),
+        maxDelay: TimeAmount = .milliseconds(10)
+    ) {
+        machines = [.a: a, .b: b]
+        rng = MessagingRNG(seed: seed)
+        self.loss = loss
+        self.duplicate = duplicate
+        self.minDelay = minDelay
+        self.maxDelay = maxDelay
+    }
+
+    mutating func delay() -> TimeAmount {
+        let span = maxDelay.nanoseconds - minDelay.nanoseconds
+        guard span > 0 else { return minDelay }
+        return .nanoseconds(minDelay.nanoseconds + Int64(rng.next() % UInt64(span)))
+    }
+
+    mutating func handle(_ actions: [MessagingAction], from side: MessagingSide) {
+        for action in actions {
+            switch action {
+            case .sendPayload(let payload, let transportId):
+                payloadsSent += 1
+                transportTags[side, default: []].append(transportId)
+                precondition(payload.readableBytes <= machines[side]!.limits.maxPayload)
+                let copies = rng.chance(duplicate) ? 2 : 1
+                for _ in 0..<copies where !rng.chance(loss) {
+                    order += 1
+                    packets.append((now + delay(), order, side.other, payload))
+                }
+            case .deliver(let message):
+                deliveries[side, default: []].append(message)
+            case .delivered(let id):
+                outcomes[side, default: [:]][id, default: []].append(.delivered)
+            case .failed(let id, let error):
+                outcomes[side, default: [:]][id, default: []].append(.failed(error.code))
+            case .transportAcknowledged(let id):
+                transportAcks[side, default: []].append(id)
+            case .scheduleWakeup(let at):
+                wakeups[side] = at
+            }
+        }
+    }
+
+    @discardableResult
+    mutating func send(
+        from side: MessagingSide,
+        _ data: ByteBuffer,
+        protocol name: String = "/test/1",
+        mode: MessagingDeliveryMode = .reliable,
+        kind: MessagingMessageKind = .oneWay,
+        deadline: NIODeadline? = nil
+    ) throws(MessagingError) -> MessagingSendID {
+        let result = try machines[side]!.send(
+            data, protocol: name, mode: mode, kind: kind, deadline: deadline, now: now)
+        handle(result.actions, from: side)
+        return result.id
+    }
+
+    /// Runs events in time order until nothing is left or `limit` passes.
+    mutating func run(for limit: TimeAmount = .seconds(120)) {
+        let end = now + limit
+        while true {
+            var next: NIODeadline?
+            for (_, at) in wakeups { next = next.map { min($0, at) } ?? at }
+            let packetIndex = packets.indices.min {
+                (packets[$0].at, packets[$0].order) < (packets[$1].at, packets[$1].order)
+            }
+            if let i = packetIndex { next = next.map { min($0, packets[i].at) } ?? packets[i].at }
+            guard let time = next, time <= end else { return }
+            now = max(now, time)
+            if let i = packetIndex, packets[i].at <= now {
+                let packet = packets.remove(at: i)
+                let actions = machines[packet.to]!.onPayload(packet.payload, now: now)
+                handle(actions, from: packet.to)
+                continue
+            }
+            for side in [MessagingSide.a, .b] {
+                if let at = wakeups[side], at <= now {
+                    wakeups[side] = nil
+                    let actions = machines[side]!.onTimer(now: now)
+                    handle(actions, from: side)
+                }
+            }
+        }
+    }
+}
