@@ -102,6 +102,8 @@ public final class MessageHost: Sendable {
         state = NIOLockedValueBox(initial)
         (events, eventContinuation) = AsyncStream.makeStream(
             of: MessageHostEvent.self, bufferingPolicy: .bufferingNewest(1024))
+        let context = MessageTransportContext(host: self)
+        for transport in transports { transport.attach(to: context) }
     }
 
     /// Creates a host on the stream path (libp2p: multistream, Noise, mplex) over
@@ -138,31 +140,32 @@ public final class MessageHost: Sendable {
     /// Runs the host until ``shutdown()``: every transport, connection and inbound handler
     /// runs inside this call.
     public func run() async throws {
-        let context = MessageTransportContext(host: self)
         let proceed = state.withLockedValue { s -> Bool in
             guard !s.shutdown, !s.running else { return false }
             s.running = true
             return true
         }
         guard proceed else { return }
+        defer { eventContinuation.finish() }
         try await withThrowingDiscardingTaskGroup { group in
             for transport in transports {
-                group.addTask { try await transport.run(context: context) }
+                group.addTask { try await transport.run() }
             }
         }
     }
 
-    /// Shuts down gracefully: stops listening, closes every connection, finishes
-    /// ``messages(for:)`` sequences and ``events``; ``run()`` returns once running handlers
-    /// have returned. Idempotent.
+    /// Shuts down gracefully: stops listening, closes every connection and finishes
+    /// ``messages(for:)`` sequences; ``run()`` returns (and ``events`` ends) once running
+    /// handlers have returned. Idempotent.
     public func shutdown() async {
-        let inboxes = state.withLockedValue { s -> [MessageInbox] in
+        let (inboxes, running) = state.withLockedValue { s -> ([MessageInbox], Bool) in
             s.shutdown = true
-            return s.slots.values.compactMap(\.inbox)
+            return (s.slots.values.compactMap(\.inbox), s.running)
         }
         for transport in transports { await transport.shutdown() }
         for inbox in inboxes { inbox.finish() }
-        eventContinuation.finish()
+        // A running host finishes its events when run() returns, after the transports' last ones.
+        if !running { eventContinuation.finish() }
     }
 
     // MARK: Handlers

@@ -15,9 +15,13 @@ public protocol MessageTransport: Sendable {
     /// Whether this transport can listen on or dial `address`.
     func canHandle(_ address: Multiaddr) -> Bool
 
+    /// Connects the transport to its host: called once, by ``MessageHost``'s initializer,
+    /// before anything else. Inbound messages and events go to `context`.
+    func attach(to context: MessageTransportContext)
+
     /// Runs the transport until ``shutdown()``: serves connections and delivers inbound
-    /// messages to `context`. All of the transport's tasks are children of this call.
-    func run(context: MessageTransportContext) async throws
+    /// messages to the attached context. All of the transport's tasks are children of this call.
+    func run() async throws
 
     /// Stops listening, closes every connection and makes ``run(context:)`` return.
     func shutdown() async
@@ -66,18 +70,20 @@ public protocol MessageTransport: Sendable {
 /// What a ``MessageTransport`` reaches the host through: inbound delivery (with backpressure
 /// and limits), lifecycle events, settings.
 public final class MessageTransportContext: Sendable {
-    private let host: MessageHost
-
-    init(host: MessageHost) { self.host = host }
-
+    private weak let host: MessageHost?
     /// The largest message payload accepted, in bytes.
-    public var maxMessageSize: Int { host.configuration.maxMessageSize }
-
+    public let maxMessageSize: Int
     /// The host's peerstore.
-    public var peerstore: Peerstore { host.peerstore }
+    public let peerstore: Peerstore
+
+    init(host: MessageHost) {
+        self.host = host
+        self.maxMessageSize = host.configuration.maxMessageSize
+        self.peerstore = host.peerstore
+    }
 
     /// Whether a handler is registered for `protocol`.
-    public func handles(_ protocol: String) -> Bool { host.handles(`protocol`) }
+    public func handles(_ protocol: String) -> Bool { host?.handles(`protocol`) ?? false }
 
     /// Hands `message` to its protocol's handler. Suspends while that protocol is at its
     /// concurrency limit or its inbox is full: a transport reading in a loop thereby stops
@@ -87,11 +93,12 @@ public final class MessageTransportContext: Sendable {
     ///   (inbound rate limit; the message was dropped), or the handler's error. The transport
     ///   then closes the channel the message came on.
     public func deliver(_ message: Message) async throws {
+        guard let host else { throw MessageError(.cancelled, "the host is gone") }
         try await host.deliver(message)
     }
 
     /// Reports a lifecycle event.
-    public func emit(_ event: MessageHostEvent) { host.emit(event) }
+    public func emit(_ event: MessageHostEvent) { host?.emit(event) }
 }
 
 /// A connection (session) to a peer on some path.

@@ -85,9 +85,16 @@ public final class StreamMessageTransport: MessageTransport {
 
     // MARK: Lifetime
 
-    /// Runs the stream host and every message stream reader until ``shutdown()``.
-    public func run(context: MessageTransportContext) async throws {
+    /// Connects this path to its host (called by ``MessageHost``).
+    public func attach(to context: MessageTransportContext) {
         state.withLockedValue { $0.context = context }
+    }
+
+    /// Runs the stream host and every message stream reader until ``shutdown()``.
+    public func run() async throws {
+        guard let context = state.withLockedValue({ $0.context }) else {
+            throw MessageError(.cancelled, "the transport is not attached to a host")
+        }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.streamHost.run() }
             group.addTask {
@@ -99,7 +106,6 @@ public final class StreamMessageTransport: MessageTransport {
                 group.addTask { await item() }
             }
         }
-        state.withLockedValue { $0.context = nil }
     }
 
     /// Closes listeners and connections; ``run(context:)`` returns when the readers have.
@@ -279,7 +285,7 @@ public final class StreamMessageTransport: MessageTransport {
         }
         let step = try state.withLockedValue { s throws -> Step in
             guard let context = s.context, !s.shutdown else {
-                throw MessageError(.cancelled, "the host is not running")
+                throw MessageError(.cancelled, "the host is shut down")
             }
             switch s.outbound[key] {
             case .open(let c) where c.isUsable:
@@ -349,7 +355,7 @@ public final class StreamMessageTransport: MessageTransport {
         timeout: TimeAmount
     ) async throws -> Message {
         let maxSize = try state.withLockedValue { s throws -> Int in
-            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "the host is not running") }
+            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "the host is shut down") }
             let count = s.requestStreams[peer, default: 0]
             guard count < configuration.maxStreamsPerPeer else {
                 throw MessageError(

@@ -18,6 +18,25 @@ public struct IdentifyInfo: Sendable, Hashable {
     public var protocols: [String]
     /// The address it sees us at, when it said.
     public var observedAddress: Multiaddr?
+
+    /// Creates an identify result.
+    public init(
+        peer: PeerID,
+        publicKey: PublicKey,
+        protocolVersion: String?,
+        agentVersion: String?,
+        listenAddresses: [Multiaddr],
+        protocols: [String],
+        observedAddress: Multiaddr?
+    ) {
+        self.peer = peer
+        self.publicKey = publicKey
+        self.protocolVersion = protocolVersion
+        self.agentVersion = agentVersion
+        self.listenAddresses = listenAddresses
+        self.protocols = protocols
+        self.observedAddress = observedAddress
+    }
 }
 
 /// In-memory knowledge about peers: addresses with time-to-live, public keys, identify results
