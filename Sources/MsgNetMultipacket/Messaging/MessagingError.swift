@@ -1,9 +1,9 @@
 /// The one error type of the multipacket messaging layer (frames, reliability, fragmentation).
 ///
 /// A `code` callers can switch on, plus a human-readable `message`.
-public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible {
+package struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What went wrong, as a small closed set.
-    public enum Code: String, Hashable, Sendable {
+    package enum Code: String, Hashable, Sendable {
         /// A payload could not be decoded (truncated, bad length, bad field, over a limit).
         case malformedFrame = "malformed frame"
         /// A payload started a frame with a type byte this version does not know.
@@ -23,16 +23,16 @@ public struct MessagingError: Error, Hashable, Sendable, CustomStringConvertible
     }
 
     /// The kind of error.
-    public var code: Code
+    package var code: Code
     /// Details for humans.
-    public var message: String
+    package var message: String
 
     /// Creates an error.
-    public init(_ code: Code, _ message: String) {
+    package init(_ code: Code, _ message: String) {
         self.code = code
         self.message = message
     }
 
     /// `"<code>: <message>"`.
-    public var description: String { "\(code.rawValue): \(message)" }
+    package var description: String { "\(code.rawValue): \(message)" }
 }

@@ -2,53 +2,55 @@ import NIOCore
 
 /// Sizes, windows, timeouts and hard limits of the messaging layer. Every figure is documented in
 /// `docs/multipacket-frames.md`; both peers should use the same values.
-public struct MessagingLimits: Hashable, Sendable {
+package struct MessagingLimits: Hashable, Sendable {
     /// Largest payload handed to the session layer (and accepted from it), in bytes.
-    public var maxPayload: Int = 1200
+    package var maxPayload: Int = 1200
     /// Largest message, in bytes (same as the stream path).
-    public var maxMessageSize: Int = 1 << 20
+    package var maxMessageSize: Int = 1 << 20
     /// Smallest fragment the decoder has to accept; bounds the fragment count a peer may claim.
-    public var minFragmentSize: Int = 256
+    package var minFragmentSize: Int = 256
     /// Longest protocol name, in UTF-8 bytes.
-    public var maxProtocolNameLength: Int = 1024
+    package var maxProtocolNameLength: Int = 1024
     /// Protocol names the peer may have bound to protocolInts at once; the oldest is forgotten beyond.
-    public var maxInboundProtocols: Int = 64
+    package var maxInboundProtocols: Int = 64
     /// Protocol names we keep bound to protocolInts at once.
-    public var maxOutboundProtocols: Int = 256
+    package var maxOutboundProtocols: Int = 256
     /// Reliable fragments sent and not yet acknowledged, at most.
-    public var maxInFlightFragments: Int = 256
+    package var maxInFlightFragments: Int = 256
     /// Reliable messages accepted by `send` and not yet finished (in flight or queued), at most.
-    public var maxQueuedMessages: Int = 1024
+    package var maxQueuedMessages: Int = 1024
     /// Bytes of reliable messages accepted by `send` and not yet finished, at most.
-    public var maxQueuedBytes: Int = 8 << 20
+    package var maxQueuedBytes: Int = 8 << 20
     /// Default and longest delivery deadline of a reliable message, measured from `send`.
-    public var deliveryTimeout: TimeAmount = .seconds(10)
+    package var deliveryTimeout: TimeAmount = .seconds(10)
     /// RTO before the first RTT sample (RFC 6298 §2.1).
-    public var initialRTO: TimeAmount = .seconds(1)
+    package var initialRTO: TimeAmount = .seconds(1)
     /// Smallest RTO.
-    public var minRTO: TimeAmount = .milliseconds(200)
+    package var minRTO: TimeAmount = .milliseconds(200)
     /// Largest RTO, also the cap of the exponential backoff.
-    public var maxRTO: TimeAmount = .seconds(10)
+    package var maxRTO: TimeAmount = .seconds(10)
+    /// Retransmit a fragment before its RTO when 3 later-sent numbers are acknowledged and it is overdue.
+    package var fastRetransmit: Bool = true
     /// Longest a receiver waits before acknowledging a single ack-eliciting payload.
-    public var maxAckDelay: TimeAmount = .milliseconds(25)
+    package var maxAckDelay: TimeAmount = .milliseconds(25)
     /// Ranges the receiver remembers for reliable sequence numbers (dedup); past it the oldest range is forgotten.
-    public var maxReceivedRanges: Int = 1024
+    package var maxReceivedRanges: Int = 1024
     /// Width of the receiver's sliding dedup window for unreliable sequence numbers (bits; older ones are dropped).
-    public var unreliableWindow: Int = 1024
+    package var unreliableWindow: Int = 1024
     /// Ranges written in one Ack frame, at most (also the decoder's limit).
-    public var maxAckRangesPerFrame: Int = 32
+    package var maxAckRangesPerFrame: Int = 32
     /// Partially reassembled messages per peer, at most.
-    public var maxPartialMessages: Int = 64
+    package var maxPartialMessages: Int = 64
     /// Bytes reserved for reassembly per peer, at most.
-    public var maxReassemblyBytes: Int = 4 << 20
+    package var maxReassemblyBytes: Int = 4 << 20
     /// A partial message older than this is dropped. Must be ≥ the peer's `deliveryTimeout`.
-    public var reassemblyTimeout: TimeAmount = .seconds(15)
+    package var reassemblyTimeout: TimeAmount = .seconds(15)
     /// Message ids of dropped partial messages remembered, so their late fragments are not acknowledged.
-    public var maxAbandonedMessages: Int = 256
+    package var maxAbandonedMessages: Int = 256
 
     /// The defaults.
-    public init() {}
+    package init() {}
 
     /// Largest fragment count a peer may claim: `ceil(maxMessageSize / minFragmentSize)`.
-    public var maxFragmentCount: Int { (maxMessageSize + minFragmentSize - 1) / minFragmentSize }
+    package var maxFragmentCount: Int { (maxMessageSize + minFragmentSize - 1) / minFragmentSize }
 }

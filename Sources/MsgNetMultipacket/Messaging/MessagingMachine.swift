@@ -3,21 +3,21 @@ import MsgNetCore
 import NIOCore
 
 /// Identifies one `MessagingMachine.send`; outcome actions name it.
-public struct MessagingSendID: Hashable, Comparable, Sendable, CustomStringConvertible {
+package struct MessagingSendID: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// The raw value, unique per machine.
-    public let rawValue: UInt64
+    package let rawValue: UInt64
 
     /// Wraps a raw value.
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    package init(rawValue: UInt64) { self.rawValue = rawValue }
 
-    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
+    package static func < (lhs: Self, rhs: Self) -> Bool { lhs.rawValue < rhs.rawValue }
 
     /// `"send#<n>"`.
-    public var description: String { "send#\(rawValue)" }
+    package var description: String { "send#\(rawValue)" }
 }
 
 /// How a message travels.
-public enum MessagingDeliveryMode: Hashable, Sendable {
+package enum MessagingDeliveryMode: Hashable, Sendable {
     /// Acknowledged, retransmitted, deduplicated, fragmented when large; ends in `.delivered` or `.failed`.
     case reliable
     /// One best-effort payload, never delivered twice; no outcome action.
@@ -25,18 +25,18 @@ public enum MessagingDeliveryMode: Hashable, Sendable {
 }
 
 /// A message received from the peer, ready for its handler.
-public struct MessagingInboundMessage: Hashable, Sendable {
+package struct MessagingInboundMessage: Hashable, Sendable {
     /// The protocol the peer named for it.
-    public var protocolName: String
+    package var protocolName: String
     /// The message bytes.
-    public var data: ByteBuffer
+    package var data: ByteBuffer
     /// One-way, request (with id) or reply (with the id of our request).
-    public var kind: MessagingMessageKind
+    package var kind: MessagingMessageKind
     /// How it travelled.
-    public var mode: MessagingDeliveryMode
+    package var mode: MessagingDeliveryMode
 
     /// Creates a message.
-    public init(protocolName: String, data: ByteBuffer, kind: MessagingMessageKind, mode: MessagingDeliveryMode) {
+    package init(protocolName: String, data: ByteBuffer, kind: MessagingMessageKind, mode: MessagingDeliveryMode) {
         self.protocolName = protocolName
         self.data = data
         self.kind = kind
@@ -45,7 +45,7 @@ public struct MessagingInboundMessage: Hashable, Sendable {
 }
 
 /// What the shell must do after an event.
-public enum MessagingAction: Hashable, Sendable {
+package enum MessagingAction: Hashable, Sendable {
     /// Seal and send this payload. `transportId` is nil for the chosen (or only) path; while probing
     /// transports (`probeTransports`), one copy per probed id is emitted, to be sent on that path.
     case sendPayload(ByteBuffer, transportId: UInt16?)
@@ -62,11 +62,11 @@ public enum MessagingAction: Hashable, Sendable {
 }
 
 /// The result of `MessagingMachine.send`.
-public struct MessagingSendResult: Sendable {
+package struct MessagingSendResult: Sendable {
     /// The id later outcome actions name (reliable sends only).
-    public var id: MessagingSendID
+    package var id: MessagingSendID
     /// Payloads to send now (and possibly a wakeup).
-    public var actions: [MessagingAction]
+    package var actions: [MessagingAction]
 }
 
 /// The messaging layer of one authenticated multipacket session: frames, protocol naming
@@ -76,9 +76,9 @@ public struct MessagingSendResult: Sendable {
 ///
 /// Every reliable `send` that does not throw ends in exactly one `.delivered(id)` or `.failed(id, error)`.
 /// Delivery is unordered (see `docs/multipacket-frames.md`).
-public struct MessagingMachine: Sendable {
+package struct MessagingMachine: Sendable {
     /// Tells whether a local handler exists for a protocol name.
-    public typealias HandlerPredicate = @Sendable (String) -> Bool
+    package typealias HandlerPredicate = @Sendable (String) -> Bool
 
     private enum State {
         case open
@@ -156,15 +156,15 @@ public struct MessagingMachine: Sendable {
 
     private var state: State = .open
     /// The limits this machine enforces.
-    public let limits: MessagingLimits
+    package let limits: MessagingLimits
     private let codec: MultipacketFrameCodec
     private let hasHandler: HandlerPredicate
     private let budget: (any MessagingReassemblyAccountant)?
     private let allocator = ByteBufferAllocator()
     /// Drop and event counters.
-    public private(set) var counters = MessagingCounters()
+    package private(set) var counters = MessagingCounters()
     /// The round-trip estimator (RFC 6298).
-    public private(set) var rttEstimator: MessagingRTTEstimator
+    package private(set) var rttEstimator: MessagingRTTEstimator
 
     private var outboundProtocols: [String: OutboundProtocol] = [:]
     private var outboundNames: [UInt16: String] = [:]
@@ -196,8 +196,9 @@ public struct MessagingMachine: Sendable {
 
     private var probedTransports: [UInt16] = []
     /// The transport id the peer acknowledged first, once it has.
-    public private(set) var selectedTransport: UInt16?
+    package private(set) var selectedTransport: UInt16?
 
+    private var retransmitNow = false
     private var scheduledWakeup: NIODeadline?
     private var wakeupChanged = false
 
@@ -207,7 +208,7 @@ public struct MessagingMachine: Sendable {
     ///   - limits: sizes, windows and timeouts (both peers should agree).
     ///   - budget: the reassembly budget shared by all machines of the node, if any.
     ///   - hasHandler: whether a handler exists for a protocol; asked for every inbound Init and Continuation.
-    public init(
+    package init(
         limits: MessagingLimits = MessagingLimits(),
         budget: (any MessagingReassemblyAccountant)? = nil,
         hasHandler: @escaping HandlerPredicate
@@ -228,26 +229,26 @@ public struct MessagingMachine: Sendable {
     // MARK: Introspection
 
     /// Reliable fragments sent and not yet acknowledged.
-    public var inFlightCount: Int { inFlight.count }
+    package var inFlightCount: Int { inFlight.count }
     /// Reliable sends not finished yet.
-    public var pendingSendCount: Int { messages.count }
+    package var pendingSendCount: Int { messages.count }
     /// Partially reassembled inbound messages.
-    public var partialMessageCount: Int { partials.count }
+    package var partialMessageCount: Int { partials.count }
     /// Bytes reserved for reassembly by this machine.
-    public var reassemblyBytesInUse: Int { reassemblyBytes }
+    package var reassemblyBytesInUse: Int { reassemblyBytes }
     /// Protocol bindings the peer has made with Init that we remember.
-    public var inboundProtocolCount: Int { inboundProtocols.count }
+    package var inboundProtocolCount: Int { inboundProtocols.count }
     /// Remembered reliable sequence ranges (dedup state).
-    public var receivedRangeCount: Int { received.ranges.count }
+    package var receivedRangeCount: Int { received.ranges.count }
     /// The wakeup last requested, if any.
-    public var nextWakeup: NIODeadline? { scheduledWakeup }
+    package var nextWakeup: NIODeadline? { scheduledWakeup }
 
     // MARK: Transport consolidation
 
     /// Starts probing several paths (seed "transport consolidation"): until the peer acknowledges one,
     /// every payload is emitted once per id, Inits tagged with it, and protocols are named with Init.
     /// Ids must be non-zero (0 means "not probing"); zeros and duplicates are ignored.
-    public mutating func probeTransports(_ transportIds: [UInt16]) {
+    package mutating func probeTransports(_ transportIds: [UInt16]) {
         var ids: [UInt16] = []
         for id in transportIds where id != 0 && !ids.contains(id) { ids.append(id) }
         probedTransports = ids
@@ -268,7 +269,7 @@ public struct MessagingMachine: Sendable {
     /// - Returns: the send id and the payloads to send now.
     /// - Throws: `MessagingError` (`.messageTooLarge`, `.limitExceeded`, `.invalidArgument`, `.closed`);
     ///   a send that throws produces no outcome action.
-    public mutating func send(
+    package mutating func send(
         _ message: ByteBuffer,
         protocol protocolName: String,
         mode: MessagingDeliveryMode = .reliable,
@@ -281,7 +282,7 @@ public struct MessagingMachine: Sendable {
     }
 
     /// Emits everything enqueued (packed several small messages to a payload), plus pending acks.
-    public mutating func flush(now: NIODeadline) -> [MessagingAction] {
+    package mutating func flush(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
         var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
@@ -291,7 +292,7 @@ public struct MessagingMachine: Sendable {
 
     /// Accepts a message like `send` but emits nothing until the next `flush` (or any other event),
     /// so a burst of small messages shares payloads. Same parameters, errors and outcomes as `send`.
-    public mutating func enqueue(
+    package mutating func enqueue(
         _ message: ByteBuffer,
         protocol protocolName: String,
         mode: MessagingDeliveryMode = .reliable,
@@ -306,6 +307,11 @@ public struct MessagingMachine: Sendable {
                 .invalidArgument,
                 "protocol name of \(nameLength) bytes not in 1...\(limits.maxProtocolNameLength)"
             )
+        }
+        switch kind {
+        case .oneWay: break
+        case .request(let id), .reply(let id):
+            guard id < 1 << 63 else { throw MessagingError(.invalidArgument, "correlation id \(id) over 2^63 − 1") }
         }
         let length = message.readableBytes
         let room = limits.maxPayload - initHeaderBound(nameLength: nameLength, kind: kind)
@@ -368,7 +374,7 @@ public struct MessagingMachine: Sendable {
     }
 
     /// Fails every unfinished send with `.closed`, frees reassembly memory; later events do nothing.
-    public mutating func close() -> [MessagingAction] {
+    package mutating func close() -> [MessagingAction] {
         guard case .open = state else { return [] }
         state = .closed
         var actions: [MessagingAction] = []
@@ -390,7 +396,7 @@ public struct MessagingMachine: Sendable {
     // MARK: Inbound
 
     /// Handles one decrypted payload from the session layer.
-    public mutating func onPayload(_ payload: ByteBuffer, now: NIODeadline) -> [MessagingAction] {
+    package mutating func onPayload(_ payload: ByteBuffer, now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else {
             counters.payloadsAfterClose += 1
             return []
@@ -449,13 +455,17 @@ public struct MessagingMachine: Sendable {
                 _ = receiveData(name, header: header, data: data, now: now, actions: &actions)
             }
         }
+        if retransmitNow {
+            retransmitNow = false
+            retransmitDue(now: now, builder: &builder)
+        }
         finish(now: now, builder: &builder, actions: &actions)
         return actions
     }
 
     /// Handles the wakeup requested by `.scheduleWakeup`: delayed acks, retransmissions, deadlines,
     /// reassembly timeouts. Calling it early or late is harmless.
-    public mutating func onTimer(now: NIODeadline) -> [MessagingAction] {
+    package mutating func onTimer(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
         var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
@@ -650,6 +660,7 @@ public struct MessagingMachine: Sendable {
         let ackDelay = TimeAmount.microseconds(Int64(min(ack.ackDelayMicroseconds, UInt64(Int64.max / 1000))))
         var rangeIndex = ack.ranges.count - 1
         var write = 0
+        var largestSent: NIODeadline?
         for read in inFlight.indices {
             let record = inFlight[read]
             while rangeIndex >= 0 && ack.ranges[rangeIndex].upperBound < record.sequence { rangeIndex -= 1 }
@@ -659,6 +670,7 @@ public struct MessagingMachine: Sendable {
                 continue
             }
             // Newly acknowledged.
+            if record.sequence == top.upperBound { largestSent = record.lastSent }
             if record.sequence == top.upperBound && record.transmissions == 1 {
                 let sample = now - record.lastSent
                 let delay = min(ackDelay, limits.maxAckDelay)
@@ -681,7 +693,33 @@ public struct MessagingMachine: Sendable {
             }
         }
         inFlight.removeLast(inFlight.count - write)
+        // Fast retransmit: a fragment sent no later than the newly acknowledged highest one, at least
+        // `fastRetransmitThreshold` numbers below it ...
+        guard limits.fastRetransmit, let largestSent, let srtt = rttEstimator.smoothedRTT,
+            top.upperBound >= Self.fastRetransmitThreshold
+        else { return }
+        let threshold = top.upperBound - Self.fastRetransmitThreshold
+        // Only gaps among the leading (unbroken) ranges are known to be gaps.
+        let knownFrom = ack.ranges[min(ack.ranges.count, Self.ackTopRanges) - 1].lowerBound
+        // ... is due for retransmission SRTT + 2·RTTVAR after it was sent (at once if that has passed),
+        // instead of a full (backed-off) RTO; mere reordering rarely lasts that long.
+        let wait = TimeAmount.nanoseconds(srtt.nanoseconds + 4 * rttEstimator.rttVariation.nanoseconds)
+        for i in inFlight.indices {
+            guard inFlight[i].sequence <= threshold else { break }
+            guard inFlight[i].sequence > knownFrom && inFlight[i].lastSent <= largestSent else { continue }
+            let due = max(inFlight[i].lastSent + wait, now)
+            if due < inFlight[i].retransmitAt {
+                inFlight[i].retransmitAt = due
+                counters.fastRetransmissions += 1
+                if due <= now { retransmitNow = true } else { noteWakeup(due) }
+            }
+        }
     }
+
+    /// Packet-reordering threshold of the fast retransmit (as QUIC's kPacketThreshold).
+    static let fastRetransmitThreshold: UInt64 = 3
+    /// An Ack starts with the receiver's highest `ackTopRanges` ranges, none skipped.
+    static let ackTopRanges = 16
 
     private mutating func processReset(
         _ protocolInt: UInt16,
@@ -974,10 +1012,15 @@ public struct MessagingMachine: Sendable {
         let capacity = max(limits.maxAckRangesPerFrame, 1)
         var chosen: [Int] = []
         chosen.reserveCapacity(capacity)
-        for sequence in recentSequences where chosen.count < capacity / 2 {
+        // 1. The highest ranges, unbroken (so gaps between them are real gaps: fast retransmit relies on it).
+        let top = min(all.count, Self.ackTopRanges, capacity)
+        for index in stride(from: all.count - 1, through: all.count - top, by: -1) { chosen.append(index) }
+        // 2. The ranges holding numbers received since the last Ack (so duplicates get acknowledged).
+        for sequence in recentSequences where chosen.count < capacity {
             if let index = received.rangeIndex(containing: sequence), !chosen.contains(index) { chosen.append(index) }
         }
-        var index = all.count - 1
+        // 3. More of the highest ranges.
+        var index = all.count - 1 - top
         while chosen.count < capacity && index >= 0 {
             if !chosen.contains(index) { chosen.append(index) }
             index -= 1
@@ -990,6 +1033,11 @@ public struct MessagingMachine: Sendable {
         if chosen.first == all.count - 1, let at = largestReceivedAt {
             delay = UInt64(max((now - at).nanoseconds, 0) / 1000)
         }
-        return MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
+        var ack = MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
+        // Only matters for tiny `maxPayload` settings: an Ack must fit one payload.
+        while ack.ranges.count > 1 && MultipacketFrameCodec.encodedLength(.ack(ack)) > limits.maxPayload {
+            ack.ranges.removeLast()
+        }
+        return ack
     }
 }

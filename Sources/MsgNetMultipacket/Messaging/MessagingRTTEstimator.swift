@@ -2,20 +2,20 @@ import NIOCore
 
 /// RFC 6298 round-trip estimator: SRTT / RTTVAR smoothing, RTO clamped to `[minRTO, maxRTO]`,
 /// exponential backoff per retransmission. A pure value.
-public struct MessagingRTTEstimator: Hashable, Sendable {
+package struct MessagingRTTEstimator: Hashable, Sendable {
     /// Smoothed round-trip time, nil before the first sample.
-    public private(set) var smoothedRTT: TimeAmount?
+    package private(set) var smoothedRTT: TimeAmount?
     /// Round-trip time variation.
-    public private(set) var rttVariation: TimeAmount = .zero
+    package private(set) var rttVariation: TimeAmount = .zero
     /// Current retransmission timeout (before backoff).
-    public private(set) var rto: TimeAmount
+    package private(set) var rto: TimeAmount
     private let minRTO: TimeAmount
     private let maxRTO: TimeAmount
     /// Clock granularity `G` of RFC 6298.
     private let granularity: TimeAmount
 
     /// Creates an estimator with no samples yet; `rto` is `initialRTO`.
-    public init(
+    package init(
         initialRTO: TimeAmount,
         minRTO: TimeAmount,
         maxRTO: TimeAmount,
@@ -28,7 +28,7 @@ public struct MessagingRTTEstimator: Hashable, Sendable {
     }
 
     /// Adds one measurement (RFC 6298 §2.2–2.3). Negative samples count as zero.
-    public mutating func addSample(_ sample: TimeAmount) {
+    package mutating func addSample(_ sample: TimeAmount) {
         let r = max(sample.nanoseconds, 0)
         if let srtt = smoothedRTT?.nanoseconds {
             let rttvar = rttVariation.nanoseconds
@@ -45,7 +45,7 @@ public struct MessagingRTTEstimator: Hashable, Sendable {
     }
 
     /// The timeout after `retransmissions` earlier retransmissions: `rto · 2^n`, capped at `maxRTO`.
-    public func backedOff(_ retransmissions: Int) -> TimeAmount {
+    package func backedOff(_ retransmissions: Int) -> TimeAmount {
         let shift = min(max(retransmissions, 0), 20)
         let (value, overflow) = rto.nanoseconds.multipliedReportingOverflow(by: Int64(1) << shift)
         return overflow ? maxRTO : Self.clamp(.nanoseconds(value), minRTO, maxRTO)

@@ -2,7 +2,7 @@ import Synchronization
 
 /// Something that hands out reassembly bytes shared by many machines (the "in total" limit).
 /// Implementations must be thread-safe; `MessagingReassemblyBudget` is the standard one.
-public protocol MessagingReassemblyAccountant: AnyObject, Sendable {
+package protocol MessagingReassemblyAccountant: AnyObject, Sendable {
     /// Reserves `bytes` if they fit; returns false (and reserves nothing) otherwise.
     func reserve(_ bytes: Int) -> Bool
     /// Returns `bytes` reserved earlier.
@@ -15,22 +15,22 @@ public protocol MessagingReassemblyAccountant: AnyObject, Sendable {
 /// partial message's full length when it starts it and releases it when the message completes,
 /// times out or the machine closes.
 @available(macOS 15.0, *)
-public final class MessagingReassemblyBudget: MessagingReassemblyAccountant {
+package final class MessagingReassemblyBudget: MessagingReassemblyAccountant {
     private let state: Mutex<Int>
     /// The total number of bytes that may be reserved at once.
-    public let capacity: Int
+    package let capacity: Int
 
     /// Creates a budget of `capacity` bytes (default 64 MiB).
-    public init(capacity: Int = 64 << 20) {
+    package init(capacity: Int = 64 << 20) {
         self.capacity = capacity
         self.state = Mutex(0)
     }
 
     /// Bytes reserved right now.
-    public var reserved: Int { state.withLock { $0 } }
+    package var reserved: Int { state.withLock { $0 } }
 
     /// Reserves `bytes` if they fit; returns false (and reserves nothing) otherwise.
-    public func reserve(_ bytes: Int) -> Bool {
+    package func reserve(_ bytes: Int) -> Bool {
         state.withLock { used in
             guard bytes >= 0, bytes <= capacity - used else { return false }
             used += bytes
@@ -39,7 +39,7 @@ public final class MessagingReassemblyBudget: MessagingReassemblyAccountant {
     }
 
     /// Returns `bytes` reserved earlier.
-    public func release(_ bytes: Int) {
+    package func release(_ bytes: Int) {
         state.withLock { used in used = max(0, used - bytes) }
     }
 }

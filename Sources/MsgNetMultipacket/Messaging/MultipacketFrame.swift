@@ -2,7 +2,7 @@ import MsgNetCore
 import NIOCore
 
 /// What a message is: a one-way message, a request with an id, or the reply to a request.
-public enum MessagingMessageKind: Hashable, Sendable {
+package enum MessagingMessageKind: Hashable, Sendable {
     /// A message that expects no reply.
     case oneWay
     /// A request; the peer's reply carries the same id in `.reply(to:)`.
@@ -12,45 +12,45 @@ public enum MessagingMessageKind: Hashable, Sendable {
 }
 
 /// Where a fragment sits in its message.
-public struct MultipacketFragmentInfo: Hashable, Sendable {
+package struct MultipacketFragmentInfo: Hashable, Sendable {
     /// 0-based index, `< count`.
-    public var index: Int
+    package var index: Int
     /// Number of fragments, 2...`MessagingLimits.maxFragmentCount`.
-    public var count: Int
+    package var count: Int
     /// Length of the whole message in bytes.
-    public var totalLength: Int
+    package var totalLength: Int
 
     /// Creates fragment info.
-    public init(index: Int, count: Int, totalLength: Int) {
+    package init(index: Int, count: Int, totalLength: Int) {
         self.index = index
         self.count = count
         self.totalLength = totalLength
     }
 
     /// Size of every fragment but the last: `ceil(totalLength / count)`.
-    public var fragmentSize: Int { (totalLength + count - 1) / count }
+    package var fragmentSize: Int { (totalLength + count - 1) / count }
 
     /// Length of fragment `index`.
-    public var length: Int { index == count - 1 ? totalLength - (count - 1) * fragmentSize : fragmentSize }
+    package var length: Int { index == count - 1 ? totalLength - (count - 1) * fragmentSize : fragmentSize }
 
     /// Byte offset of fragment `index` in the message.
-    public var offset: Int { index * fragmentSize }
+    package var offset: Int { index * fragmentSize }
 }
 
 /// The message header carried by Init and Continuation frames.
-public struct MultipacketMessageHeader: Hashable, Sendable {
+package struct MultipacketMessageHeader: Hashable, Sendable {
     /// Per-direction sequence number; reliable and unreliable frames count separately.
     /// For a fragment, the message id is `sequence - fragment.index`.
-    public var sequence: UInt64
+    package var sequence: UInt64
     /// Reliable (acknowledged) or unreliable.
-    public var reliable: Bool
+    package var reliable: Bool
     /// One-way, request or reply (with the correlation id).
-    public var kind: MessagingMessageKind
+    package var kind: MessagingMessageKind
     /// Fragment position, nil for a message in one frame.
-    public var fragment: MultipacketFragmentInfo?
+    package var fragment: MultipacketFragmentInfo?
 
     /// Creates a header.
-    public init(sequence: UInt64, reliable: Bool, kind: MessagingMessageKind, fragment: MultipacketFragmentInfo? = nil)
+    package init(sequence: UInt64, reliable: Bool, kind: MessagingMessageKind, fragment: MultipacketFragmentInfo? = nil)
     {
         self.sequence = sequence
         self.reliable = reliable
@@ -60,7 +60,7 @@ public struct MultipacketMessageHeader: Hashable, Sendable {
 }
 
 /// Why a Reset was sent.
-public enum MultipacketResetReason: UInt8, Hashable, Sendable {
+package enum MultipacketResetReason: UInt8, Hashable, Sendable {
     /// A Continuation named a protocolInt the receiver does not know (any more): re-send with Init.
     case unknownProtocolInt = 0
     /// The receiver has no handler for the protocol named by Init: fail the sends.
@@ -68,21 +68,21 @@ public enum MultipacketResetReason: UInt8, Hashable, Sendable {
 }
 
 /// The selective acknowledgement of reliable sequence numbers.
-public struct MultipacketAckFrame: Hashable, Sendable {
+package struct MultipacketAckFrame: Hashable, Sendable {
     /// Disjoint, non-adjacent ranges of received sequence numbers, highest first.
-    public var ranges: [ClosedRange<UInt64>]
+    package var ranges: [ClosedRange<UInt64>]
     /// Microseconds between receiving the highest acknowledged sequence number and sending this Ack.
-    public var ackDelayMicroseconds: UInt64
+    package var ackDelayMicroseconds: UInt64
 
     /// Creates an Ack; `ranges` must be non-empty, highest first, with gaps of at least one number.
-    public init(ranges: [ClosedRange<UInt64>], ackDelayMicroseconds: UInt64) {
+    package init(ranges: [ClosedRange<UInt64>], ackDelayMicroseconds: UInt64) {
         self.ranges = ranges
         self.ackDelayMicroseconds = ackDelayMicroseconds
     }
 }
 
 /// One frame inside a decrypted session payload. Byte layouts: `docs/multipacket-frames.md`.
-public enum MultipacketFrame: Hashable, Sendable {
+package enum MultipacketFrame: Hashable, Sendable {
     /// Type 0x00: the rest of the payload is padding.
     case padding(length: Int)
     /// Type 0x01: binds `protocolName` to `protocolInt` for this direction and carries a message (fragment).
@@ -114,12 +114,12 @@ enum MessagingFrameType: UInt8 {
 }
 
 /// Encodes and strictly decodes the frames of one payload. Pure; limits come from `MessagingLimits`.
-public struct MultipacketFrameCodec: Sendable {
+package struct MultipacketFrameCodec: Sendable {
     /// The limits enforced by `decode`.
-    public let limits: MessagingLimits
+    package let limits: MessagingLimits
 
     /// Creates a codec enforcing `limits`.
-    public init(limits: MessagingLimits = MessagingLimits()) {
+    package init(limits: MessagingLimits = MessagingLimits()) {
         self.limits = limits
     }
 
@@ -136,7 +136,7 @@ public struct MultipacketFrameCodec: Sendable {
     /// Appends `frame` to `buffer`. Returns the writer offset of an Init's transportId field (else nil),
     /// so a payload copy can be re-tagged for another transport.
     @discardableResult
-    public static func encode(_ frame: MultipacketFrame, into buffer: inout ByteBuffer) -> Int? {
+    package static func encode(_ frame: MultipacketFrame, into buffer: inout ByteBuffer) -> Int? {
         switch frame {
         case .padding(let length):
             buffer.writeInteger(MessagingFrameType.padding.rawValue)
@@ -173,7 +173,7 @@ public struct MultipacketFrameCodec: Sendable {
     }
 
     /// The number of bytes `encode` writes for `frame`.
-    public static func encodedLength(_ frame: MultipacketFrame) -> Int {
+    package static func encodedLength(_ frame: MultipacketFrame) -> Int {
         switch frame {
         case .padding(let length):
             return 1 + length
@@ -266,7 +266,7 @@ public struct MultipacketFrameCodec: Sendable {
     /// Decodes every frame of `payload`. Any error rejects the whole payload (no frame of it may be acted on).
     ///
     /// - Throws: `MessagingError` with code `.unknownFrameType` or `.malformedFrame`.
-    public func decode(_ payload: ByteBuffer) throws(MessagingError) -> [MultipacketFrame] {
+    package func decode(_ payload: ByteBuffer) throws(MessagingError) -> [MultipacketFrame] {
         guard payload.readableBytes <= limits.maxPayload else {
             throw MessagingError(.malformedFrame, "payload of \(payload.readableBytes) bytes over \(limits.maxPayload)")
         }

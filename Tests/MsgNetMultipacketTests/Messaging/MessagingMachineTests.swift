@@ -379,4 +379,37 @@ struct MessagingMachineTests {
         #expect(outcomes.filter { if case .delivered = $0 { return true } else { return false } }.count == 20)
         #expect(a.flush(now: now).isEmpty)
     }
+
+    @Test func fastRetransmitRepairsALossBeforeTheRTO() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        let warmup = messagingPayloads(try a.send(messagingBytes([0]), protocol: "/f", now: now).actions)
+        for p in warmup { _ = b.onPayload(p, now: now + .milliseconds(5)) }
+        // b's ack waits the 25 ms ack delay, which a subtracts: the sample is 35 − 25 = 10 ms.
+        for p in messagingPayloads(b.onTimer(now: now + .milliseconds(30))) {
+            _ = a.onPayload(p, now: now + .milliseconds(35))
+        }
+        #expect(a.rttEstimator.smoothedRTT == .milliseconds(10))
+        now = now + .milliseconds(40)
+        let big = messagingPattern(3, length: 10_000)
+        let sent = try a.send(big, protocol: "/f", now: now)
+        var out = messagingPayloads(sent.actions)
+        #expect(out.count == 9)
+        let lost = out.remove(at: 2)
+        var acks: [ByteBuffer] = []
+        for p in out { acks += messagingPayloads(b.onPayload(p, now: now + .milliseconds(3))) }
+        #expect(!acks.isEmpty)
+        // The acks reach a 25 ms after sending. The hole below 3 acknowledged later numbers is due
+        // SRTT + 2·RTTVAR after it was sent, far before the 200 ms RTO.
+        for p in acks { _ = a.onPayload(p, now: now + .milliseconds(25)) }
+        #expect(a.counters.fastRetransmissions == 1)
+        let wake = try #require(a.nextWakeup)
+        #expect(wake < now + .milliseconds(60))
+        let repaired = messagingPayloads(a.onTimer(now: wake))
+        #expect(repaired.contains(lost))
+        var done: [MessagingAction] = []
+        for p in repaired { done += b.onPayload(p, now: wake + .milliseconds(3)) }
+        #expect(done.contains(.deliver(.init(protocolName: "/f", data: big, kind: .oneWay, mode: .reliable))))
+    }
 }

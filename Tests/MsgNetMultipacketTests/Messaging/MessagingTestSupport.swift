@@ -141,7 +141,10 @@ struct MessagingLossyLink {
                 (packets[$0].at, packets[$0].order) < (packets[$1].at, packets[$1].order)
             }
             if let i = packetIndex { next = next.map { min($0, packets[i].at) } ?? packets[i].at }
-            guard let time = next, time <= end else { return }
+            guard let time = next, time <= end else {
+                now = max(now, end)
+                return
+            }
             now = max(now, time)
             if let i = packetIndex, packets[i].at <= now {
                 let packet = packets.remove(at: i)
