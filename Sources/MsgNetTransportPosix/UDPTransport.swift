@@ -42,7 +42,8 @@ public struct UDPTransport: DatagramTransport {
             .channelOption(.socketOption(.so_sndbuf), value: socketBufferSize)
             .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
             .channelOption(.maxMessagesPerRead, value: 16)
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: 2048))
+            // Vector reads split one buffer between the messages: size it for all of them.
+            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: vectorReadCount * 2048))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(DatagramReader(handler: handler, flush: flush))
