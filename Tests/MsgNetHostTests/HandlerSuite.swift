@@ -115,8 +115,11 @@ struct HandlerSuite {
             await #expect {
                 _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/unknown/1")
             } throws: { code($0) == .protocolNotSupported }
+            // A stream path learns it when negotiating the session; a datagram path at the
+            // session's first send. Either way the sender gets "not supported".
             await #expect {
-                _ = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
+                let session = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
+                try await session.send(bytes("x"))
             } throws: { code($0) == .protocolNotSupported }
             // The connection survives.
             #expect(String(buffer: try await a.request(bytes("k"), to: b.peerID, protocol: "/known/1").data) == "k")
@@ -198,6 +201,7 @@ struct HandlerSuite {
         let running = Counter()
         let started = Counter()
         let release = Signal()
+        b.setMessageHandler(for: "/fast/1") { try await $0.reply($0.data) }
         b.setMessageHandler(for: "/slow/1") { message in
             running.add()
             started.add()
@@ -215,8 +219,8 @@ struct HandlerSuite {
                     }
                 }
                 await started.wait(atLeast: 2)
-                // Two run; a ping round trip later still only two have started.
-                _ = try await (b.transports[0] as! StreamMessageTransport).streamHost.ping(a.peerID)
+                // Two run; a round trip on another protocol later still only two have started.
+                _ = try await a.request(bytes("barrier"), to: b.peerID, protocol: "/fast/1")
                 #expect(started.value == 2)
                 release.fire()
                 try await group.waitForAll()

@@ -40,7 +40,23 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         }
     )
 
-    static let all: [TransportFactory] = [.tcp]
+    /// The datagram path: UDP, Noise XX sessions, multipacket frames.
+    static let udp = TransportFactory(
+        name: "udp",
+        listenAddress: { try! Multiaddr("/ip4/127.0.0.1/udp/0") },
+        make: { identity, configuration, limits, peerstore in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let transport = DatagramMessageTransport(
+                identity: identity,
+                datagrams: UDPTransport(group: loop),
+                eventLoop: loop
+            )
+            return MessageHost(
+                identity: identity, transports: [transport], peerstore: peerstore, configuration: configuration)
+        }
+    )
+
+    static let all: [TransportFactory] = [.tcp, .udp]
 
     func host(
         identity: PrivateKey = .generate(),
