@@ -75,8 +75,17 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    init(stream: NegotiatedStream, maxMessageSize: Int, highWatermark: Int) {
+    /// Called when a send starts waiting for the channel to drain (tests observe backpressure).
+    private let onBlocked: (@Sendable () -> Void)?
+
+    init(
+        stream: NegotiatedStream,
+        maxMessageSize: Int,
+        highWatermark: Int,
+        onBlocked: (@Sendable () -> Void)? = nil
+    ) {
         self.stream = stream
+        self.onBlocked = onBlocked
         self.peer = stream.connection.remotePeer
         self.protocolID = stream.protocolID
         self.maxMessageSize = maxMessageSize
@@ -109,6 +118,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
         if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
         if wait {
+            onBlocked?()
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let result = state.withLockedValue { s -> Result<Void, MessageError>? in
                     if let error = s.error { return .failure(error) }

@@ -293,7 +293,8 @@ public final class MessageHost: Sendable {
     ///
     /// Cancelling the calling task abandons the request (its stream is reset).
     ///
-    /// - Parameter timeout: the longest wait for the reply; the configuration's
+    /// - Parameter timeout: the longest wait for the reply, counted from the call (a dial
+    ///   needed first is bounded by the path's own dial timeout); the configuration's
     ///   ``MessageHostConfiguration/defaultRequestTimeout`` when `nil`.
     /// - Returns: the reply (``Message/canReply`` is false).
     /// - Throws: ``MessageError``: `.timedOut` and `.connectionClosed` (outcome unknown),

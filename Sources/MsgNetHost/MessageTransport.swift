@@ -122,7 +122,9 @@ public struct MessageConnection: Sendable, Hashable {
     public let path: MessagePath
 
     /// Creates a connection description.
-    public init(peer: PeerID, remoteAddress: Multiaddr?, localAddress: Multiaddr?, direction: Direction, path: MessagePath) {
+    public init(
+        peer: PeerID, remoteAddress: Multiaddr?, localAddress: Multiaddr?, direction: Direction, path: MessagePath
+    ) {
         self.peer = peer
         self.remoteAddress = remoteAddress
         self.localAddress = localAddress

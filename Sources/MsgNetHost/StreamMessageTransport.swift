@@ -56,6 +56,8 @@ public final class StreamMessageTransport: MessageTransport {
         var inboundStreams: [PeerID: Int] = [:]
         var requestStreams: [PeerID: Int] = [:]
         var shutdown = false
+        var blockedSends = 0
+        var blockedWaiters: [CheckedContinuation<Void, Never>] = []
     }
     private let state = NIOLockedValueBox(State())
     private let work: AsyncStream<@Sendable () async -> Void>
@@ -201,8 +203,9 @@ public final class StreamMessageTransport: MessageTransport {
         }
         for p in removed { streamHost.removeStreamHandler(p) }
         for p in added.sorted() {
-            streamHost.setStreamHandler(p) { [self] stream in
-                try await serveInbound(stream)
+            streamHost.setStreamHandler(p) { [weak self] stream in
+                guard let self else { throw MessageError(.cancelled, "the transport is gone") }
+                try await self.serveInbound(stream)
             }
         }
     }
@@ -215,7 +218,8 @@ public final class StreamMessageTransport: MessageTransport {
             guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
             let count = s.inboundStreams[peer, default: 0]
             guard count < configuration.maxStreamsPerPeer else {
-                throw MessageError(.limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
+                throw MessageError(
+                    .limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
             }
             s.inboundStreams[peer] = count + 1
             return context
@@ -235,7 +239,8 @@ public final class StreamMessageTransport: MessageTransport {
 
     /// Reads messages on `channel` and hands each to its handler until the stream ends.
     /// - Returns: whether the stream ended cleanly (otherwise it was reset).
-    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool {
+    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool
+    {
         var reader = FramedReader(maxSize: context.maxMessageSize)
         do {
             while let data = try await reader.next(from: channel.stream) {
@@ -322,7 +327,8 @@ public final class StreamMessageTransport: MessageTransport {
                 let stream = try await streamHost.newStream(to: key.peer, protocols: [key.protocolID])
                 let channel = StreamChannel(
                     stream: stream, maxMessageSize: context.maxMessageSize,
-                    highWatermark: configuration.writeHighWatermark)
+                    highWatermark: configuration.writeHighWatermark,
+                    onBlocked: { [weak self] in self?.sendBlocked() })
                 result = .success(channel)
             } catch {
                 result = .failure(MessageError.from(error))
@@ -334,8 +340,12 @@ public final class StreamMessageTransport: MessageTransport {
             }
             if case .success(let channel) = result {
                 let enqueued = workContinuation.yield { [self] in
-                    _ = await readMessages(on: channel, context: context, inbound: false)
-                    channel.fail(MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
+                    if await readMessages(on: channel, context: context, inbound: false) {
+                        // The peer closed its side: close ours too (after what is queued).
+                        await channel.close()
+                    }
+                    channel.fail(
+                        MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
                     state.withLockedValue { s in
                         if case .open(let c) = s.outbound[key], c === channel { s.outbound[key] = nil }
                     }
@@ -344,6 +354,27 @@ public final class StreamMessageTransport: MessageTransport {
             }
             for w in waiters { w.resume(with: result) }
             return try result.get()
+        }
+    }
+
+    private func sendBlocked() {
+        let waiters = state.withLockedValue { s in
+            s.blockedSends += 1
+            defer { s.blockedWaiters = [] }
+            return s.blockedWaiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Waits until some send has had to wait for its channel to drain (backpressure), for tests.
+    package func waitForBlockedSend() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLockedValue { s -> Bool in
+                if s.blockedSends > 0 { return true }
+                s.blockedWaiters.append(c)
+                return false
+            }
+            if now { c.resume() }
         }
     }
 
@@ -370,38 +401,25 @@ public final class StreamMessageTransport: MessageTransport {
                 s.requestStreams[peer] = n == 0 ? nil : n
             }
         }
+        // The deadline counts from here: a dial (bounded by the stream host's dial timeout) and
+        // opening the stream use up part of it.
+        let deadline = NIODeadline.now() + timeout
         var frame = ByteBuffer()
         frame.reserveCapacity(10 + data.readableBytes)
         UVarint.write(UInt64(data.readableBytes), to: &frame)
         frame.writeImmutableBuffer(data)
-        let stream = try await streamHost.newStreamLazily(
-            to: peer, protocolID: `protocol`, initialData: frame, closeWrite: true)
-        let timedOut = NIOLockedValueBox(false)
-        let timer = stream.eventLoop.scheduleTask(in: timeout) {
-            timedOut.withLockedValue { $0 = true }
-            stream.resetOnEventLoop()
-        }
-        defer { timer.cancel() }
+        let reply: ByteBuffer
         do {
-            return try await withTaskCancellationHandler {
-                var reader = FramedReader(maxSize: maxSize)
-                guard let reply = try await reader.next(from: stream) else {
-                    throw MessageError(.remoteError, "\(peer) closed the \(`protocol`) stream without replying")
-                }
-                return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
-            } onCancel: {
-                stream.eventLoop.execute { stream.resetOnEventLoop() }
-            }
+            reply = try await streamHost.request(
+                to: peer, protocolID: `protocol`, frame: frame, maxReplySize: maxSize, deadline: deadline)
+        } catch let error as ReplyTooLargeError {
+            throw MessageError(.messageTooLarge, "reply from \(peer) on \(`protocol`): \(error)")
+        } catch let error as StreamsError where error.code == .protocolViolation {
+            throw MessageError(.remoteError, error.message)
         } catch {
-            if timedOut.withLockedValue({ $0 }) {
-                throw MessageError(.timedOut, "no reply from \(peer) on \(`protocol`) within \(timeout)")
-            }
             if Task.isCancelled { throw MessageError(.cancelled, "request to \(peer) on \(`protocol`) cancelled") }
-            let e = MessageError.from(error)
-            if e.code == .messageTooLarge || e.code == .remoteError {
-                stream.eventLoop.execute { stream.resetOnEventLoop() }
-            }
-            throw e
+            throw MessageError.from(error)
         }
+        return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
     }
 }

@@ -29,53 +29,27 @@ public final class NegotiatedStream: Sendable {
     public let connection: ConnectionInfo
     let stream: MplexStream
     private let leftover: NIOLockedValueBox<ByteBuffer?>
-    /// Set while an optimistic (lazy) proposal awaits the remote's answer: the first reads feed
-    /// the answer through this machine before any protocol data is returned.
-    private let pendingNegotiation: NIOLockedValueBox<MultistreamMachine?>
 
     init(
         protocolID: String,
         connection: ConnectionInfo,
         stream: MplexStream,
-        leftover: ByteBuffer?,
-        pendingNegotiation: MultistreamMachine? = nil
+        leftover: ByteBuffer?
     ) {
         self.protocolID = protocolID
         self.connection = connection
         self.stream = stream
         self.leftover = NIOLockedValueBox(leftover.flatMap { $0.readableBytes > 0 ? $0 : nil })
-        self.pendingNegotiation = NIOLockedValueBox(pendingNegotiation)
     }
 
     /// The next bytes from the remote, or `nil` once it has closed its write side.
-    /// - Throws: ``StreamsError`` with `.connectionClosed` when the stream was reset, or
-    ///   `.protocolNotSupported` when the remote refused a lazily proposed protocol.
+    /// - Throws: ``StreamsError`` with `.connectionClosed` when the stream was reset.
     public func read() async throws -> ByteBuffer? {
         if let buffered = leftover.withLockedValue({ value -> ByteBuffer? in
             defer { value = nil }
             return value
         }) {
             return buffered
-        }
-        if var machine = pendingNegotiation.withLockedValue({ $0 }) {
-            defer { pendingNegotiation.withLockedValue { $0 = nil } }
-            while true {
-                guard var bytes = try await rawRead() else {
-                    throw StreamsError(.connectionClosed, "stream \(protocolID) closed during protocol negotiation")
-                }
-                for action in machine.onBytes(&bytes) {
-                    switch action {
-                    case .negotiated(_, let rest):
-                        if rest.readableBytes > 0 { return rest }
-                        return try await rawRead()
-                    case .failed(let error):
-                        await stream.reset()
-                        throw ConnectionUpgrader.classify(error, stage: .muxerNegotiation)
-                    case .send, .optimisticallySelected, .listed:
-                        break
-                    }
-                }
-            }
         }
         return try await rawRead()
     }
@@ -256,7 +230,10 @@ enum StreamNegotiation {
             for action in actions {
                 switch action {
                 case .send(let bytes):
-                    try await stream.write(bytes)
+                    // Negotiation frames are the stream's first writes, so an event-loop write
+                    // (not waiting for its completion) cannot be overtaken by later writes; a
+                    // failed write shows up as a failed read. Saves a hop per negotiation step.
+                    stream.eventLoop.execute { stream.writeOnEventLoop(bytes, flush: true, promise: nil) }
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
                 case .optimisticallySelected, .listed:

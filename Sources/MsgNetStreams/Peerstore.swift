@@ -43,7 +43,7 @@ public struct IdentifyInfo: Sendable, Hashable {
 /// (protocols) and measured latency.
 ///
 /// Thread-safe. Time comes from the injected `now` function, so tests can expire addresses
-/// without waiting. A persistent store can replace this later behind the same methods.
+/// without waiting. Persistence: save ``snapshot()`` and ``restore(_:)`` it on the next start.
 public final class Peerstore: Sendable {
     /// How long an address stays known.
     public enum AddressTTL: Sendable, Hashable {
@@ -171,5 +171,73 @@ public final class Peerstore: Sendable {
     /// Every peer we know something about.
     public var peers: [PeerID] {
         state.withLockedValue { Array($0.keys) }
+    }
+
+    // MARK: Persistence
+
+    /// Everything known about one peer, in a form that outlives the process: address TTLs are
+    /// the time remaining. A persistent store saves ``snapshot()`` and feeds it to
+    /// ``restore(_:)`` on the next start.
+    public struct Record: Sendable, Hashable {
+        /// The peer.
+        public var peer: PeerID
+        /// Its unexpired addresses with their remaining time to live.
+        public var addresses: [AddressRecord]
+        /// The last identify result.
+        public var identify: IdentifyInfo?
+        /// The smoothed round-trip time.
+        public var latency: TimeAmount?
+
+        /// Creates a record.
+        public init(peer: PeerID, addresses: [AddressRecord], identify: IdentifyInfo?, latency: TimeAmount?) {
+            self.peer = peer
+            self.addresses = addresses
+            self.identify = identify
+            self.latency = latency
+        }
+    }
+
+    /// An address and its remaining time to live.
+    public struct AddressRecord: Sendable, Hashable {
+        /// The address (without `/p2p`).
+        public var address: Multiaddr
+        /// The time left (or permanent).
+        public var ttl: AddressTTL
+
+        /// Creates an address record.
+        public init(address: Multiaddr, ttl: AddressTTL) {
+            self.address = address
+            self.ttl = ttl
+        }
+    }
+
+    /// Everything this peerstore knows, with expired addresses left out.
+    public func snapshot() -> [Record] {
+        let current = now()
+        return state.withLockedValue { all in
+            all.map { peer, entry in
+                Record(
+                    peer: peer,
+                    addresses: entry.addresses.compactMap { a in
+                        guard let expires = a.expires else { return AddressRecord(address: a.address, ttl: .permanent) }
+                        guard expires > current else { return nil }
+                        return AddressRecord(address: a.address, ttl: .duration(expires - current))
+                    },
+                    identify: entry.identify,
+                    latency: entry.latency
+                )
+            }.sorted { $0.peer < $1.peer }
+        }
+    }
+
+    /// Adds `records` (from a snapshot) to what this peerstore knows.
+    public func restore(_ records: [Record]) {
+        for record in records {
+            for a in record.addresses { addAddresses([a.address], for: record.peer, ttl: a.ttl) }
+            state.withLockedValue { all in
+                if let identify = record.identify { all[record.peer, default: Entry()].identify = identify }
+                if let latency = record.latency { all[record.peer, default: Entry()].latency = latency }
+            }
+        }
     }
 }

@@ -471,46 +471,7 @@ public final class StreamHost: Sendable {
         return NegotiatedStream(protocolID: id, connection: record.info, stream: stream, leftover: leftover)
     }
 
-    /// Opens a stream to `peer` (dialing it when needed) and proposes `protocolID` lazily
-    /// (multistream-select's optimistic mode): the proposal leaves together with `initialData` in
-    /// one frame, and the remote's answer is checked by the first read, which throws
-    /// `.protocolNotSupported` when the remote refused. Saves a round trip per stream.
-    ///
-    /// - Parameter closeWrite: close our write side right after `initialData` (a request).
-    package func newStreamLazily(
-        to peer: PeerID,
-        protocolID: String,
-        initialData: ByteBuffer?,
-        closeWrite: Bool
-    ) async throws -> NegotiatedStream {
-        let record = try await connectionOrDial(peer)
-        let muxer = record.connection.muxer
-        var machine = MultistreamMachine.initiator(proposals: [protocolID], optimistic: true)
-        var out = ByteBuffer()
-        for action in machine.start() {
-            if case .send(var bytes) = action { out.writeBuffer(&bytes) }
-        }
-        if let initialData { out.writeImmutableBuffer(initialData) }
-        let first = out
-        let stream: MplexStream
-        do {
-            stream = try await muxer.eventLoop.submit {
-                let stream = try muxer.openStreamOnEventLoop(flush: false)
-                stream.writeOnEventLoop(first, flush: true, promise: nil)
-                if closeWrite { stream.closeWriteOnEventLoop(promise: nil) }
-                return stream
-            }.get()
-        } catch let error as MplexError where error.code == .tooManyStreams {
-            throw StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")
-        } catch {
-            throw StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")
-        }
-        return NegotiatedStream(
-            protocolID: protocolID, connection: record.info, stream: stream, leftover: nil,
-            pendingNegotiation: machine)
-    }
-
-    private func connectionOrDial(_ peer: PeerID) async throws -> ConnectionRecord {
+    func connectionOrDial(_ peer: PeerID) async throws -> ConnectionRecord {
         if let existing = connection(to: peer) { return existing }
         return try await deduplicatedDial(peer) { [self] in
             let addresses = peerstore.addresses(for: peer)

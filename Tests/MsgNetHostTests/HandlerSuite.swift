@@ -230,6 +230,42 @@ struct HandlerSuite {
         }
     }
 
+    @Test("slow handler: the stream stops being read and the sender waits", arguments: TransportFactory.all)
+    func slowHandlerBackpressure(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let handled = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/bp/1") { message in
+            await release.wait()
+            #expect(message.data.getInteger(at: 0, as: UInt32.self) == UInt32(handled.value))
+            handled.add()
+        }
+        let total = 1000
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let sent = Counter()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for i in 0..<total {
+                        var m = ByteBuffer(repeating: 0, count: 64 * 1024)
+                        m.setInteger(UInt32(i), at: 0)
+                        try await a.send(m, to: b.peerID, protocol: "/bp/1")
+                        sent.add()
+                    }
+                }
+                // 64 MiB cannot fit in the buffers between the two: a send must wait.
+                await factory.waitForBlockedSend(a)
+                #expect(sent.value < total)
+                #expect(handled.value == 0)
+                release.fire()
+                try await group.waitForAll()
+            }
+            await handled.wait(atLeast: total)
+            #expect(sent.value == total)
+        }
+    }
+
     @Test("slow consumer: the inbox holds at most its capacity; sends wait", arguments: TransportFactory.all)
     func inboxBackpressure(factory: TransportFactory) async throws {
         let a = factory.host()
@@ -273,7 +309,8 @@ struct HandlerSuite {
             _ = try await introduce(a, to: b, on: factory)
             async let result: Result<Message, any Error> = {
                 do {
-                    return .success(try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)))
+                    return .success(
+                        try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)))
                 } catch {
                     return .failure(error)
                 }
@@ -318,7 +355,9 @@ struct HandlerSuite {
         }
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
-            let task = Task { try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60)) }
+            let task = Task {
+                try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(60))
+            }
             await got.wait()
             task.cancel()
             await #expect {
@@ -355,6 +394,91 @@ struct HandlerSuite {
             await #expect {
                 _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/boom/1")
             } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+        }
+    }
+
+    @Test("a handler that does not reply: the requester gets remoteError", arguments: TransportFactory.all)
+    func noReply(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/silent/1") { _ in }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            await #expect {
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/silent/1")
+            } throws: { code($0) == .remoteError }
+        }
+    }
+
+    @Test("unreliable mode is accepted on every path; a reply cannot be replied to", arguments: TransportFactory.all)
+    func unreliableAndReplyToReply(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let count = Counter()
+        b.setMessageHandler(for: "/u/1") { message in
+            count.add()
+            if message.data.readableBytes > 0 { try await message.reply(message.data) }
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes(""), to: b.peerID, protocol: "/u/1", mode: .unreliable)
+            await count.wait(atLeast: 1)
+            let reply = try await a.request(bytes("r"), to: b.peerID, protocol: "/u/1")
+            await #expect {
+                try await reply.reply(bytes("again"))
+            } throws: { code($0) == .remoteError }
+        }
+    }
+
+    @Test("messages(for:) ends when its handler is removed", arguments: TransportFactory.all)
+    func inboxEndsOnRemoval(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let inbox = a.messages(for: "/i/1")
+        try await running([a]) {
+            a.removeMessageHandler(for: "/i/1")
+            var it = inbox.makeAsyncIterator()
+            #expect(await it.next() == nil)
+        }
+    }
+
+    @Test("after shutdown, sends fail with cancelled and run() has returned", arguments: TransportFactory.all)
+    func afterShutdown(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/x/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            #expect(String(buffer: try await a.request(bytes("x"), to: b.peerID, protocol: "/x/1").data) == "x")
+            await a.shutdown()
+            await #expect {
+                try await a.send(bytes("x"), to: b.peerID, protocol: "/x/1")
+            } throws: { code($0) == .cancelled }
+        }
+    }
+
+    @Test("an outbound channel reset by the peer is reopened by the next send", arguments: TransportFactory.all)
+    func reopenAfterReset(factory: TransportFactory) async throws {
+        struct Boom: Error {}
+        let a = factory.host()
+        let b = factory.host()
+        let got = NIOLockedValueBox<[String]>([])
+        let count = Counter()
+        b.setMessageHandler(for: "/re/1") { message in
+            let text = String(buffer: message.data)
+            got.withLockedValue { $0.append(text) }
+            count.add()
+            if text == "boom" { throw Boom() }
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes("one"), to: b.peerID, protocol: "/re/1")
+            try await a.send(bytes("boom"), to: b.peerID, protocol: "/re/1")
+            await count.wait(atLeast: 2)
+            // Wait until a has seen the reset (its channel is gone), polling.
+            while !a.network.sessions(with: b.peerID).isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+            try await a.send(bytes("two"), to: b.peerID, protocol: "/re/1")
+            await count.wait(atLeast: 3)
+            #expect(got.withLockedValue { $0 } == ["one", "boom", "two"])
         }
     }
 
@@ -486,18 +610,23 @@ struct HandlerSuite {
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
             for i in 0..<3 {
-                #expect(String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/rate/1").data) == "\(i)")
+                #expect(
+                    String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/rate/1").data) == "\(i)"
+                )
             }
             await #expect {
                 _ = try await a.request(bytes("over"), to: b.peerID, protocol: "/rate/1")
             } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
             let rejected = await firstEvent(b) {
-                if case .messageRejected(let from, _, let reason) = $0 { return from == a.peerID && reason.code == .limitExceeded }
+                if case .messageRejected(let from, _, let reason) = $0 {
+                    return from == a.peerID && reason.code == .limitExceeded
+                }
                 return false
             }
             #expect(rejected != nil)
             clock.advance(.seconds(1))
-            #expect(String(buffer: try await a.request(bytes("again"), to: b.peerID, protocol: "/rate/1").data) == "again")
+            #expect(
+                String(buffer: try await a.request(bytes("again"), to: b.peerID, protocol: "/rate/1").data) == "again")
         }
     }
 
@@ -506,35 +635,67 @@ struct HandlerSuite {
         let a = factory.host()
         let b = factory.host()
         b.setMessageHandler(for: "/e/1") { try await $0.reply($0.data) }
-        let events = try await running([a, b]) { () -> [MessageHostEvent] in
+        let (address, bAddress, events) = try await running([a, b]) {
+            () -> (Multiaddr, Multiaddr, [MessageHostEvent]) in
             let address = try await a.network.listen(on: factory.listenAddress())
             let bAddress = try await b.network.listen(on: factory.listenAddress())
             #expect(address.peerID == a.peerID)
+            #expect(a.network.listenAddresses == [address])
+            #expect(a.network.sockets.map(\.localAddress) == [address])
             #expect(try await a.network.connect(to: bAddress) == b.peerID)
-            let identified = await firstEvent(a) {
+            var seen: [MessageHostEvent] = []
+            var iterator = a.events.makeAsyncIterator()
+            func waitFor(_ predicate: (MessageHostEvent) -> Bool) async {
+                while let e = await iterator.next() {
+                    seen.append(e)
+                    if predicate(e) { return }
+                }
+            }
+            await waitFor {
                 if case .peerIdentified(let info) = $0 { return info.peer == b.peerID }
                 return false
             }
-            if case .peerIdentified(let info) = identified {
-                #expect(info.protocols.contains("/e/1"))
-            } else {
-                Issue.record("no peerIdentified event")
-            }
             #expect(a.peerstore.protocols(for: b.peerID).contains("/e/1"))
+            // b adds a protocol: identify push tells a (once b knows a supports push).
+            _ = await firstEvent(b) {
+                if case .peerIdentified(let info) = $0 { return info.peer == a.peerID }
+                return false
+            }
+            b.setMessageHandler(for: "/e/2") { _ in }
+            await waitFor {
+                if case .peerProtocolsUpdated(let peer, let protocols) = $0 {
+                    return peer == b.peerID && protocols.contains("/e/2")
+                }
+                return false
+            }
             await a.network.closePeer(b.peerID)
-            _ = await firstEvent(a) {
+            await waitFor {
                 if case .connectionClosed(let c) = $0 { return c.peer == b.peerID }
                 return false
             }
+            #expect(!a.network.hasSession(with: b.peerID))
             await a.shutdown()
-            var rest: [MessageHostEvent] = []
-            for await e in a.events { rest.append(e) }
-            return rest
+            while let e = await iterator.next() { seen.append(e) }
+            return (address, bAddress, seen)
         }
+        #expect(bAddress.peerID == b.peerID)
+        func has(_ predicate: (MessageHostEvent) -> Bool) -> Bool { events.contains(where: predicate) }
         #expect(
-            events.contains {
-                if case .listenClosed(let addr) = $0 { return addr.peerID == a.peerID }
+            has {
+                if case .listenStarted(let x) = $0 { return x == address }; return false
+            })
+        #expect(
+            has {
+                if case .connectionOpened(let c) = $0 { return c.peer == b.peerID && c.direction == .outbound }
                 return false
+            })
+        #expect(
+            has {
+                if case .connectionClosed(let c) = $0 { return c.peer == b.peerID }; return false
+            })
+        #expect(
+            has {
+                if case .listenClosed(let x) = $0 { return x == address }; return false
             })
     }
 }

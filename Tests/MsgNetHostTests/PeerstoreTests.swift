@@ -50,6 +50,35 @@ struct PeerstoreTests {
         #expect(store.latency(for: peer) == .milliseconds(9))
     }
 
+    @Test("snapshot and restore keep addresses with their remaining TTL, identify and latency")
+    func snapshotRestore() throws {
+        let clock = ManualClock()
+        let store = Peerstore(now: clock.now)
+        let key = PrivateKey.generate()
+        let peer = key.peerID
+        let a1 = try Multiaddr("/ip4/10.0.0.1/tcp/1")
+        let a2 = try Multiaddr("/ip4/10.0.0.2/tcp/2")
+        let gone = try Multiaddr("/ip4/10.0.0.9/tcp/9")
+        store.addAddresses([a1], for: peer, ttl: .duration(.seconds(100)))
+        store.addAddresses([a2], for: peer)
+        store.addAddresses([gone], for: peer, ttl: .duration(.seconds(5)))
+        store.recordLatency(.milliseconds(3), for: peer)
+        clock.advance(.seconds(40))
+        let snapshot = store.snapshot()
+        #expect(snapshot.count == 1)
+        #expect(
+            snapshot.first?.addresses == [
+                .init(address: a1, ttl: .duration(.seconds(60))), .init(address: a2, ttl: .permanent),
+            ])
+        let later = ManualClock()
+        let restored = Peerstore(now: later.now)
+        restored.restore(snapshot)
+        #expect(restored.addresses(for: peer) == [a1, a2])
+        #expect(restored.latency(for: peer) == .milliseconds(3))
+        later.advance(.seconds(61))
+        #expect(restored.addresses(for: peer) == [a2])
+    }
+
     @Test("a host does not dial expired addresses")
     func hostSkipsExpired() async throws {
         let clock = ManualClock()

@@ -58,6 +58,13 @@ struct TransportFactory: Sendable, CustomStringConvertible {
 
     static let all: [TransportFactory] = [.tcp, .udp]
 
+    /// Waits until a send of `host` on this path has had to wait for its channel to drain.
+    func waitForBlockedSend(_ host: MessageHost) async {
+        for transport in host.transports {
+            if let stream = transport as? StreamMessageTransport { await stream.waitForBlockedSend() }
+        }
+    }
+
     func host(
         identity: PrivateKey = .generate(),
         limits: PathLimits = PathLimits(),

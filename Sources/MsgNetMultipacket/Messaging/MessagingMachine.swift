@@ -431,7 +431,8 @@ package struct MessagingMachine: Sendable {
             case .reset(let protocolInt, let reason):
                 processReset(protocolInt, reason: reason, now: now, builder: &builder, actions: &actions)
             case .initiate(let transportId, let name, let protocolInt, let header, let data):
-                guard hasHandler(name) else {
+                // A reply answers our own request: it needs no handler of its protocol.
+                guard header.kind.isReply || hasHandler(name) else {
                     counters.unsupportedProtocols += 1
                     unbindInbound(protocolInt)
                     queueControl(.reset(protocolInt: protocolInt, reason: .protocolNotSupported))
@@ -446,7 +447,7 @@ package struct MessagingMachine: Sendable {
                     queueControl(.reset(protocolInt: protocolInt, reason: .unknownProtocolInt))
                     continue
                 }
-                guard hasHandler(name) else {
+                guard header.kind.isReply || hasHandler(name) else {
                     counters.unsupportedProtocols += 1
                     unbindInbound(protocolInt)
                     queueControl(.reset(protocolInt: protocolInt, reason: .protocolNotSupported))
@@ -1039,5 +1040,13 @@ package struct MessagingMachine: Sendable {
             ack.ranges.removeLast()
         }
         return ack
+    }
+}
+
+extension MessagingMessageKind {
+    /// Whether this is a reply to one of our requests.
+    var isReply: Bool {
+        if case .reply = self { return true }
+        return false
     }
 }
