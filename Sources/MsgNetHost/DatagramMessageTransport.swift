@@ -1,4 +1,5 @@
 import Logging
+import MsgNetControl
 import MsgNetCore
 import MsgNetMultipacket
 import MsgNetStreams
@@ -39,8 +40,47 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private let core: NIOLoopBoundBox<Core>
     private let mirror = NIOLockedValueBox(Mirror())
     private let handled = NIOLockedValueBox<Set<String>>([])
-    private let inbound: AsyncStream<Message>
-    private let inboundContinuation: AsyncStream<Message>.Continuation
+    private let inbound: AsyncStream<Inbound>
+    private let inboundContinuation: AsyncStream<Inbound>.Continuation
+
+    /// Work for `run()`: a message for the host, or the transport's own identify traffic.
+    enum Inbound: Sendable {
+        case message(Message, DatagramReplyChannel, isRequest: Bool)
+        case task(@Sendable () async -> Void)
+    }
+
+    /// Requests on this reserved protocol name carry errors back to a requester: the payload is
+    /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
+    static let errorProtocol = "/msgnet/error/1.0.0"
+
+    /// Protocols the transport answers itself: identify and identify push, as on streams.
+    static let builtin: Set<String> = [IdentifyProtocol.id, IdentifyProtocol.pushID]
+
+    /// Our identify message for the datagram path.
+    func identifyMessage(observed: Multiaddr?) -> IdentifyMessage {
+        let protocols = handled.withLockedValue { $0 }.union(Self.builtin).sorted()
+        return IdentifyMessage(
+            protocolVersion: "ipfs/0.1.0",
+            agentVersion: "msgnet/0.1.0",
+            publicKey: identity.publicKey.marshaled,
+            listenAddrs: listenAddresses.map { $0.withoutPeerID().bytes },
+            observedAddr: observed?.bytes,
+            protocols: protocols
+        )
+    }
+
+    /// Identifies `peer` over its datagram session and records the answer.
+    private func identify(_ peer: PeerID) async {
+        guard let context = contextBox.withLockedValue({ $0 }) else { return }
+        do {
+            let reply = try await request(ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10))
+            let info = try IdentifyProtocol.parse(reply.data, from: peer)
+            context.peerstore.setIdentify(info)
+            context.emit(.peerIdentified(info))
+        } catch {
+            logger.debug("datagram identify failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
     private let contextBox = NIOLockedValueBox<MessageTransportContext?>(nil)
 
     /// Thread-safe copies of what the synchronous API reports.
@@ -75,9 +115,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         self.core = NIOLoopBoundBox.makeBoxSendingValue(
             Core(
                 identity: identity, configuration: configuration, budget: budget,
-                hasHandler: { name in handled.withLockedValue { $0.contains(name) } }),
+                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } }),
             eventLoop: eventLoop)
-        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Message.self)
+        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Inbound.self)
     }
 
     // MARK: MessageTransport
@@ -93,17 +133,57 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             preconditionFailure("a MessageTransport runs only after MessageHost attached it")
         }
         await withDiscardingTaskGroup { group in
-            for await message in inbound {
-                group.addTask { [self] in
-                    do {
-                        try await context.deliver(message)
-                    } catch {
-                        logger.debug(
-                            "datagram message not handled",
-                            metadata: ["protocol": "\(message.protocol)", "error": "\(error)"])
+            for await item in inbound {
+                switch item {
+                case .task(let work):
+                    group.addTask { await work() }
+                case .message(let message, let channel, let isRequest):
+                    group.addTask { [self] in
+                        await handle(message, channel: channel, isRequest: isRequest, context: context)
+                        loop.execute { self.core.value.pendingInbound -= 1 }
                     }
-                    loop.execute { self.core.value.pendingInbound -= 1 }
                 }
+            }
+        }
+    }
+
+    /// Hands one inbound message to the host, answering what the host cannot: identify, an
+    /// oversize message, a request its handler did not reply to, a failed handler.
+    private func handle(
+        _ message: Message, channel: DatagramReplyChannel, isRequest: Bool, context: MessageTransportContext
+    ) async {
+        switch message.protocol {
+        case IdentifyProtocol.id:
+            try? await message.reply(ByteBuffer(bytes: identifyMessage(observed: nil).encoded()))
+            return
+        case IdentifyProtocol.pushID:
+            if let info = try? IdentifyProtocol.parse(message.data, from: message.from) {
+                context.peerstore.setIdentify(info)
+                context.emit(.peerProtocolsUpdated(message.from, info.protocols))
+            }
+            return
+        default:
+            break
+        }
+        if message.data.readableBytes > context.maxMessageSize {
+            let error = MessageError(
+                .messageTooLarge,
+                "message of \(message.data.readableBytes) bytes exceeds the limit of \(context.maxMessageSize)")
+            context.emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
+            if isRequest { try? await channel.replyError(.messageTooLarge, error.message, token: channel.token) }
+            return
+        }
+        do {
+            try await context.deliver(message)
+            if isRequest && !channel.replied {
+                try? await channel.replyError(.remoteError, "the handler did not reply", token: channel.token)
+            }
+        } catch {
+            logger.debug(
+                "datagram message not handled", metadata: ["protocol": "\(message.protocol)", "error": "\(error)"])
+            if isRequest && !channel.replied {
+                let code = (error as? MessageError)?.code ?? .remoteError
+                try? await channel.replyError(code, "\(error)", token: channel.token)
             }
         }
     }
@@ -147,7 +227,21 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     public var listenAddresses: [Multiaddr] { mirror.withLockedValue { $0.listenAddresses } }
 
     public func setHandledProtocols(_ protocols: Set<String>) {
-        handled.withLockedValue { $0 = protocols }
+        let changed = handled.withLockedValue { old -> Bool in
+            defer { old = protocols }
+            return old != protocols
+        }
+        guard changed, let context = contextBox.withLockedValue({ $0 }) else { return }
+        // Identify push to connected peers that support it.
+        let peers = connectedPeers.filter { context.peerstore.protocols(for: $0).contains(IdentifyProtocol.pushID) }
+        guard !peers.isEmpty else { return }
+        let message = ByteBuffer(bytes: identifyMessage(observed: nil).encoded())
+        inboundContinuation.yield(
+            .task { [self] in
+                for peer in peers {
+                    try? await send(message, to: peer, protocol: IdentifyProtocol.pushID, mode: .reliable)
+                }
+            })
     }
 
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
@@ -161,13 +255,18 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
-    public func request(_ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount) async throws -> Message {
+    public func request(_ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount) async throws
+        -> Message
+    {
         let session = try await ensureSession(peer)
         let id = NIOLockedValueBox<UInt64?>(nil)
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Message, any Error>) in
                 loop.execute {
-                    id.withLockedValue { $0 = self.startRequest(data, protocol: `protocol`, session: session, peer: peer, timeout: timeout, continuation: c) }
+                    id.withLockedValue {
+                        $0 = self.startRequest(
+                            data, protocol: `protocol`, session: session, peer: peer, timeout: timeout, continuation: c)
+                    }
                 }
             }
         } onCancel: {
@@ -283,7 +382,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     private func connectSession(expecting peer: PeerID?, addresses: [Multiaddr]) async throws -> SessionID {
-        if mirror.withLockedValue({ $0.shutdown }) { throw MessageError(.cancelled, "the datagram transport is shut down") }
+        if mirror.withLockedValue({ $0.shutdown }) {
+            throw MessageError(.cancelled, "the datagram transport is shut down")
+        }
         let paths = try await paths(for: addresses)
         guard !paths.isEmpty else {
             throw MessageError(.dialFailed, "no UDP address known for \(peer.map { "\($0)" } ?? "the peer")")
@@ -380,10 +481,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
 
-    func reply(_ data: ByteBuffer, to requestID: UInt64, session: SessionID, protocol name: String) async throws {
+    func reply(_ data: ByteBuffer, to requestID: UInt64?, session: SessionID, protocol name: String) async throws {
+        let kind: MessagingMessageKind = requestID.map { .reply(to: $0) } ?? .oneWay
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             loop.execute {
-                self.startSend(data, protocol: name, mode: .reliable, kind: .reply(to: requestID), session: session, continuation: c)
+                self.startSend(data, protocol: name, mode: .reliable, kind: kind, session: session, continuation: c)
             }
         }
     }
@@ -432,7 +534,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 let mapped = Self.map(error)
                 if let c = core.pendingSends[session]?.removeValue(forKey: id) {
                     c.resume(throwing: mapped)
-                } else if let rid = core.requests.first(where: { $0.value.session == session && $0.value.sendID == id })?.key {
+                } else if let rid = core.requests.first(where: { $0.value.session == session && $0.value.sendID == id }
+                )?.key {
                     core.finishRequest(rid, .failure(mapped))
                 }
             case .transportAcknowledged:
@@ -450,19 +553,31 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         switch inbound.kind {
         case .reply(let rid):
             guard let pending = core.requests[rid], pending.peer == peer else { return }
-            core.finishRequest(
-                rid, .success(Message(data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram)))
-        case .oneWay:
+            if inbound.protocolName == Self.errorProtocol {
+                core.finishRequest(rid, .failure(ErrorReply.decode(inbound.data, from: peer)))
+            } else {
+                core.finishRequest(
+                    rid,
+                    .success(Message(data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram)))
+            }
+        case .oneWay, .request:
+            var rid: UInt64 = 0
+            var isRequest = false
+            if case .request(let id) = inbound.kind {
+                rid = id
+                isRequest = true
+            }
             core.pendingInbound += 1
+            // A reply to a request travels back as its reply; a reply to a plain message is a
+            // plain message back on the same protocol.
+            let channel = DatagramReplyChannel(
+                transport: self, session: session, protocol: inbound.protocolName, isRequest: isRequest, token: rid)
             inboundContinuation.yield(
-                Message(data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram))
-        case .request(let rid):
-            core.pendingInbound += 1
-            let channel = DatagramReplyChannel(transport: self, session: session, protocol: inbound.protocolName)
-            inboundContinuation.yield(
-                Message(
-                    data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
-                    replyChannel: channel, replyToken: rid))
+                .message(
+                    Message(
+                        data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
+                        replyChannel: channel, replyToken: rid),
+                    channel, isRequest: isRequest))
         }
     }
 
@@ -472,13 +587,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let handled = self.handled
             core.machines[e.localID] = MessagingMachine(
                 limits: configuration.messaging, budget: core.budget,
-                hasHandler: { name in handled.withLockedValue { $0.contains(name) } })
+                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } })
             core.sessionPeers[e.localID] = e.remotePeer
         }
         mirror.withLockedValue { _ = $0.connected.insert(e.remotePeer) }
         for c in core.pendingConnects.removeValue(forKey: e.localID) ?? [] { c.resume(returning: e.localID) }
         for c in core.waitingForPeer.removeValue(forKey: e.remotePeer) ?? [] { c.resume(returning: e.localID) }
-        let remote = core.sockets.indices.contains(e.path.socket)
+        let remote =
+            core.sockets.indices.contains(e.path.socket)
             ? try? Multiaddr(socketAddress: e.path.remote, transport: .udp) : nil
         let local = core.sockets.indices.contains(e.path.socket) ? core.sockets[e.path.socket].localAddress : nil
         let connection = MessageConnection(
@@ -486,6 +602,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             direction: e.role == .initiator ? .outbound : .inbound, path: .datagram)
         core.connections[e.localID] = connection
         contextBox.withLockedValue { $0 }?.emit(.connectionOpened(connection))
+        let peer = e.remotePeer
+        inboundContinuation.yield(.task { [self] in await identify(peer) })
     }
 
     private func closed(_ session: SessionID, peer: PeerID?, reason: SessionCloseReason) {
@@ -641,14 +759,68 @@ struct UDPPath: Hashable, Sendable {
     let remote: SocketAddress
 }
 
-/// Replies to a request that arrived on a datagram session.
-struct DatagramReplyChannel: MessageReplyChannel {
+/// Replies to a message that arrived on a datagram session: a request's reply, or a plain
+/// message back on the same protocol.
+final class DatagramReplyChannel: MessageReplyChannel {
     let transport: DatagramMessageTransport
     let session: SessionID
     let `protocol`: String
+    let isRequest: Bool
+    let token: UInt64
+    private let done = NIOLockedValueBox(false)
+
+    init(transport: DatagramMessageTransport, session: SessionID, protocol: String, isRequest: Bool, token: UInt64) {
+        self.transport = transport
+        self.session = session
+        self.protocol = `protocol`
+        self.isRequest = isRequest
+        self.token = token
+    }
+
+    /// Whether a reply was sent (requests get exactly one).
+    var replied: Bool { done.withLockedValue { $0 } }
 
     func reply(_ data: ByteBuffer, token: UInt64) async throws {
-        try await transport.reply(data, to: token, session: session, protocol: `protocol`)
+        if isRequest {
+            let first = done.withLockedValue { d -> Bool in
+                defer { d = true }
+                return !d
+            }
+            guard first else { throw MessageError(.remoteError, "this request was already answered") }
+        }
+        try await transport.reply(data, to: isRequest ? token : nil, session: session, protocol: `protocol`)
+    }
+
+    /// Fails the requester's call with `code` (see ``ErrorReply``).
+    func replyError(_ code: MessageError.Code, _ reason: String, token: UInt64) async throws {
+        guard isRequest else { return }
+        let first = done.withLockedValue { d -> Bool in
+            defer { d = true }
+            return !d
+        }
+        guard first else { return }
+        try await transport.reply(
+            ErrorReply.encode(code, reason), to: token, session: session,
+            protocol: DatagramMessageTransport.errorProtocol)
     }
 }
 
+/// An error carried back to a requester on the datagram path: a reply on the reserved protocol
+/// name `/msgnet/error/1.0.0` whose payload is one code byte and a UTF-8 reason.
+enum ErrorReply {
+    static let codes: [MessageError.Code] = [.remoteError, .messageTooLarge, .protocolNotSupported, .limitExceeded]
+
+    static func encode(_ code: MessageError.Code, _ reason: String) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeInteger(UInt8(codes.firstIndex(of: code) ?? 0))
+        b.writeString(String(reason.prefix(512)))
+        return b
+    }
+
+    static func decode(_ payload: ByteBuffer, from peer: PeerID) -> MessageError {
+        var b = payload
+        let index = Int(b.readInteger(as: UInt8.self) ?? 0)
+        let reason = b.readString(length: b.readableBytes) ?? ""
+        return MessageError(codes.indices.contains(index) ? codes[index] : .remoteError, "\(peer): \(reason)")
+    }
+}

@@ -22,6 +22,8 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         ) -> MessageHost
 
     var description: String { name }
+    /// Whether the path has streams (and so per-peer stream limits).
+    var hasStreams: Bool { name == "tcp" }
 
     /// The stream path: TCP, Noise, mplex.
     static let tcp = TransportFactory(
