@@ -274,7 +274,8 @@ package enum RawFramedBaseline {
             .connect(host: "127.0.0.1", port: port)
             .get()
         let handler = try await channel.eventLoop.submit {
-            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ClientHandler.self), eventLoop: channel.eventLoop)
+            NIOLoopBound(
+                try channel.pipeline.syncOperations.handler(type: ClientHandler.self), eventLoop: channel.eventLoop)
         }.get()
         return Client(channel: channel, handler: handler)
     }
@@ -299,7 +300,8 @@ package enum RawUDPBaseline {
             let envelope = unwrapInboundIn(data)
             if let reply = onDatagram(envelope.data) {
                 context.write(
-                    wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: reply)), promise: nil)
+                    wrapOutboundOut(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: reply)), promise: nil
+                )
                 wrote = true
             }
         }

@@ -21,7 +21,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msgnet-bench",
         abstract: "MsgNet benchmarks against raw-socket baselines.",
-        subcommands: [StreamsBench.self, MessagesBench.self],
+        subcommands: [StreamsBench.self, MessagesBench.self, DatagramsBench.self],
         defaultSubcommand: StreamsBench.self
     )
 }
@@ -253,6 +253,10 @@ func fmt(_ x: Double) -> String {
 }
 
 func row(_ name: String, _ raw: Double, _ msgnet: Double) {
+    guard raw != 0, !raw.isNaN, !msgnet.isNaN else {
+        print("| \(name) | \(fmt(raw)) | \(fmt(msgnet)) | – |")
+        return
+    }
     let ratio = ((msgnet / raw) * 100).rounded() / 100
     print("| \(name) | \(fmt(raw)) | \(fmt(msgnet)) | \(ratio) |")
 }

@@ -183,7 +183,8 @@ struct MessagesBench: AsyncParsableCommand {
             let peer = server.peerID
             // Warm up both sides (streams opened, code paths paged in).
             for _ in 0..<200 {
-                _ = try await client.request(ByteBuffer(repeating: 1, count: 64), to: peer, protocol: "/bench/echo/1.0.0")
+                _ = try await client.request(
+                    ByteBuffer(repeating: 1, count: 64), to: peer, protocol: "/bench/echo/1.0.0")
                 _ = try await rawRequester.request(ByteBuffer(repeating: 1, count: 64))
             }
             sink.reset()
@@ -201,7 +202,8 @@ struct MessagesBench: AsyncParsableCommand {
                 }
                 let name = "message rate, 64 B (msg/s)"
                 FileHandleLog.line(
-                    "run \(run): 64 B rate raw \(fmt(series.raw[name]!.last!)) msgnet \(fmt(series.msgnet[name]!.last!))")
+                    "run \(run): 64 B rate raw \(fmt(series.raw[name]!.last!)) msgnet \(fmt(series.msgnet[name]!.last!))"
+                )
             }
             await client.shutdown()
             await server.shutdown()

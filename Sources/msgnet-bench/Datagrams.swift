@@ -1,0 +1,315 @@
+import ArgumentParser
+import Logging
+import MsgNetCore
+import MsgNetHost
+import MsgNetStreams
+import MsgNetTransportPosix
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Replies to pipelined raw UDP requests, matched by an 8-byte id at the front of the payload.
+final class PendingReplies: Sendable {
+    private let pending = Mutex<[UInt64: CheckedContinuation<Bool, Never>]>([:])
+    private let next = Atomic<UInt64>(0)
+
+    func nextID() -> UInt64 { next.wrappingAdd(1, ordering: .relaxed).newValue }
+
+    func register(_ id: UInt64, _ c: CheckedContinuation<Bool, Never>) {
+        pending.withLock { $0[id] = c }
+    }
+
+    /// Resumes the request `id` (true = answered, false = timed out), once.
+    func finish(_ id: UInt64, _ answered: Bool) {
+        pending.withLock { $0.removeValue(forKey: id) }?.resume(returning: answered)
+    }
+}
+
+struct DatagramsBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "datagrams",
+        abstract:
+            "Datagram path (MessageHost over UDP: Noise sessions, multipacket frames) vs raw UDP: message rate, "
+            + "request/reply latency, one 1 MiB message."
+    )
+
+    @Option(help: "Repetitions of each measurement (the median is reported).")
+    var runs = 5
+    @Option(help: "Messages per rate run.")
+    var count = 100_000
+    @Option(help: "Concurrent reliable sends in the reliable rate runs (a reliable send returns on its ack).")
+    var window = 64
+    @Option(help: "Datagrams in flight for the raw lossless (windowed) rate.")
+    var rawWindow = 1024
+    @Option(help: "Requests per request/reply run (each in-flight level).")
+    var requests = 4000
+    @Option(help: "Requests in flight for the concurrent request/reply run.")
+    var inFlight = 64
+    @Option(help: "Time bound of each measurement, seconds.")
+    var timeLimit = 10.0
+    @Option(help: "Largest unreliable MsgNet message (one datagram payload minus frame overhead).")
+    var maxUnreliable = 1158
+
+    var commandLine: String {
+        "msgnet-bench datagrams --runs \(runs) --count \(count) --window \(window) --raw-window \(rawWindow) "
+            + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --max-unreliable \(maxUnreliable)"
+    }
+
+    static let sizes = [64, 1200]
+    static let bigSize = 1 << 20
+
+    func run() async throws {
+        bootstrapBenchLogging()
+        print("$ \(CommandLine.arguments.joined(separator: " "))")
+        print(commandLine)
+        let group = MultiThreadedEventLoopGroup.singleton
+
+        // Raw UDP: a counting sink, an echo socket, a client socket for requests.
+        let rawSink = Arrivals()
+        let rawBytes = Arrivals()
+        let sinkSocket = try await RawUDPBaseline.bind(group: group) { d in
+            rawSink.arrive()
+            rawBytes.arrive(d.readableBytes)
+            return nil
+        }
+        let echoSocket = try await RawUDPBaseline.bind(group: group) { d in d }
+        let replies = PendingReplies()
+        let clientSocket = try await RawUDPBaseline.bind(group: group) { d in
+            if let id = d.getInteger(at: d.readerIndex, as: UInt64.self) { replies.finish(id, true) }
+            return nil
+        }
+        let senderSocket = try await RawUDPBaseline.bind(group: group) { _ in nil }
+
+        let sink = Arrivals()
+        let server = makeHost()
+        let client = makeHost()
+        server.setMessageHandler(for: "/bench/sink/1.0.0") { message in
+            sink.arrive()
+            _ = message
+        }
+        server.setMessageHandler(for: "/bench/echo/1.0.0") { message in try await message.reply(message.data) }
+
+        var series = Series()
+        for size in Self.sizes {
+            series.add("rate \(size) B, unreliable (msg/s delivered)")
+            series.add("loss \(size) B, unreliable (%)")
+            series.add("rate \(size) B, lossless (msg/s)")
+            series.add("rate \(size) B, reliable (msg/s)")
+        }
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            tasks.addTask { try await server.run() }
+            tasks.addTask { try await client.run() }
+            let address = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            _ = try await client.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            _ = try await client.network.connect(to: address)
+            let peer = server.peerID
+            for _ in 0..<200 {
+                _ = try await client.request(
+                    ByteBuffer(repeating: 1, count: 64), to: peer, protocol: "/bench/echo/1.0.0")
+            }
+            try await client.send(ByteBuffer(repeating: 1, count: 64), to: peer, protocol: "/bench/sink/1.0.0")
+
+            for run in 1...runs {
+                let rawFirst = run % 2 == 1
+                for leg in 0..<2 {
+                    if (leg == 0) == rawFirst {
+                        try await rawLeg(
+                            &series, sender: senderSocket, sinkPort: sinkSocket.port, sink: rawSink, bytes: rawBytes,
+                            client: clientSocket, echoPort: echoSocket.port, replies: replies)
+                    } else {
+                        try await msgnetLeg(&series, client: client, peer: peer, sink: sink)
+                    }
+                }
+                FileHandleLog.line("run \(run) done")
+            }
+            await client.shutdown()
+            await server.shutdown()
+            try await tasks.waitForAll()
+        }
+        for s in [sinkSocket, echoSocket, clientSocket, senderSocket] { await s.close() }
+
+        print("")
+        print(
+            "medians of \(runs) runs; ratio = MsgNet / raw. Raw = plain UDP (8 MiB socket buffers, vector reads), "
+                + "no session, no encryption, no loss recovery; raw requests with \(inFlight) in flight are "
+                + "pipelined on one socket (id-matched). MsgNet's unreliable 1200 B rows send \(maxUnreliable) B messages "
+                + "(an unreliable message is one datagram; that is the largest that fits). Raw \"unreliable\" = blast; "
+                + "raw \"lossless\" = at most \(rawWindow) datagrams unreceived (in-process flow control).")
+        print("")
+        print("| measure | raw UDP | MsgNet UDP | ratio |")
+        print("|---|---|---|---|")
+        for name in series.order { row(name, series.rawMedian(name), series.msgnetMedian(name)) }
+        print("")
+        let unreliable64 = series.msgnetMedian("rate 64 B, unreliable (msg/s delivered)")
+        let lossless64 = series.rawMedian("rate 64 B, lossless (msg/s)")
+        let p50 =
+            series.msgnetMedian("request/reply p50, 1 in flight (µs)")
+            / series.rawMedian("request/reply p50, 1 in flight (µs)")
+        print("Goals:")
+        goal(
+            "unreliable 64 B rate ≥ 50% of raw-UDP lossless rate (\(fmt(unreliable64 / lossless64 * 100))%)",
+            unreliable64 / lossless64 >= 0.5)
+        goal("request/reply p50 (1 in flight) ≤ 1.5× raw UDP ping-pong (\(fmt(p50))×)", p50 <= 1.5)
+    }
+
+    func makeHost() -> MessageHost {
+        let identity = PrivateKey.generate()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let transport = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop)
+        return MessageHost(identity: identity, transports: [transport], peerstore: Peerstore())
+    }
+
+    /// Waits for `sink` to reach its target or to go quiet (no arrival for 200 ms) after
+    /// sending ended; returns (received, seconds from `start` to the last arrival seen).
+    func drain(_ sink: Arrivals, target: Int, start: ContinuousClock.Instant) async -> (Int, Double) {
+        let clock = ContinuousClock()
+        let hardDeadline = clock.now + .seconds(timeLimit)
+        var last = sink.received
+        var lastChange = clock.now
+        while true {
+            if await sink.wait(atLeast: target, until: min(hardDeadline, clock.now + .milliseconds(20))) {
+                return (sink.received, seconds(clock.now - start))
+            }
+            let now = clock.now
+            let got = sink.received
+            if got != last {
+                last = got
+                lastChange = now
+            } else if now - lastChange > .milliseconds(200) || now > hardDeadline {
+                return (got, seconds(lastChange - start))
+            }
+        }
+    }
+
+    func msgnetLeg(_ series: inout Series, client: MessageHost, peer: PeerID, sink: Arrivals) async throws {
+        let clock = ContinuousClock()
+        for size in Self.sizes {
+            let payload = ByteBuffer(repeating: 0x5A, count: size)
+            // Unreliable: one sender, sends return once queued. An unreliable message is one
+            // datagram, so the large size is capped at `maxUnreliable`.
+            let small = ByteBuffer(repeating: 0x5A, count: min(size, maxUnreliable))
+            sink.reset()
+            var start = clock.now
+            let deadline = start + .seconds(timeLimit)
+            var sent = 0
+            while sent < count {
+                if sent & 1023 == 0, clock.now > deadline { break }
+                try await client.send(small, to: peer, protocol: "/bench/sink/1.0.0", mode: .unreliable)
+                sent += 1
+            }
+            var (got, elapsed) = await drain(sink, target: sent, start: start)
+            series.add("rate \(size) B, unreliable (msg/s delivered)", msgnet: Double(got) / elapsed)
+            series.add("loss \(size) B, unreliable (%)", msgnet: Double(sent - got) / Double(sent) * 100)
+
+            // Reliable: `window` concurrent senders (a reliable send returns on its ack).
+            sink.reset()
+            start = clock.now
+            let per = count / window
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<window {
+                    group.addTask {
+                        for i in 0..<per {
+                            if i & 63 == 0, clock.now > deadline { break }
+                            try await client.send(payload, to: peer, protocol: "/bench/sink/1.0.0", mode: .reliable)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            (got, elapsed) = await drain(sink, target: per * window, start: start)
+            if got < per * window { FileHandleLog.line("  reliable \(size) B: \(got) of \(per * window) delivered") }
+            series.add("rate \(size) B, reliable (msg/s)", msgnet: Double(got) / elapsed)
+        }
+        let request = ByteBuffer(repeating: 0x33, count: 64)
+        for n in [1, inFlight] {
+            let (p50, p99, rps) = try await measureRequests(
+                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
+            ) {
+                let reply = try await client.request(
+                    request, to: peer, protocol: "/bench/echo/1.0.0", timeout: .seconds(2))
+                guard reply.data.readableBytes == 64 else { throw BenchError("short reply") }
+            }
+            series.add("request/reply p50, \(n) in flight (µs)", msgnet: p50)
+            series.add("request/reply p99, \(n) in flight (µs)", msgnet: p99)
+            series.add("request/reply rate, \(n) in flight (req/s)", msgnet: rps)
+        }
+        // One 1 MiB message, reliable: time until the handler has it.
+        sink.reset()
+        let start = clock.now
+        try await client.send(
+            ByteBuffer(repeating: 0x77, count: Self.bigSize), to: peer, protocol: "/bench/sink/1.0.0", mode: .reliable)
+        if await sink.wait(atLeast: 1, until: start + .seconds(timeLimit)) {
+            series.add("1 MiB message, time to deliver (ms)", msgnet: seconds(clock.now - start) * 1000)
+        } else {
+            FileHandleLog.line("  1 MiB message not delivered within \(timeLimit) s")
+        }
+        series.add("1 MiB message, bytes lost (%)", msgnet: 0)
+    }
+
+    func rawLeg(
+        _ series: inout Series, sender: RawUDPBaseline.Socket, sinkPort: Int, sink: Arrivals, bytes: Arrivals,
+        client: RawUDPBaseline.Socket, echoPort: Int, replies: PendingReplies
+    ) async throws {
+        let clock = ContinuousClock()
+        for size in Self.sizes {
+            let payload = ByteBuffer(repeating: 0x5A, count: size)
+            // Blast: as fast as the socket takes them.
+            sink.reset()
+            var start = clock.now
+            try await sender.blast(payload, count: count, to: sinkPort)
+            var (got, elapsed) = await drain(sink, target: count, start: start)
+            series.add("rate \(size) B, unreliable (msg/s delivered)", raw: Double(got) / elapsed)
+            series.add("loss \(size) B, unreliable (%)", raw: Double(count - got) / Double(count) * 100)
+
+            // Lossless: at most `rawWindow` datagrams unreceived (the sender reads the receiver's
+            // counter in-process: flow control without feedback datagrams).
+            sink.reset()
+            start = clock.now
+            let deadline = start + .seconds(timeLimit)
+            var sent = 0
+            while sent < count, clock.now < deadline {
+                let n = min(64, count - sent)
+                try await sender.blast(payload, count: n, to: sinkPort)
+                sent += n
+                if sent - sink.received > rawWindow {
+                    _ = await sink.wait(atLeast: sent - rawWindow / 2, until: deadline)
+                }
+            }
+            (got, elapsed) = await drain(sink, target: count, start: start)
+            if got < count { FileHandleLog.line("  raw lossless \(size) B: \(got) of \(count) (loss)") }
+            series.add("rate \(size) B, lossless (msg/s)", raw: Double(got) / elapsed)
+        }
+        for n in [1, inFlight] {
+            let (p50, p99, rps) = try await measureRequests(
+                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
+            ) {
+                let id = replies.nextID()
+                var request = ByteBuffer()
+                request.writeInteger(id)
+                request.writeRepeatingByte(0x33, count: 56)
+                let timer = client.eventLoop.scheduleTask(in: .seconds(2)) { replies.finish(id, false) }
+                let answered = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+                    replies.register(id, c)
+                    client.write(request, to: echoPort)
+                }
+                timer.cancel()
+                guard answered else { throw BenchError("raw UDP request \(id) lost") }
+            }
+            series.add("request/reply p50, \(n) in flight (µs)", raw: p50)
+            series.add("request/reply p99, \(n) in flight (µs)", raw: p99)
+            series.add("request/reply rate, \(n) in flight (req/s)", raw: rps)
+        }
+        // 1 MiB in 1200 B datagrams, no loss recovery.
+        let datagrams = (Self.bigSize + 1199) / 1200
+        bytes.reset()
+        let start = clock.now
+        let chunks = (0..<datagrams).map { i in
+            ByteBuffer(repeating: 0x77, count: min(1200, Self.bigSize - i * 1200))
+        }
+        try await sender.blast(chunks, to: sinkPort)
+        let (got, elapsed) = await drain(bytes, target: Self.bigSize, start: start)
+        series.add("1 MiB message, time to deliver (ms)", raw: elapsed * 1000)
+        series.add("1 MiB message, bytes lost (%)", raw: Double(Self.bigSize - got) / Double(Self.bigSize) * 100)
+    }
+}
