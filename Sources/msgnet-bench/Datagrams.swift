@@ -36,7 +36,7 @@ struct DatagramsBench: AsyncParsableCommand {
     @Option(help: "Repetitions of each measurement (the median is reported).")
     var runs = 5
     @Option(help: "Messages per rate run.")
-    var count = 100_000
+    var count = 50_000
     @Option(help: "Concurrent reliable sends in the reliable rate runs (a reliable send returns on its ack).")
     var window = 64
     @Option(help: "Datagrams in flight for the raw lossless (windowed) rate.")
@@ -205,12 +205,13 @@ struct DatagramsBench: AsyncParsableCommand {
             // Reliable: `window` concurrent senders (a reliable send returns on its ack).
             sink.reset()
             start = clock.now
+            let reliableDeadline = start + .seconds(timeLimit)
             let per = count / window
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<window {
                     group.addTask {
                         for i in 0..<per {
-                            if i & 63 == 0, clock.now > deadline { break }
+                            if i & 63 == 0, clock.now > reliableDeadline { break }
                             try await client.send(payload, to: peer, protocol: "/bench/sink/1.0.0", mode: .reliable)
                         }
                     }
