@@ -132,6 +132,7 @@ let package = Package(
             dependencies: [
                 "MsgNetCore",
                 "MsgNetStreams",
+                "MsgNetHost",
                 "MsgNetTransportPosix",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
