@@ -106,6 +106,7 @@ let package = Package(
         .target(
             name: "MsgNetHost",
             dependencies: [
+                "MsgNetControl",
                 "MsgNetCore",
                 "MsgNetStreams",
                 "MsgNetMultipacket",

@@ -115,8 +115,11 @@ struct HandlerSuite {
             await #expect {
                 _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/unknown/1")
             } throws: { code($0) == .protocolNotSupported }
+            // A stream path learns it when negotiating the session; a datagram path at the
+            // session's first send. Either way the sender gets "not supported".
             await #expect {
-                _ = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
+                let session = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
+                try await session.send(bytes("x"))
             } throws: { code($0) == .protocolNotSupported }
             // The connection survives.
             #expect(String(buffer: try await a.request(bytes("k"), to: b.peerID, protocol: "/known/1").data) == "k")
@@ -140,10 +143,11 @@ struct HandlerSuite {
             await #expect {
                 _ = try await a.request(ByteBuffer(repeating: 1, count: 4097), to: b.peerID, protocol: "/big/1")
             } throws: { code($0) == .messageTooLarge }
-            // Accepted by a, refused by b: the stream is reset, the caller learns the outcome is unknown.
+            // Accepted by a, refused by b: on streams the stream is reset and the outcome is
+            // unknown; a datagram path can say exactly that the message was too large.
             await #expect {
                 _ = try await a.request(ByteBuffer(repeating: 1, count: 2000), to: b.peerID, protocol: "/big/1")
-            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+            } throws: { ($0 as? MessageError)?.outcomeUnknown == true || code($0) == .messageTooLarge }
             let rejected = await firstEvent(b) {
                 if case .messageRejected(_, "/big/1", let reason) = $0 { return reason.code == .messageTooLarge }
                 return false
@@ -198,6 +202,7 @@ struct HandlerSuite {
         let running = Counter()
         let started = Counter()
         let release = Signal()
+        b.setMessageHandler(for: "/fast/1") { try await $0.reply($0.data) }
         b.setMessageHandler(for: "/slow/1") { message in
             running.add()
             started.add()
@@ -215,8 +220,8 @@ struct HandlerSuite {
                     }
                 }
                 await started.wait(atLeast: 2)
-                // Two run; a ping round trip later still only two have started.
-                _ = try await (b.transports[0] as! StreamMessageTransport).streamHost.ping(a.peerID)
+                // Two run; a round trip on another protocol later still only two have started.
+                _ = try await a.request(bytes("barrier"), to: b.peerID, protocol: "/fast/1")
                 #expect(started.value == 2)
                 release.fire()
                 try await group.waitForAll()
@@ -389,7 +394,11 @@ struct HandlerSuite {
             _ = try await introduce(a, to: b, on: factory)
             await #expect {
                 _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/boom/1")
-            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+            } throws: {
+                // Streams: the channel is reset, outcome unknown. Datagrams: the peer reports
+                // the handler's failure precisely.
+                ($0 as? MessageError)?.outcomeUnknown == true || code($0) == .remoteError
+            }
         }
     }
 
@@ -452,7 +461,9 @@ struct HandlerSuite {
         }
     }
 
-    @Test("an outbound channel reset by the peer is reopened by the next send", arguments: TransportFactory.all)
+    @Test(
+        "an outbound channel reset by the peer is reopened by the next send",
+        arguments: TransportFactory.all.filter(\.hasStreams))
     func reopenAfterReset(factory: TransportFactory) async throws {
         struct Boom: Error {}
         let a = factory.host()
@@ -538,7 +549,7 @@ struct HandlerSuite {
         }
     }
 
-    @Test("limit: inbound message streams per peer", arguments: TransportFactory.all)
+    @Test("limit: inbound message streams per peer", arguments: TransportFactory.all.filter(\.hasStreams))
     func inboundStreamLimit(factory: TransportFactory) async throws {
         let a = factory.host()
         let b = factory.host(limits: PathLimits(maxStreamsPerPeer: 2))
@@ -566,7 +577,7 @@ struct HandlerSuite {
         }
     }
 
-    @Test("limit: outbound requests in flight per peer", arguments: TransportFactory.all)
+    @Test("limit: outbound requests in flight per peer", arguments: TransportFactory.all.filter(\.hasStreams))
     func outboundStreamLimit(factory: TransportFactory) async throws {
         let a = factory.host(limits: PathLimits(maxStreamsPerPeer: 2))
         let b = factory.host()
@@ -612,7 +623,7 @@ struct HandlerSuite {
             }
             await #expect {
                 _ = try await a.request(bytes("over"), to: b.peerID, protocol: "/rate/1")
-            } throws: { ($0 as? MessageError)?.outcomeUnknown == true }
+            } throws: { ($0 as? MessageError)?.outcomeUnknown == true || code($0) == .limitExceeded }
             let rejected = await firstEvent(b) {
                 if case .messageRejected(let from, _, let reason) = $0 {
                     return from == a.peerID && reason.code == .limitExceeded

@@ -22,6 +22,8 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         ) -> MessageHost
 
     var description: String { name }
+    /// Whether the path has streams (and so per-peer stream limits).
+    var hasStreams: Bool { name == "tcp" }
 
     /// The stream path: TCP, Noise, mplex.
     static let tcp = TransportFactory(
@@ -40,7 +42,23 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         }
     )
 
-    static let all: [TransportFactory] = [.tcp]
+    /// The datagram path: UDP, Noise XX sessions, multipacket frames.
+    static let udp = TransportFactory(
+        name: "udp",
+        listenAddress: { try! Multiaddr("/ip4/127.0.0.1/udp/0") },
+        make: { identity, configuration, limits, peerstore in
+            let loop = MultiThreadedEventLoopGroup.singleton.next()
+            let transport = DatagramMessageTransport(
+                identity: identity,
+                datagrams: UDPTransport(group: loop),
+                eventLoop: loop
+            )
+            return MessageHost(
+                identity: identity, transports: [transport], peerstore: peerstore, configuration: configuration)
+        }
+    )
+
+    static let all: [TransportFactory] = [.tcp, .udp]
 
     /// Waits until a send of `host` on this path has had to wait for its channel to drain.
     func waitForBlockedSend(_ host: MessageHost) async {

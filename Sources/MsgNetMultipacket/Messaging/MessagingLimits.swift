@@ -2,55 +2,55 @@ import NIOCore
 
 /// Sizes, windows, timeouts and hard limits of the messaging layer. Every figure is documented in
 /// `docs/multipacket-frames.md`; both peers should use the same values.
-package struct MessagingLimits: Hashable, Sendable {
+public struct MessagingLimits: Hashable, Sendable {
     /// Largest payload handed to the session layer (and accepted from it), in bytes.
-    package var maxPayload: Int = 1200
+    public var maxPayload: Int = 1200
     /// Largest message, in bytes (same as the stream path).
-    package var maxMessageSize: Int = 1 << 20
+    public var maxMessageSize: Int = 1 << 20
     /// Smallest fragment the decoder has to accept; bounds the fragment count a peer may claim.
-    package var minFragmentSize: Int = 256
+    public var minFragmentSize: Int = 256
     /// Longest protocol name, in UTF-8 bytes.
-    package var maxProtocolNameLength: Int = 1024
+    public var maxProtocolNameLength: Int = 1024
     /// Protocol names the peer may have bound to protocolInts at once; the oldest is forgotten beyond.
-    package var maxInboundProtocols: Int = 64
+    public var maxInboundProtocols: Int = 64
     /// Protocol names we keep bound to protocolInts at once.
-    package var maxOutboundProtocols: Int = 256
+    public var maxOutboundProtocols: Int = 256
     /// Reliable fragments sent and not yet acknowledged, at most.
-    package var maxInFlightFragments: Int = 256
+    public var maxInFlightFragments: Int = 256
     /// Reliable messages accepted by `send` and not yet finished (in flight or queued), at most.
-    package var maxQueuedMessages: Int = 1024
+    public var maxQueuedMessages: Int = 1024
     /// Bytes of reliable messages accepted by `send` and not yet finished, at most.
-    package var maxQueuedBytes: Int = 8 << 20
+    public var maxQueuedBytes: Int = 8 << 20
     /// Default and longest delivery deadline of a reliable message, measured from `send`.
-    package var deliveryTimeout: TimeAmount = .seconds(10)
+    public var deliveryTimeout: TimeAmount = .seconds(10)
     /// RTO before the first RTT sample (RFC 6298 §2.1).
-    package var initialRTO: TimeAmount = .seconds(1)
+    public var initialRTO: TimeAmount = .seconds(1)
     /// Smallest RTO.
-    package var minRTO: TimeAmount = .milliseconds(200)
+    public var minRTO: TimeAmount = .milliseconds(200)
     /// Largest RTO, also the cap of the exponential backoff.
-    package var maxRTO: TimeAmount = .seconds(10)
+    public var maxRTO: TimeAmount = .seconds(10)
     /// Retransmit a fragment before its RTO when 3 later-sent numbers are acknowledged and it is overdue.
-    package var fastRetransmit: Bool = true
+    public var fastRetransmit: Bool = true
     /// Longest a receiver waits before acknowledging a single ack-eliciting payload.
-    package var maxAckDelay: TimeAmount = .milliseconds(25)
+    public var maxAckDelay: TimeAmount = .milliseconds(25)
     /// Ranges the receiver remembers for reliable sequence numbers (dedup); past it the oldest range is forgotten.
-    package var maxReceivedRanges: Int = 1024
+    public var maxReceivedRanges: Int = 1024
     /// Width of the receiver's sliding dedup window for unreliable sequence numbers (bits; older ones are dropped).
-    package var unreliableWindow: Int = 1024
+    public var unreliableWindow: Int = 1024
     /// Ranges written in one Ack frame, at most (also the decoder's limit).
-    package var maxAckRangesPerFrame: Int = 32
+    public var maxAckRangesPerFrame: Int = 32
     /// Partially reassembled messages per peer, at most.
-    package var maxPartialMessages: Int = 64
+    public var maxPartialMessages: Int = 64
     /// Bytes reserved for reassembly per peer, at most.
-    package var maxReassemblyBytes: Int = 4 << 20
+    public var maxReassemblyBytes: Int = 4 << 20
     /// A partial message older than this is dropped. Must be ≥ the peer's `deliveryTimeout`.
-    package var reassemblyTimeout: TimeAmount = .seconds(15)
+    public var reassemblyTimeout: TimeAmount = .seconds(15)
     /// Message ids of dropped partial messages remembered, so their late fragments are not acknowledged.
-    package var maxAbandonedMessages: Int = 256
+    public var maxAbandonedMessages: Int = 256
 
     /// The defaults.
-    package init() {}
+    public init() {}
 
     /// Largest fragment count a peer may claim: `ceil(maxMessageSize / minFragmentSize)`.
-    package var maxFragmentCount: Int { (maxMessageSize + minFragmentSize - 1) / minFragmentSize }
+    public var maxFragmentCount: Int { (maxMessageSize + minFragmentSize - 1) / minFragmentSize }
 }

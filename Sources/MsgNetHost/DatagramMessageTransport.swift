@@ -1,0 +1,826 @@
+import Logging
+import MsgNetControl
+import MsgNetCore
+import MsgNetMultipacket
+import MsgNetStreams
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Settings of the datagram path.
+public struct DatagramTransportConfiguration: Sendable {
+    /// Session layer limits (handshake, keep-alive, idle timeout, session counts).
+    public var session = SessionLimits()
+    /// Messaging layer limits (reliability, fragmentation, reassembly).
+    public var messaging = MessagingLimits()
+    /// Inbound messages handed to the host and not yet handled, across all peers. Past it,
+    /// incoming datagrams are dropped before they are acknowledged, so reliable senders
+    /// retransmit later (backpressure without loss).
+    public var maxPendingInbound = 4096
+    /// Reassembly bytes shared by all sessions.
+    public var totalReassemblyBytes = 64 << 20
+
+    /// The defaults.
+    public init() {}
+}
+
+/// The UDP path: a ``MessageTransport`` that carries messages in multipacket frames over
+/// Noise-secured datagram sessions (docs/multipacket.md).
+///
+/// One socket per listen address serves every peer and protocol. All protocol state (the
+/// `SessionTable` and one `MessagingMachine` per session) lives on one event loop; the socket
+/// target only moves datagrams.
+public final class DatagramMessageTransport: MessageTransport, Sendable {
+    public var path: MessagePath { .datagram }
+
+    let identity: PrivateKey
+    let datagrams: any DatagramTransport
+    let loop: any EventLoop
+    let configuration: DatagramTransportConfiguration
+    let logger: Logger
+    private let core: NIOLoopBoundBox<Core>
+    private let mirror = NIOLockedValueBox(Mirror())
+    private let handled = NIOLockedValueBox<Set<String>>([])
+    private let inbound: AsyncStream<Inbound>
+    private let inboundContinuation: AsyncStream<Inbound>.Continuation
+
+    /// Work for `run()`: a message for the host, or the transport's own identify traffic.
+    enum Inbound: Sendable {
+        case message(Message, DatagramReplyChannel, isRequest: Bool)
+        case task(@Sendable () async -> Void)
+    }
+
+    /// Requests on this reserved protocol name carry errors back to a requester: the payload is
+    /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
+    static let errorProtocol = "/msgnet/error/1.0.0"
+
+    /// Protocols the transport answers itself: identify and identify push, as on streams.
+    static let builtin: Set<String> = [IdentifyProtocol.id, IdentifyProtocol.pushID]
+
+    /// Our identify message for the datagram path.
+    func identifyMessage(observed: Multiaddr?) -> IdentifyMessage {
+        let protocols = handled.withLockedValue { $0 }.union(Self.builtin).sorted()
+        return IdentifyMessage(
+            protocolVersion: "ipfs/0.1.0",
+            agentVersion: "msgnet/0.1.0",
+            publicKey: identity.publicKey.marshaled,
+            listenAddrs: listenAddresses.map { $0.withoutPeerID().bytes },
+            observedAddr: observed?.bytes,
+            protocols: protocols
+        )
+    }
+
+    /// Identifies `peer` over its datagram session and records the answer.
+    private func identify(_ peer: PeerID) async {
+        guard let context = contextBox.withLockedValue({ $0 }) else { return }
+        do {
+            let reply = try await request(ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10))
+            let info = try IdentifyProtocol.parse(reply.data, from: peer)
+            context.peerstore.setIdentify(info)
+            context.emit(.peerIdentified(info))
+        } catch {
+            logger.debug("datagram identify failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+    private let contextBox = NIOLockedValueBox<MessageTransportContext?>(nil)
+
+    /// Thread-safe copies of what the synchronous API reports.
+    struct Mirror {
+        var connected: Set<PeerID> = []
+        var listenAddresses: [Multiaddr] = []
+        var protocols: [PeerID: Set<String>] = [:]
+        var counters = SessionCounters()
+        var shutdown = false
+    }
+
+    /// Creates the datagram path.
+    ///
+    /// - Parameters:
+    ///   - identity: our identity (the same as the host's).
+    ///   - datagrams: the socket layer (e.g. `UDPTransport`).
+    ///   - eventLoop: the loop all session state lives on.
+    public init(
+        identity: PrivateKey,
+        datagrams: any DatagramTransport,
+        eventLoop: any EventLoop,
+        configuration: DatagramTransportConfiguration = DatagramTransportConfiguration(),
+        logger: Logger = Logger(label: "msgnet.datagram")
+    ) {
+        self.identity = identity
+        self.datagrams = datagrams
+        self.loop = eventLoop
+        self.configuration = configuration
+        self.logger = logger
+        let handled = self.handled
+        let budget = MessagingReassemblyBudget(capacity: configuration.totalReassemblyBytes)
+        self.core = NIOLoopBoundBox.makeBoxSendingValue(
+            Core(
+                identity: identity, configuration: configuration, budget: budget,
+                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } }),
+            eventLoop: eventLoop)
+        (inbound, inboundContinuation) = AsyncStream.makeStream(of: Inbound.self)
+    }
+
+    // MARK: MessageTransport
+
+    public func canHandle(_ address: Multiaddr) -> Bool { datagrams.canHandle(address) }
+
+    public func attach(to context: MessageTransportContext) {
+        contextBox.withLockedValue { $0 = context }
+    }
+
+    public func run() async throws {
+        guard let context = contextBox.withLockedValue({ $0 }) else {
+            preconditionFailure("a MessageTransport runs only after MessageHost attached it")
+        }
+        await withDiscardingTaskGroup { group in
+            for await item in inbound {
+                switch item {
+                case .task(let work):
+                    group.addTask { await work() }
+                case .message(let message, let channel, let isRequest):
+                    group.addTask { [self] in
+                        await handle(message, channel: channel, isRequest: isRequest, context: context)
+                        loop.execute { self.core.value.pendingInbound -= 1 }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one inbound message to the host, answering what the host cannot: identify, an
+    /// oversize message, a request its handler did not reply to, a failed handler.
+    private func handle(
+        _ message: Message, channel: DatagramReplyChannel, isRequest: Bool, context: MessageTransportContext
+    ) async {
+        switch message.protocol {
+        case IdentifyProtocol.id:
+            try? await message.reply(ByteBuffer(bytes: identifyMessage(observed: nil).encoded()))
+            return
+        case IdentifyProtocol.pushID:
+            if let info = try? IdentifyProtocol.parse(message.data, from: message.from) {
+                context.peerstore.setIdentify(info)
+                context.emit(.peerProtocolsUpdated(message.from, info.protocols))
+            }
+            return
+        default:
+            break
+        }
+        if message.data.readableBytes > context.maxMessageSize {
+            let error = MessageError(
+                .messageTooLarge,
+                "message of \(message.data.readableBytes) bytes exceeds the limit of \(context.maxMessageSize)")
+            context.emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
+            if isRequest { try? await channel.replyError(.messageTooLarge, error.message, token: channel.token) }
+            return
+        }
+        do {
+            try await context.deliver(message)
+            if isRequest && !channel.replied {
+                try? await channel.replyError(.remoteError, "the handler did not reply", token: channel.token)
+            }
+        } catch {
+            logger.debug(
+                "datagram message not handled", metadata: ["protocol": "\(message.protocol)", "error": "\(error)"])
+            if isRequest && !channel.replied {
+                let code = (error as? MessageError)?.code ?? .remoteError
+                try? await channel.replyError(code, "\(error)", token: channel.token)
+            }
+        }
+    }
+
+    public func shutdown() async {
+        mirror.withLockedValue { $0.shutdown = true }
+        let sockets = try? await loop.submit { () -> [any DatagramSocket] in
+            let core = self.core.value
+            var actions: [SessionAction<UDPPath>] = []
+            for sid in Array(core.machines.keys) {
+                actions += core.table.close(session: sid, now: .now())
+            }
+            self.perform(actions)
+            self.flushSockets()
+            core.failAll(MessageError(.cancelled, "the datagram transport is shutting down"))
+            core.timer?.cancel()
+            let sockets = core.sockets
+            core.sockets = []
+            return sockets
+        }.get()
+        for socket in sockets ?? [] { await socket.close() }
+        inboundContinuation.finish()
+        let addresses = mirror.withLockedValue { m -> [Multiaddr] in
+            defer { m.listenAddresses = [] }
+            return m.listenAddresses
+        }
+        for address in addresses { contextBox.withLockedValue { $0 }?.emit(.listenClosed(address)) }
+    }
+
+    public func listen(on address: Multiaddr) async throws -> Multiaddr {
+        guard canHandle(address) else {
+            throw MessageError(.dialFailed, "the datagram path cannot listen on \(address)")
+        }
+        let socket = try await bind(address)
+        let full = socket.localAddress.appending(.p2p(identity.peerID))
+        mirror.withLockedValue { $0.listenAddresses.append(full) }
+        contextBox.withLockedValue { $0 }?.emit(.listenStarted(full))
+        return full
+    }
+
+    public var listenAddresses: [Multiaddr] { mirror.withLockedValue { $0.listenAddresses } }
+
+    public func setHandledProtocols(_ protocols: Set<String>) {
+        let changed = handled.withLockedValue { old -> Bool in
+            defer { old = protocols }
+            return old != protocols
+        }
+        guard changed, let context = contextBox.withLockedValue({ $0 }) else { return }
+        // Identify push to connected peers that support it.
+        let peers = connectedPeers.filter { context.peerstore.protocols(for: $0).contains(IdentifyProtocol.pushID) }
+        guard !peers.isEmpty else { return }
+        let message = ByteBuffer(bytes: identifyMessage(observed: nil).encoded())
+        inboundContinuation.yield(
+            .task { [self] in
+                for peer in peers {
+                    try? await send(message, to: peer, protocol: IdentifyProtocol.pushID, mode: .reliable)
+                }
+            })
+    }
+
+    public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
+        let session = try await ensureSession(peer)
+        let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            loop.execute {
+                self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: c)
+            }
+        }
+        mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
+    }
+
+    public func request(_ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount) async throws
+        -> Message
+    {
+        let session = try await ensureSession(peer)
+        let id = NIOLockedValueBox<UInt64?>(nil)
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Message, any Error>) in
+                loop.execute {
+                    id.withLockedValue {
+                        $0 = self.startRequest(
+                            data, protocol: `protocol`, session: session, peer: peer, timeout: timeout, continuation: c)
+                    }
+                }
+            }
+        } onCancel: {
+            loop.execute {
+                if let rid = id.withLockedValue({ $0 }) {
+                    self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled")))
+                }
+            }
+        }
+    }
+
+    public func connect(to address: Multiaddr) async throws -> PeerID {
+        guard canHandle(address) else { throw MessageError(.dialFailed, "not a UDP address: \(address)") }
+        if let peer = address.peerID {
+            contextBox.withLockedValue { $0 }?.peerstore.addAddresses([address.withoutPeerID()], for: peer)
+            _ = try await ensureSession(peer, addresses: [address.withoutPeerID()])
+            return peer
+        }
+        let session = try await connectSession(expecting: nil, addresses: [address])
+        return try await loop.submit { () -> PeerID in
+            guard let peer = self.core.value.sessionPeers[session] else {
+                throw MessageError(.connectionClosed, "session to \(address) closed")
+            }
+            return peer
+        }.get()
+    }
+
+    public func isConnected(to peer: PeerID) -> Bool { mirror.withLockedValue { $0.connected.contains(peer) } }
+
+    public var connectedPeers: [PeerID] { mirror.withLockedValue { Array($0.connected) } }
+
+    public func openSession(to peer: PeerID, protocol: String) async throws {
+        _ = try await ensureSession(peer)
+        mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
+    }
+
+    public func sessionProtocols(with peer: PeerID) -> [String] {
+        mirror.withLockedValue { $0.connected.contains(peer) ? Array($0.protocols[peer] ?? []) : [] }
+    }
+
+    public func closeSession(to peer: PeerID, protocol: String) async {
+        // A datagram session carries every protocol; only forget the bookkeeping.
+        mirror.withLockedValue { _ = $0.protocols[peer]?.remove(`protocol`) }
+    }
+
+    public func closePeer(_ peer: PeerID) async {
+        try? await loop.submit {
+            let core = self.core.value
+            let sessions = core.table.sessions(with: peer)
+            var actions: [SessionAction<UDPPath>] = []
+            for sid in sessions { actions += core.table.close(session: sid, now: .now()) }
+            self.perform(actions)
+            self.flushSockets()
+        }.get()
+    }
+
+    /// Drop and event counters of the session layer (for tests and metrics).
+    public var sessionCounters: SessionCounters { mirror.withLockedValue { $0.counters } }
+
+    // MARK: Sockets
+
+    private func bind(_ address: Multiaddr) async throws -> any DatagramSocket {
+        let index = NIOLockedValueBox(-1)
+        let socket = try await datagrams.bind(
+            address,
+            handler: { [self] data, from in
+                let i = index.withLockedValue { $0 }
+                if loop.inEventLoop {
+                    onDatagram(data, from: UDPPath(socket: i, remote: from))
+                } else {
+                    loop.execute { self.onDatagram(data, from: UDPPath(socket: i, remote: from)) }
+                }
+            },
+            flush: { [self] in
+                if loop.inEventLoop { flushSockets() } else { loop.execute { self.flushSockets() } }
+            })
+        try await loop.submit {
+            let core = self.core.value
+            index.withLockedValue { $0 = core.sockets.count }
+            core.sockets.append(socket)
+        }.get()
+        return socket
+    }
+
+    /// Sockets able to reach `address`, binding an ephemeral one for its family if none is.
+    private func paths(for addresses: [Multiaddr]) async throws -> [UDPPath] {
+        var out: [UDPPath] = []
+        for address in addresses where canHandle(address) {
+            guard let remote = try? address.withoutPeerID().socketAddress() else { continue }
+            var matching = try await loop.submit { () -> [Int] in
+                self.core.value.sockets.enumerated().compactMap { i, s in
+                    (try? s.localAddress.socketAddress())?.protocol == remote.protocol ? i : nil
+                }
+            }.get()
+            if matching.isEmpty {
+                let any = remote.protocol == .inet6 ? "/ip6/::/udp/0" : "/ip4/0.0.0.0/udp/0"
+                _ = try await bind(try Multiaddr(any))
+                matching = try await loop.submit { self.core.value.sockets.count - 1 }.map { [$0] }.get()
+            }
+            out += matching.map { UDPPath(socket: $0, remote: remote) }
+        }
+        return out
+    }
+
+    // MARK: Sessions
+
+    private func ensureSession(_ peer: PeerID, addresses: [Multiaddr]? = nil) async throws -> SessionID {
+        if let existing = try await loop.submit({ self.core.value.table.session(with: peer) }).get() {
+            return existing
+        }
+        let known = addresses ?? contextBox.withLockedValue({ $0 })?.peerstore.addresses(for: peer) ?? []
+        return try await connectSession(expecting: peer, addresses: known)
+    }
+
+    private func connectSession(expecting peer: PeerID?, addresses: [Multiaddr]) async throws -> SessionID {
+        if mirror.withLockedValue({ $0.shutdown }) {
+            throw MessageError(.cancelled, "the datagram transport is shut down")
+        }
+        let paths = try await paths(for: addresses)
+        guard !paths.isEmpty else {
+            throw MessageError(.dialFailed, "no UDP address known for \(peer.map { "\($0)" } ?? "the peer")")
+        }
+        return try await withCheckedThrowingContinuation { (c: CheckedContinuation<SessionID, any Error>) in
+            loop.execute {
+                let core = self.core.value
+                do {
+                    let (sid, actions) = try core.table.connect(to: paths, expecting: peer, now: .now())
+                    if core.machines[sid] != nil {
+                        c.resume(returning: sid)
+                        return
+                    }
+                    core.pendingConnects[sid, default: []].append(c)
+                    self.perform(actions)
+                    self.flushSockets()
+                } catch {
+                    c.resume(throwing: MessageError(.dialFailed, "\(error)"))
+                }
+            }
+        }
+    }
+
+    // MARK: Event-loop side
+
+    private func onDatagram(_ data: ByteBuffer, from path: UDPPath) {
+        let core = core.value
+        // Backpressure: while the host has too many undelivered messages, drop datagrams before
+        // they are acknowledged; reliable senders retransmit.
+        if core.pendingInbound >= configuration.maxPendingInbound {
+            core.droppedForBackpressure += 1
+            return
+        }
+        perform(core.table.onDatagram(data, from: path, now: .now()))
+    }
+
+    func flushSockets() {
+        let core = core.value
+        for i in core.dirtySockets { core.sockets[i].flush() }
+        core.dirtySockets.removeAll(keepingCapacity: true)
+    }
+
+    private func startSend(
+        _ data: ByteBuffer, protocol name: String, mode: MessagingDeliveryMode, kind: MessagingMessageKind,
+        session: SessionID, continuation: CheckedContinuation<Void, any Error>
+    ) {
+        let core = core.value
+        guard var machine = core.machines[session] else {
+            continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
+            return
+        }
+        do {
+            let result = try machine.send(data, protocol: name, mode: mode, kind: kind, now: .now())
+            core.machines[session] = machine
+            if mode == .reliable {
+                core.pendingSends[session, default: [:]][result.id] = continuation
+            }
+            perform(result.actions, session: session)
+            flushSockets()
+            if mode == .unreliable { continuation.resume() }
+        } catch {
+            core.machines[session] = machine
+            continuation.resume(throwing: Self.map(error))
+        }
+    }
+
+    private func startRequest(
+        _ data: ByteBuffer, protocol name: String, session: SessionID, peer: PeerID, timeout: TimeAmount,
+        continuation: CheckedContinuation<Message, any Error>
+    ) -> UInt64? {
+        let core = core.value
+        guard var machine = core.machines[session] else {
+            continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
+            return nil
+        }
+        core.nextRequestID &+= 1
+        let rid = core.nextRequestID
+        do {
+            let result = try machine.send(data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
+            core.machines[session] = machine
+            let timer = loop.scheduleTask(in: timeout) {
+                self.core.value.finishRequest(
+                    rid, .failure(MessageError(.timedOut, "no reply from \(peer) on \(name) within \(timeout)")))
+            }
+            core.requests[rid] = Core.PendingRequest(
+                session: session, peer: peer, sendID: result.id, continuation: continuation, timer: timer)
+            perform(result.actions, session: session)
+            flushSockets()
+            return rid
+        } catch {
+            core.machines[session] = machine
+            continuation.resume(throwing: Self.map(error))
+            return nil
+        }
+    }
+
+    func reply(_ data: ByteBuffer, to requestID: UInt64?, session: SessionID, protocol name: String) async throws {
+        let kind: MessagingMessageKind = requestID.map { .reply(to: $0) } ?? .oneWay
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            loop.execute {
+                self.startSend(data, protocol: name, mode: .reliable, kind: kind, session: session, continuation: c)
+            }
+        }
+    }
+
+    private func perform(_ actions: [SessionAction<UDPPath>]) {
+        let core = core.value
+        for action in actions {
+            switch action {
+            case .send(let datagram, let path):
+                guard path.socket >= 0, path.socket < core.sockets.count else { continue }
+                core.sockets[path.socket].write(datagram, to: path.remote)
+                core.dirtySockets.insert(path.socket)
+            case .deliver(let payload, let peer, let session):
+                guard var machine = core.machines[session] else { continue }
+                let result = machine.onPayload(payload, now: .now())
+                core.machines[session] = machine
+                _ = peer
+                perform(result, session: session)
+            case .established(let info):
+                sessionEstablished(info)
+            case .closed(let session, let peer, let reason):
+                closed(session, peer: peer, reason: reason)
+            case .scheduleTimer(let deadline):
+                core.tableWakeup = deadline
+                armTimer()
+            }
+        }
+        mirror.withLockedValue { $0.counters = core.table.counters }
+    }
+
+    private func perform(_ actions: [MessagingAction], session: SessionID) {
+        let core = core.value
+        for action in actions {
+            switch action {
+            case .sendPayload(let payload, _):
+                do {
+                    perform(try core.table.send(payload, session: session, now: .now()))
+                } catch {
+                    logger.debug("datagram payload not sent", metadata: ["error": "\(error)"])
+                }
+            case .deliver(let inbound):
+                deliver(inbound, session: session)
+            case .delivered(let id):
+                core.pendingSends[session]?.removeValue(forKey: id)?.resume()
+            case .failed(let id, let error):
+                let mapped = Self.map(error)
+                if let c = core.pendingSends[session]?.removeValue(forKey: id) {
+                    c.resume(throwing: mapped)
+                } else if let rid = core.requests.first(where: { $0.value.session == session && $0.value.sendID == id }
+                )?.key {
+                    core.finishRequest(rid, .failure(mapped))
+                }
+            case .transportAcknowledged:
+                break
+            case .scheduleWakeup(let deadline):
+                core.machineWakeups[session] = deadline
+                armTimer()
+            }
+        }
+    }
+
+    private func deliver(_ inbound: MessagingInboundMessage, session: SessionID) {
+        let core = core.value
+        guard let peer = core.sessionPeers[session] else { return }
+        switch inbound.kind {
+        case .reply(let rid):
+            guard let pending = core.requests[rid], pending.peer == peer else { return }
+            if inbound.protocolName == Self.errorProtocol {
+                core.finishRequest(rid, .failure(ErrorReply.decode(inbound.data, from: peer)))
+            } else {
+                core.finishRequest(
+                    rid,
+                    .success(Message(data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram)))
+            }
+        case .oneWay, .request:
+            var rid: UInt64 = 0
+            var isRequest = false
+            if case .request(let id) = inbound.kind {
+                rid = id
+                isRequest = true
+            }
+            core.pendingInbound += 1
+            // A reply to a request travels back as its reply; a reply to a plain message is a
+            // plain message back on the same protocol.
+            let channel = DatagramReplyChannel(
+                transport: self, session: session, protocol: inbound.protocolName, isRequest: isRequest, token: rid)
+            inboundContinuation.yield(
+                .message(
+                    Message(
+                        data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
+                        replyChannel: channel, replyToken: rid),
+                    channel, isRequest: isRequest))
+        }
+    }
+
+    private func sessionEstablished(_ e: SessionEstablished<UDPPath>) {
+        let core = core.value
+        if core.machines[e.localID] == nil {
+            let handled = self.handled
+            core.machines[e.localID] = MessagingMachine(
+                limits: configuration.messaging, budget: core.budget,
+                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } })
+            core.sessionPeers[e.localID] = e.remotePeer
+        }
+        mirror.withLockedValue { _ = $0.connected.insert(e.remotePeer) }
+        for c in core.pendingConnects.removeValue(forKey: e.localID) ?? [] { c.resume(returning: e.localID) }
+        for c in core.waitingForPeer.removeValue(forKey: e.remotePeer) ?? [] { c.resume(returning: e.localID) }
+        let remote =
+            core.sockets.indices.contains(e.path.socket)
+            ? try? Multiaddr(socketAddress: e.path.remote, transport: .udp) : nil
+        let local = core.sockets.indices.contains(e.path.socket) ? core.sockets[e.path.socket].localAddress : nil
+        let connection = MessageConnection(
+            peer: e.remotePeer, remoteAddress: remote, localAddress: local,
+            direction: e.role == .initiator ? .outbound : .inbound, path: .datagram)
+        core.connections[e.localID] = connection
+        contextBox.withLockedValue { $0 }?.emit(.connectionOpened(connection))
+        let peer = e.remotePeer
+        inboundContinuation.yield(.task { [self] in await identify(peer) })
+    }
+
+    private func closed(_ session: SessionID, peer: PeerID?, reason: SessionCloseReason) {
+        let core = core.value
+        let waiters = core.pendingConnects.removeValue(forKey: session) ?? []
+        if reason == .superseded, let peer, !waiters.isEmpty {
+            // Simultaneous open: the other handshake wins; wait for it.
+            if let winner = core.table.session(with: peer), core.machines[winner] != nil {
+                for c in waiters { c.resume(returning: winner) }
+            } else {
+                core.waitingForPeer[peer, default: []] += waiters
+            }
+        } else {
+            for c in waiters { c.resume(throwing: MessageError(.dialFailed, "datagram session failed: \(reason)")) }
+        }
+        if var machine = core.machines.removeValue(forKey: session) {
+            _ = machine.close()
+        }
+        let error = MessageError(.connectionClosed, "the datagram session closed (\(reason)); outcome unknown")
+        for (_, c) in core.pendingSends.removeValue(forKey: session) ?? [:] { c.resume(throwing: error) }
+        for rid in core.requests.filter({ $0.value.session == session }).map(\.key) {
+            core.finishRequest(rid, .failure(error))
+        }
+        core.machineWakeups[session] = nil
+        core.sessionPeers[session] = nil
+        if let peer, core.table.session(with: peer) == nil {
+            mirror.withLockedValue {
+                $0.connected.remove(peer)
+                $0.protocols[peer] = nil
+            }
+        }
+        if let connection = core.connections.removeValue(forKey: session) {
+            contextBox.withLockedValue { $0 }?.emit(.connectionClosed(connection))
+        }
+    }
+
+    private func armTimer() {
+        let core = core.value
+        var next = core.tableWakeup
+        for (_, w) in core.machineWakeups where next == nil || w < next! { next = w }
+        guard let next else { return }
+        if let armed = core.timerDeadline, armed <= next { return }
+        core.timer?.cancel()
+        core.timerDeadline = next
+        core.timer = loop.scheduleTask(deadline: next) { self.onTimer() }
+    }
+
+    private func onTimer() {
+        let core = core.value
+        core.timer = nil
+        core.timerDeadline = nil
+        let now = NIODeadline.now()
+        if let w = core.tableWakeup, w <= now {
+            core.tableWakeup = nil
+            perform(core.table.onTimer(now: now))
+        }
+        for (session, w) in core.machineWakeups where w <= now {
+            core.machineWakeups[session] = nil
+            guard var machine = core.machines[session] else { continue }
+            let actions = machine.onTimer(now: now)
+            core.machines[session] = machine
+            perform(actions, session: session)
+        }
+        flushSockets()
+        armTimer()
+    }
+
+    static func map(_ error: any Error) -> MessageError {
+        if let e = error as? MessageError { return e }
+        if let e = error as? MessagingError {
+            switch e.code {
+            case .messageTooLarge: return MessageError(.messageTooLarge, e.description)
+            case .limitExceeded: return MessageError(.limitExceeded, e.description)
+            case .timedOut: return MessageError(.timedOut, "\(e.description); outcome unknown")
+            case .protocolNotSupported: return MessageError(.protocolNotSupported, e.description)
+            case .closed: return MessageError(.connectionClosed, "\(e.description); outcome unknown")
+            default: return MessageError(.remoteError, e.description)
+            }
+        }
+        if let e = error as? SessionError {
+            switch e {
+            case .payloadTooLarge: return MessageError(.messageTooLarge, "\(e)")
+            case .limitExceeded: return MessageError(.limitExceeded, "\(e)")
+            default: return MessageError(.connectionClosed, "\(e)")
+            }
+        }
+        return MessageError(.remoteError, "\(error)")
+    }
+
+    /// The event-loop state.
+    final class Core {
+        struct PendingRequest {
+            let session: SessionID
+            let peer: PeerID
+            let sendID: MessagingSendID
+            let continuation: CheckedContinuation<Message, any Error>
+            let timer: Scheduled<Void>
+        }
+
+        var table: SessionTable<UDPPath>
+        var sockets: [any DatagramSocket] = []
+        var dirtySockets = Set<Int>()
+        var machines: [SessionID: MessagingMachine] = [:]
+        var sessionPeers: [SessionID: PeerID] = [:]
+        var connections: [SessionID: MessageConnection] = [:]
+        var pendingConnects: [SessionID: [CheckedContinuation<SessionID, any Error>]] = [:]
+        var waitingForPeer: [PeerID: [CheckedContinuation<SessionID, any Error>]] = [:]
+        var pendingSends: [SessionID: [MessagingSendID: CheckedContinuation<Void, any Error>]] = [:]
+        var requests: [UInt64: PendingRequest] = [:]
+        var nextRequestID: UInt64 = 0
+        var tableWakeup: NIODeadline?
+        var machineWakeups: [SessionID: NIODeadline] = [:]
+        var timer: Scheduled<Void>?
+        var timerDeadline: NIODeadline?
+        var pendingInbound = 0
+        var droppedForBackpressure: UInt64 = 0
+        let budget: MessagingReassemblyBudget
+        let hasHandler: MessagingMachine.HandlerPredicate
+
+        init(
+            identity: PrivateKey, configuration: DatagramTransportConfiguration, budget: MessagingReassemblyBudget,
+            hasHandler: @escaping MessagingMachine.HandlerPredicate
+        ) {
+            table = SessionTable(identity: identity, limits: configuration.session)
+            self.budget = budget
+            self.hasHandler = hasHandler
+        }
+
+        func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
+            guard let pending = requests.removeValue(forKey: id) else { return }
+            pending.timer.cancel()
+            switch result {
+            case .success(let m): pending.continuation.resume(returning: m)
+            case .failure(let e): pending.continuation.resume(throwing: e)
+            }
+        }
+
+        func failAll(_ error: MessageError) {
+            for (_, list) in pendingConnects { for c in list { c.resume(throwing: error) } }
+            pendingConnects = [:]
+            for (_, list) in waitingForPeer { for c in list { c.resume(throwing: error) } }
+            waitingForPeer = [:]
+            for (_, sends) in pendingSends { for (_, c) in sends { c.resume(throwing: error) } }
+            pendingSends = [:]
+            for id in Array(requests.keys) { finishRequest(id, .failure(error)) }
+        }
+    }
+}
+
+/// A datagram path: which of our sockets, and the remote socket address.
+struct UDPPath: Hashable, Sendable {
+    let socket: Int
+    let remote: SocketAddress
+}
+
+/// Replies to a message that arrived on a datagram session: a request's reply, or a plain
+/// message back on the same protocol.
+final class DatagramReplyChannel: MessageReplyChannel {
+    let transport: DatagramMessageTransport
+    let session: SessionID
+    let `protocol`: String
+    let isRequest: Bool
+    let token: UInt64
+    private let done = NIOLockedValueBox(false)
+
+    init(transport: DatagramMessageTransport, session: SessionID, protocol: String, isRequest: Bool, token: UInt64) {
+        self.transport = transport
+        self.session = session
+        self.protocol = `protocol`
+        self.isRequest = isRequest
+        self.token = token
+    }
+
+    /// Whether a reply was sent (requests get exactly one).
+    var replied: Bool { done.withLockedValue { $0 } }
+
+    func reply(_ data: ByteBuffer, token: UInt64) async throws {
+        if isRequest {
+            let first = done.withLockedValue { d -> Bool in
+                defer { d = true }
+                return !d
+            }
+            guard first else { throw MessageError(.remoteError, "this request was already answered") }
+        }
+        try await transport.reply(data, to: isRequest ? token : nil, session: session, protocol: `protocol`)
+    }
+
+    /// Fails the requester's call with `code` (see ``ErrorReply``).
+    func replyError(_ code: MessageError.Code, _ reason: String, token: UInt64) async throws {
+        guard isRequest else { return }
+        let first = done.withLockedValue { d -> Bool in
+            defer { d = true }
+            return !d
+        }
+        guard first else { return }
+        try await transport.reply(
+            ErrorReply.encode(code, reason), to: token, session: session,
+            protocol: DatagramMessageTransport.errorProtocol)
+    }
+}
+
+/// An error carried back to a requester on the datagram path: a reply on the reserved protocol
+/// name `/msgnet/error/1.0.0` whose payload is one code byte and a UTF-8 reason.
+enum ErrorReply {
+    static let codes: [MessageError.Code] = [.remoteError, .messageTooLarge, .protocolNotSupported, .limitExceeded]
+
+    static func encode(_ code: MessageError.Code, _ reason: String) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeInteger(UInt8(codes.firstIndex(of: code) ?? 0))
+        b.writeString(String(reason.prefix(512)))
+        return b
+    }
+
+    static func decode(_ payload: ByteBuffer, from peer: PeerID) -> MessageError {
+        var b = payload
+        let index = Int(b.readInteger(as: UInt8.self) ?? 0)
+        let reason = b.readString(length: b.readableBytes) ?? ""
+        return MessageError(codes.indices.contains(index) ? codes[index] : .remoteError, "\(peer): \(reason)")
+    }
+}

@@ -1,4 +1,0 @@
-import Testing
-@testable import MsgNetMultipacket
-
-@Test func placeholder() { #expect(Bool(true)) }
