@@ -32,7 +32,7 @@ let outputLock = Mutex(())
 func say(_ line: String) {
     outputLock.withLock { _ in
         print(line)
-        fflush(stdout)
+        fflush(nil)
     }
 }
 
@@ -133,7 +133,9 @@ struct Chat: AsyncParsableCommand {
             security: [NoiseSecurity(identity: identity)],
             peerstore: peerstore
         )
-        let transports: [any MessageTransport] = [streams]
+        let datagrams = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: group), eventLoop: group.next())
+        let transports: [any MessageTransport] = [streams, datagrams]
         return MessageHost(identity: identity, transports: transports, peerstore: peerstore)
     }
 }

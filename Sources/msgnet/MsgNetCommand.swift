@@ -99,7 +99,9 @@ func withNode<T: Sendable>(
         security: security,
         peerstore: peerstore
     )
-    let transports: [any MessageTransport] = [streams]
+    let datagrams = DatagramMessageTransport(
+        identity: identity, datagrams: UDPTransport(group: group), eventLoop: group.next())
+    let transports: [any MessageTransport] = [streams, datagrams]
     let host = MessageHost(
         identity: identity, transports: transports, peerstore: peerstore,
         configuration: MessageHostConfiguration())
@@ -142,7 +144,7 @@ func describe(_ error: any Error) -> String {
     case .remoteError: phrase = "remote error"
     case .limitExceeded: phrase = "limit exceeded"
     }
-    return "\(phrase): \(error.message)"
+    return error.message.hasPrefix(phrase) ? error.message : "\(phrase): \(error.message)"
 }
 
 /// Line output shared by concurrent handlers: each line is written whole and flushed at once

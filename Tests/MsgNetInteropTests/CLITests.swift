@@ -16,8 +16,8 @@ enum CLIPath: String, CaseIterable, Sendable, CustomStringConvertible {
     var listenAddress: String { "/ip4/127.0.0.1/\(rawValue)/0" }
     var description: String { rawValue }
 
-    /// The paths the listener serves (UDP once DatagramMessageTransport is on main).
-    static let available: [CLIPath] = [.tcp]
+    /// The paths the listener serves.
+    static let available: [CLIPath] = allCases
 }
 
 extension MsgNetBinary {
