@@ -2,7 +2,8 @@
 # make demo: two nodes in one process (Examples/Demo), then `msgnet` processes:
 #   1. one listens, the other identifies and pings it;
 #   2. messages: `listen --print-protocol /chat/1.0.0` + `send`, and a request/reply (`request`);
-#   3. one listener on a TCP and a UDP address receives the same `send` over each path.
+#   3. one listener on a TCP and a UDP address receives the same `send` over each path, and a
+#      ping over UDP (/msgnet/ping/1.0.0 request/reply round trips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build --product Demo >/dev/null
@@ -77,3 +78,22 @@ echo "reply: $("$msgnet" request "$addr" --protocol /chat/1.0.0 echo this back -
 wait_lines chat 3
 echo "listener printed: $(sed -n 3p "$tmp/chat")"
 stop_listener chat
+echo
+
+echo "== one listener, two paths: the same handler receives a send over TCP and over UDP"
+start_listener both --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0 --print-protocol /chat/1.0.0
+wait_lines both 2
+tcp=$(sed -n 1p "$tmp/both")
+udp=$(sed -n 2p "$tmp/both")
+echo "listener: $tcp"
+echo "listener: $udp"
+echo "\$ msgnet send $tcp --protocol /chat/1.0.0 hello over tcp"
+"$msgnet" send "$tcp" --protocol /chat/1.0.0 hello over tcp
+echo "\$ msgnet send $udp --protocol /chat/1.0.0 hello over udp"
+"$msgnet" send "$udp" --protocol /chat/1.0.0 hello over udp
+wait_lines both 4
+echo "listener printed:"
+sed -n 3,4p "$tmp/both" | sed 's/^/  /'
+echo "\$ msgnet ping $udp --count 3"
+"$msgnet" ping "$udp" --count 3
+stop_listener both

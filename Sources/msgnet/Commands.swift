@@ -206,9 +206,9 @@ struct PingCommand: AsyncParsableCommand {
 
 struct IdentifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "identify", abstract: "Ask a peer who it is (/ipfs/id/1.0.0, TCP only).")
+        commandName: "identify", abstract: "Ask a peer who it is (/ipfs/id/1.0.0, over TCP or UDP).")
     @OptionGroup var options: CommonOptions
-    @Argument(help: "The peer's TCP address, ending in /p2p/<peer id>.")
+    @Argument(help: "The peer's address, ending in /p2p/<peer id>.")
     var address: String
 
     func run() async throws {
@@ -216,7 +216,11 @@ struct IdentifyCommand: AsyncParsableCommand {
             let target = try Multiaddr(address)
             let info = try await withNode(options) { node, _ in
                 if node.isDatagram(target) {
-                    throw ValidationError("identify needs a TCP address (libp2p identify is a stream protocol)")
+                    // Identify as a request/reply exchange over the datagram session.
+                    let peer = try await node.host.network.connect(to: target)
+                    let reply = try await node.host.request(
+                        ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10))
+                    return try IdentifyProtocol.parse(reply.data, from: peer)
                 }
                 return try await node.streams.streamHost.identify(target)
             }

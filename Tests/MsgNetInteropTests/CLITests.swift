@@ -186,6 +186,50 @@ extension InteropTests {
             }
         }
 
+        @Test("one listener on TCP and UDP: the same handler prints a send over each path")
+        func bothPaths() async throws {
+            try await withTemporaryDirectory { dir in
+                let sender = try await MsgNetBinary.identity(named: "sender", in: dir)
+                try await MsgNetBinary.withListener(
+                    on: [CLIPath.tcp.listenAddress, CLIPath.udp.listenAddress], ["--print-protocol", "/chat/1.0.0"]
+                ) { addresses, listener in
+                    #expect(addresses.count == 2)
+                    #expect(addresses.map(\.peerID) == [addresses[0].peerID, addresses[0].peerID])
+                    for (address, text) in zip(addresses, ["over tcp", "over udp"]) {
+                        let send = try await MsgNetBinary.run([
+                            "send", "\(address)", "--protocol", "/chat/1.0.0", text, "--key", sender.key,
+                        ])
+                        #expect(send.succeeded, "\(send.summary)")
+                    }
+                    let output = try await listener.wait(for: "two message lines", timeout: .seconds(20)) {
+                        $0.stdoutLines.count >= 4 || $0.finished
+                    }
+                    #expect(
+                        output.stdoutLines.dropFirst(2) == [
+                            "\(sender.id) /chat/1.0.0 over tcp", "\(sender.id) /chat/1.0.0 over udp",
+                        ], "\(output.summary)")
+                }
+            }
+        }
+
+        @Test("identify answers on both paths and lists the message protocols", arguments: CLIPath.available)
+        func identifyBothPaths(path: CLIPath) async throws {
+            try await MsgNetBinary.withListener(
+                on: [path.listenAddress], ["--print-protocol", "/chat/1.0.0"]
+            ) { addresses, _ in
+                let address = try #require(addresses.first)
+                let output = try await MsgNetBinary.run(["identify", "\(address)"])
+                #expect(output.succeeded, "\(output.summary)")
+                #expect(output.stdoutLines.first == "peer id: \(address.peerID!)", "\(output.summary)")
+                let protocols = output.stdoutLines.first { $0.hasPrefix("protocols: ") } ?? ""
+                #expect(protocols.contains("/chat/1.0.0"), "\(output.summary)")
+                #expect(protocols.contains("/msgnet/ping/1.0.0"), "\(output.summary)")
+                #expect(
+                    output.stdoutLines.contains { $0.hasPrefix("listen addresses: ") && $0.contains("/\(path.rawValue)/") },
+                    "\(output.summary)")
+            }
+        }
+
         @Test("a request to a closed port fails with one line on stderr", arguments: CLIPath.available)
         func requestToClosedPort(path: CLIPath) async throws {
             let port = try await closedPort()
