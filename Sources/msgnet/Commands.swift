@@ -129,7 +129,7 @@ struct RequestCommand: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
     @OptionGroup var message: MessageTarget
 
-    @Option(name: .long, help: "Seconds to wait for the reply.")
+    @Option(name: .long, help: "Seconds to wait for the reply, connecting included.")
     var timeout: Double = 10
 
     func validate() throws {
@@ -142,9 +142,13 @@ struct RequestCommand: AsyncParsableCommand {
             let protocolID = message.protocol
             let payload = message.payload
             let limit = Duration.milliseconds(Int64(timeout * 1000))
+            let seconds = timeout
             let reply = try await withNode(options) { node, _ in
-                let peer = try await node.host.network.connect(to: target)
-                return try await node.host.request(payload, to: peer, protocol: protocolID, timeout: limit)
+                // --timeout bounds the whole exchange, connecting included.
+                try await withDeadline(limit, "no reply within \(seconds) s", onTimeout: node.host.shutdown) {
+                    let peer = try await node.host.network.connect(to: target)
+                    return try await node.host.request(payload, to: peer, protocol: protocolID, timeout: limit)
+                }
             }
             Output.standardOutput("\(String(buffer: reply.data))\n")
         } catch {
@@ -249,5 +253,27 @@ enum EchoProtocol {
         while let chunk = try await stream.read() {
             try await stream.write(chunk)
         }
+    }
+}
+
+/// Runs `body`, failing with `.timedOut` after `limit`; then cancels `body` and runs `onTimeout`
+/// (e.g. a host shutdown that ends a dial which does not observe cancellation).
+func withDeadline<T: Sendable>(
+    _ limit: Duration, _ what: String, onTimeout: @escaping @Sendable () async -> Void,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: limit)
+            return nil
+        }
+        let first = try await group.next()
+        group.cancelAll()
+        guard let first, let result = first else {
+            await onTimeout()
+            throw MessageError(.timedOut, what)
+        }
+        return result
     }
 }
