@@ -70,7 +70,7 @@ wait_lines chat 1
 addr=$(head -n 1 "$tmp/chat")
 echo "listener: $addr"
 echo "\$ msgnet send $addr --protocol /chat/1.0.0 hello from msgnet"
-"$msgnet" send "$addr" --protocol /chat/1.0.0 hello from msgnet
+"$msgnet" send "$addr" --protocol /chat/1.0.0 hello from msgnet --key "$tmp/sender.key"
 wait_lines chat 2
 echo "listener printed: $(sed -n 2p "$tmp/chat")"
 echo "\$ msgnet request $addr --protocol /chat/1.0.0 echo this back"
@@ -88,9 +88,9 @@ udp=$(sed -n 2p "$tmp/both")
 echo "listener: $tcp"
 echo "listener: $udp"
 echo "\$ msgnet send $tcp --protocol /chat/1.0.0 hello over tcp"
-"$msgnet" send "$tcp" --protocol /chat/1.0.0 hello over tcp
+"$msgnet" send "$tcp" --protocol /chat/1.0.0 hello over tcp --key "$tmp/sender.key"
 echo "\$ msgnet send $udp --protocol /chat/1.0.0 hello over udp"
-"$msgnet" send "$udp" --protocol /chat/1.0.0 hello over udp
+"$msgnet" send "$udp" --protocol /chat/1.0.0 hello over udp --key "$tmp/sender.key"
 wait_lines both 4
 echo "listener printed:"
 sed -n 3,4p "$tmp/both" | sed 's/^/  /'
