@@ -128,7 +128,9 @@ extension InteropTests {
             ) { addresses, listener in
                 let address = try #require(addresses.first)
                 for i in 1...3 {
-                    let send = try await MsgNetBinary.run(["send", "\(address)", "--protocol", "/chat/1.0.0", "line \(i)"])
+                    let send = try await MsgNetBinary.run([
+                        "send", "\(address)", "--protocol", "/chat/1.0.0", "line \(i)",
+                    ])
                     #expect(send.succeeded, "\(send.summary)")
                 }
                 let output = try await listener.wait(for: "three message lines", timeout: .seconds(20)) {
@@ -139,8 +141,9 @@ extension InteropTests {
             }
         }
 
-        @Test("send and request on a protocol the listener does not handle fail: protocol not supported",
-              arguments: CLIPath.available)
+        @Test(
+            "send and request on a protocol the listener does not handle fail: protocol not supported",
+            arguments: CLIPath.available)
         func unknownProtocol(path: CLIPath) async throws {
             try await MsgNetBinary.withListener(
                 on: [path.listenAddress], ["--print-protocol", "/chat/1.0.0"]
@@ -225,7 +228,9 @@ extension InteropTests {
                 #expect(protocols.contains("/chat/1.0.0"), "\(output.summary)")
                 #expect(protocols.contains("/msgnet/ping/1.0.0"), "\(output.summary)")
                 #expect(
-                    output.stdoutLines.contains { $0.hasPrefix("listen addresses: ") && $0.contains("/\(path.rawValue)/") },
+                    output.stdoutLines.contains {
+                        $0.hasPrefix("listen addresses: ") && $0.contains("/\(path.rawValue)/")
+                    },
                     "\(output.summary)")
             }
         }
