@@ -248,6 +248,25 @@ extension InteropTests {
             #expect(output.stderrText.contains(expected), "\(output.summary)")
         }
 
+        @Test("a text with line breaks prints as one line; the request echo keeps them", arguments: CLIPath.available)
+        func lineBreaks(path: CLIPath) async throws {
+            try await MsgNetBinary.withListener(
+                on: [path.listenAddress], ["--print-protocol", "/chat/1.0.0"]
+            ) { addresses, listener in
+                let address = try #require(addresses.first)
+                let request = try await MsgNetBinary.run([
+                    "request", "\(address)", "--protocol", "/chat/1.0.0", "first\nsecond",
+                ])
+                #expect(request.succeeded, "\(request.summary)")
+                #expect(request.stdoutLines == ["first", "second"], "\(request.summary)")
+                let output = try await listener.wait(for: "the message line", timeout: .seconds(20)) {
+                    $0.stdoutLines.count >= 2 || $0.finished
+                }
+                #expect(output.stdoutLines.count == 2, "\(output.summary)")
+                #expect(output.stdoutLines.last?.hasSuffix(" /chat/1.0.0 first second") == true, "\(output.summary)")
+            }
+        }
+
         @Test("send needs an address with /p2p and a text")
         func sendArgumentErrors() async throws {
             let noPeer = try await MsgNetBinary.run(["send", "/ip4/127.0.0.1/tcp/1", "--protocol", "/chat/1.0.0", "hi"])
