@@ -37,7 +37,7 @@ test: deps check-protos lint interop-venv
 	MSGNET_INTEROP_PYTHON=$(VENV)/bin/python MSGNET_INTEROP_PEER=$(SHARED)/interop/peer.py \
 	MSGNET_REQUIRE_INTEROP=1 $(SWIFT) test --skip-build
 
-## demo: two local nodes connect, identify and ping
+## demo: two nodes connect, identify and ping; messages and a request over TCP and UDP; one handler, both paths
 demo: deps
 	$(SWIFT) build --product msgnet
 	@scripts/demo.sh

@@ -133,6 +133,7 @@ let package = Package(
             dependencies: [
                 "MsgNetCore",
                 "MsgNetStreams",
+                "MsgNetHost",
                 "MsgNetTransportPosix",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -165,6 +166,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Examples/Demo",
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "Chat",
+            dependencies: [
+                "MsgNetCore",
+                "MsgNetSecurity",
+                "MsgNetStreams",
+                "MsgNetHost",
+                "MsgNetTransportPosix",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/Chat",
             swiftSettings: strict
         ),
 

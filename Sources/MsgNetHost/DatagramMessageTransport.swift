@@ -18,6 +18,9 @@ public struct DatagramTransportConfiguration: Sendable {
     public var maxPendingInbound = 4096
     /// Reassembly bytes shared by all sessions.
     public var totalReassemblyBytes = 64 << 20
+    /// How long a send or request waits for a new session before failing with `dialFailed`
+    /// (so the host can fall back to another path). The handshake itself may go on.
+    public var connectTimeout: TimeAmount = .seconds(2)
 
     /// The defaults.
     public init() {}
@@ -389,6 +392,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard !paths.isEmpty else {
             throw MessageError(.dialFailed, "no UDP address known for \(peer.map { "\($0)" } ?? "the peer")")
         }
+        let timeout = configuration.connectTimeout
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<SessionID, any Error>) in
             loop.execute {
                 let core = self.core.value
@@ -398,7 +402,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                         c.resume(returning: sid)
                         return
                     }
-                    core.pendingConnects[sid, default: []].append(c)
+                    let waiter = ConnectWaiter(c)
+                    core.pendingConnects[sid, default: []].append(waiter)
+                    let bound = NIOLoopBound(waiter, eventLoop: self.loop)
+                    self.loop.scheduleTask(in: timeout) {
+                        bound.value.resume(
+                            throwing: MessageError(
+                                .dialFailed,
+                                "no datagram session with \(peer.map { "\($0)" } ?? "the peer") within \(timeout)"))
+                    }
                     self.perform(actions)
                     self.flushSockets()
                 } catch {
@@ -709,8 +721,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var machines: [SessionID: MessagingMachine] = [:]
         var sessionPeers: [SessionID: PeerID] = [:]
         var connections: [SessionID: MessageConnection] = [:]
-        var pendingConnects: [SessionID: [CheckedContinuation<SessionID, any Error>]] = [:]
-        var waitingForPeer: [PeerID: [CheckedContinuation<SessionID, any Error>]] = [:]
+        var pendingConnects: [SessionID: [ConnectWaiter]] = [:]
+        var waitingForPeer: [PeerID: [ConnectWaiter]] = [:]
         var pendingSends: [SessionID: [MessagingSendID: CheckedContinuation<Void, any Error>]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
         var nextRequestID: UInt64 = 0
@@ -750,6 +762,21 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             pendingSends = [:]
             for id in Array(requests.keys) { finishRequest(id, .failure(error)) }
         }
+    }
+}
+
+/// A caller waiting for a session; resumed once, by the session or by its deadline.
+/// Event-loop confined.
+final class ConnectWaiter {
+    private var continuation: CheckedContinuation<SessionID, any Error>?
+    init(_ continuation: CheckedContinuation<SessionID, any Error>) { self.continuation = continuation }
+    func resume(returning session: SessionID) {
+        continuation?.resume(returning: session)
+        continuation = nil
+    }
+    func resume(throwing error: any Error) {
+        continuation?.resume(throwing: error)
+        continuation = nil
     }
 }
 

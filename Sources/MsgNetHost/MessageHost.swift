@@ -271,7 +271,7 @@ public final class MessageHost: Sendable {
     ) async throws {
         try checkSendable(data, protocol: `protocol`)
         do {
-            try await transport(for: peer).send(data, to: peer, protocol: `protocol`, mode: mode)
+            try await withPath(to: peer) { try await $0.send(data, to: peer, protocol: `protocol`, mode: mode) }
         } catch {
             throw MessageError.from(error)
         }
@@ -309,7 +309,9 @@ public final class MessageHost: Sendable {
         try checkSendable(data, protocol: `protocol`)
         let limit = (timeout ?? configuration.defaultRequestTimeout).timeAmount
         do {
-            return try await transport(for: peer).request(data, to: peer, protocol: `protocol`, timeout: limit)
+            return try await withPath(to: peer) {
+                try await $0.request(data, to: peer, protocol: `protocol`, timeout: limit)
+            }
         } catch {
             throw MessageError.from(error)
         }
@@ -334,6 +336,36 @@ public final class MessageHost: Sendable {
         }
         if state.withLockedValue({ $0.shutdown }) { throw MessageError(.cancelled, "the host is shut down") }
         if Task.isCancelled { throw MessageError(.cancelled, "cancelled") }
+    }
+
+    /// Runs `body` on the path for `peer` (see ``transport(for:)``). When the peer has no live
+    /// session and the preferred path cannot reach it (`dialFailed` — the datagram path gives up
+    /// after its short connect deadline), the next path that knows an address of the peer is
+    /// tried: by default UDP first, TCP as fallback, in the order of ``transports``.
+    func withPath<R>(to peer: PeerID, _ body: (any MessageTransport) async throws -> R) async throws -> R {
+        let candidates = paths(for: peer)
+        for (i, transport) in candidates.enumerated() {
+            do {
+                return try await body(transport)
+            } catch {
+                let e = MessageError.from(error)
+                guard e.code == .dialFailed, i + 1 < candidates.count else { throw e }
+                logger.debug(
+                    "path failed, falling back",
+                    metadata: ["peer": "\(peer)", "path": "\(transport.path)", "error": "\(e)"])
+            }
+        }
+        return try await body(transports[0])
+    }
+
+    /// The paths to try for `peer`, best first: one with a live session alone; else every path
+    /// that can dial one of its known addresses, in preference order; else the first path.
+    func paths(for peer: PeerID) -> [any MessageTransport] {
+        if transports.count == 1 { return transports }
+        if let connected = transports.first(where: { $0.isConnected(to: peer) }) { return [connected] }
+        let addresses = peerstore.addresses(for: peer)
+        let usable = transports.filter { t in addresses.contains(where: t.canHandle) }
+        return usable.isEmpty ? [transports[0]] : usable
     }
 
     /// The path for `peer`: one already connected to it, else the first that can dial one of

@@ -2,11 +2,13 @@ import ArgumentParser
 import Dispatch
 import Logging
 import MsgNetCore
+import MsgNetHost
 import MsgNetSecurity
 import MsgNetStreams
 import MsgNetTransportPosix
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -18,8 +20,11 @@ import NIOPosix
 struct MsgNetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msgnet",
-        abstract: "A MsgNet / libp2p node: identities, listening, ping and identify.",
-        subcommands: [IDCommand.self, ListenCommand.self, PingCommand.self, IdentifyCommand.self]
+        abstract: "A MsgNet / libp2p node: identities, listening, messages, requests, ping and identify.",
+        subcommands: [
+            IDCommand.self, ListenCommand.self, SendCommand.self, RequestCommand.self, PingCommand.self,
+            IdentifyCommand.self,
+        ]
     )
 }
 
@@ -28,7 +33,9 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: "Identity key file (libp2p protobuf PrivateKey); created if missing.")
     var key: String?
 
-    @Option(name: .long, help: "Security protocol(s), comma separated: noise, plaintext.")
+    @Option(
+        name: .long,
+        help: "Security protocol(s) on TCP, comma separated: noise, plaintext. UDP always uses Noise.")
     var security: String = "noise"
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error.")
@@ -59,33 +66,53 @@ struct CommonOptions: ParsableArguments {
     }
 }
 
-/// Runs `body` with a started host, then shuts it down; errors become one line on stderr and
-/// exit status 1.
-func withHost<T: Sendable>(
+/// A running node: the message host and its stream path (for libp2p stream protocols such as
+/// ping, identify and echo).
+struct Node: Sendable {
+    let host: MessageHost
+    let streams: StreamMessageTransport
+
+    /// Whether `address` is served by the datagram (UDP) path.
+    func isDatagram(_ address: Multiaddr) -> Bool {
+        let bare = address.withoutPeerID()
+        return host.transports.first { $0.canHandle(bare) }?.path == .datagram
+    }
+}
+
+/// Builds a message host with the TCP stream path (and the UDP datagram path), runs `body`
+/// with it started, then shuts it down.
+func withNode<T: Sendable>(
     _ options: CommonOptions,
     listen: [String] = [],
-    configure: @Sendable (StreamHost) -> Void = { _ in },
-    _ body: @Sendable (StreamHost, [Multiaddr]) async throws -> T
+    configure: @Sendable (Node) -> Void = { _ in },
+    _ body: @Sendable (Node, [Multiaddr]) async throws -> T
 ) async throws -> T {
     options.bootstrapLogging()
     let identity = try options.identity()
     let security = try options.securityProtocols(identity: identity)
+    let addresses = try listen.map { try Multiaddr($0) }
     let group = MultiThreadedEventLoopGroup.singleton
-    let host = StreamHost(
+    let peerstore = Peerstore()
+    let streams = StreamMessageTransport(
         identity: identity,
         transports: [TCPTransport(group: group)],
-        security: security
+        security: security,
+        peerstore: peerstore
     )
-    configure(host)
+    let datagrams = DatagramMessageTransport(
+        identity: identity, datagrams: UDPTransport(group: group), eventLoop: group.next())
+    let transports: [any MessageTransport] = [streams, datagrams]
+    let host = MessageHost(
+        identity: identity, transports: transports, peerstore: peerstore,
+        configuration: MessageHostConfiguration())
+    let node = Node(host: host, streams: streams)
+    configure(node)
     return try await withThrowingTaskGroup(of: Void.self) { tasks in
-        tasks.addTask { await host.run() }
+        tasks.addTask { try await host.run() }
         defer { tasks.cancelAll() }
         do {
-            var bound: [Multiaddr] = []
-            for text in listen {
-                bound.append(try await host.listen(on: try Multiaddr(text)))
-            }
-            let result = try await body(host, bound)
+            let bound = try await host.network.listen(on: addresses)
+            let result = try await body(node, bound)
             await host.shutdown()
             try await tasks.waitForAll()
             return result
@@ -98,26 +125,55 @@ func withHost<T: Sendable>(
 
 /// Prints `error` as one line and exits with status 1.
 func fail(_ error: any Error) -> ExitCode {
-    let text = "\(error)".split(separator: "\n").joined(separator: " ")
-    FileHandleOutput.standardError("msgnet: error: \(text)\n")
+    let text = describe(error).split(separator: "\n").joined(separator: " ")
+    Output.standardError("msgnet: error: \(text)\n")
     return ExitCode(1)
 }
 
-enum FileHandleOutput {
-    /// Prints `line` to stdout and flushes at once (other tools wait for listen addresses).
-    static func standardOutput(_ line: String) {
-        print(line, terminator: "")
-        fflush(nil)
+/// A human-readable one-line description; message errors read as "protocol not supported: …".
+func describe(_ error: any Error) -> String {
+    guard let error = error as? MessageError else { return "\(error)" }
+    let phrase: String
+    switch error.code {
+    case .dialFailed: phrase = "dial failed"
+    case .timedOut: phrase = "timed out"
+    case .connectionClosed: phrase = "connection closed"
+    case .protocolNotSupported: phrase = "protocol not supported"
+    case .messageTooLarge: phrase = "message too large"
+    case .cancelled: phrase = "cancelled"
+    case .remoteError: phrase = "remote error"
+    case .limitExceeded: phrase = "limit exceeded"
     }
+    return error.message.hasPrefix(phrase) ? error.message : "\(phrase): \(error.message)"
+}
+
+/// Line output shared by concurrent handlers: each line is written whole and flushed at once
+/// (other tools wait for listen addresses and message lines).
+enum Output {
+    private static let lock = Mutex(())
+
+    static func standardOutput(_ line: String) {
+        lock.withLock { _ in writeAll(1, line) }
+    }
+
     static func standardError(_ line: String) {
+        lock.withLock { _ in writeAll(2, line) }
+    }
+
+    private static func writeAll(_ fd: Int32, _ line: String) {
         fflush(nil)
         var bytes = Array(line.utf8)[...]
         while !bytes.isEmpty {
-            let n = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             if n <= 0 { return }
             bytes = bytes.dropFirst(n)
         }
     }
+}
+
+/// A message payload as one line of text (line breaks become spaces).
+func lineText(_ data: ByteBuffer) -> String {
+    String(String(buffer: data).map { $0.isNewline ? " " : $0 })
 }
 
 struct IDCommand: AsyncParsableCommand {
@@ -130,101 +186,6 @@ struct IDCommand: AsyncParsableCommand {
             print(try options.identity().peerID)
         } catch {
             throw fail(error)
-        }
-    }
-}
-
-struct ListenCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "listen",
-        abstract:
-            "Run a node: prints each listen address (with /p2p/<id>) on its own line, serves identify, ping and /echo/1.0.0 until SIGINT or SIGTERM."
-    )
-    @OptionGroup var options: CommonOptions
-
-    @Option(name: .long, help: "Address to listen on (repeatable), e.g. /ip4/127.0.0.1/tcp/0.")
-    var listen: [String] = ["/ip4/127.0.0.1/tcp/0"]
-
-    func run() async throws {
-        let signals = SignalWaiter([SIGINT, SIGTERM])
-        do {
-            try await withHost(
-                options, listen: listen,
-                configure: { host in host.setStreamHandler(EchoProtocol.id, handler: EchoProtocol.serve) }
-            ) { _, bound in
-                for address in bound { FileHandleOutput.standardOutput("\(address)\n") }
-                let signal = await signals.wait()
-                Logger(label: "msgnet").info("shutting down on signal \(signal)")
-            }
-        } catch {
-            throw fail(error)
-        }
-    }
-}
-
-struct PingCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "ping", abstract: "Ping a peer (/ipfs/ping/1.0.0) and print round-trip times.")
-    @OptionGroup var options: CommonOptions
-    @Argument(help: "The peer's address, ending in /p2p/<peer id>.")
-    var address: String
-    @Option(name: .long, help: "Number of pings.")
-    var count: Int = 5
-
-    func run() async throws {
-        do {
-            let target = try Multiaddr(address)
-            let count = max(1, self.count)
-            let rtts = try await withHost(options) { host, _ in
-                try await host.ping(target, count: count)
-            }
-            let ms = rtts.map { Double($0.components.attoseconds) / 1e15 + Double($0.components.seconds) * 1e3 }
-            for (i, v) in ms.enumerated() {
-                print("ping \(i + 1): time=\(format(v)) ms")
-            }
-            let avg = ms.reduce(0, +) / Double(ms.count)
-            print("\(ms.count) pings: min/avg/max = \(format(ms.min()!))/\(format(avg))/\(format(ms.max()!)) ms")
-        } catch {
-            throw fail(error)
-        }
-    }
-}
-
-struct IdentifyCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "identify", abstract: "Ask a peer who it is (/ipfs/id/1.0.0).")
-    @OptionGroup var options: CommonOptions
-    @Argument(help: "The peer's address, ending in /p2p/<peer id>.")
-    var address: String
-
-    func run() async throws {
-        do {
-            let target = try Multiaddr(address)
-            let info = try await withHost(options) { host, _ in try await host.identify(target) }
-            print("peer id: \(info.peer)")
-            print("agent version: \(info.agentVersion ?? "")")
-            print("protocol version: \(info.protocolVersion ?? "")")
-            print("protocols: \(info.protocols.joined(separator: " "))")
-            print("listen addresses: \(info.listenAddresses.map(\.description).joined(separator: " "))")
-            if let observed = info.observedAddress { print("observed address: \(observed)") }
-        } catch {
-            throw fail(error)
-        }
-    }
-}
-
-func format(_ ms: Double) -> String {
-    let scaled = (ms * 1000).rounded() / 1000
-    return "\(scaled)"
-}
-
-/// `/echo/1.0.0`: echoes bytes until the remote closes its side, then closes ours.
-enum EchoProtocol {
-    static let id = "/echo/1.0.0"
-
-    @Sendable static func serve(_ stream: NegotiatedStream) async throws {
-        while let chunk = try await stream.read() {
-            try await stream.write(chunk)
         }
     }
 }

@@ -1,3 +1,4 @@
+// Shared by MsgNetInteropTests and (through a symlink) MsgNetHostTests.
 import Foundation
 import NIOConcurrencyHelpers
 

@@ -1,7 +1,7 @@
 import NIOCore
 
 /// Sizes, windows, timeouts and hard limits of the messaging layer. Every figure is documented in
-/// `docs/multipacket-frames.md`; both peers should use the same values.
+/// `docs/multipacket.md (Part C)`; both peers should use the same values.
 public struct MessagingLimits: Hashable, Sendable {
     /// Largest payload handed to the session layer (and accepted from it), in bytes.
     public var maxPayload: Int = 1200

@@ -75,7 +75,7 @@ package struct MessagingSendResult: Sendable {
 /// time enters as `now`, timers leave as `.scheduleWakeup`.
 ///
 /// Every reliable `send` that does not throw ends in exactly one `.delivered(id)` or `.failed(id, error)`.
-/// Delivery is unordered (see `docs/multipacket-frames.md`).
+/// Delivery is unordered (see `docs/multipacket.md (Part C)`).
 package struct MessagingMachine: Sendable {
     /// Tells whether a local handler exists for a protocol name.
     package typealias HandlerPredicate = @Sendable (String) -> Bool

@@ -81,7 +81,7 @@ package struct MultipacketAckFrame: Hashable, Sendable {
     }
 }
 
-/// One frame inside a decrypted session payload. Byte layouts: `docs/multipacket-frames.md`.
+/// One frame inside a decrypted session payload. Byte layouts: `docs/multipacket.md (Part C)`.
 package enum MultipacketFrame: Hashable, Sendable {
     /// Type 0x00: the rest of the payload is padding.
     case padding(length: Int)

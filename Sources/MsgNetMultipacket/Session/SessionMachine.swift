@@ -7,7 +7,7 @@ import NIOCore
 ///
 /// Owned and driven by a ``SessionTable`` (which parses datagrams, routes them here by session id
 /// or handshake, and aggregates timers). Events append ``SessionAction``s to `actions`; the
-/// machine never touches a socket or a clock. See docs/multipacket-session.md for the protocol.
+/// machine never touches a socket or a clock. See docs/multipacket.md (Part B) for the protocol.
 struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     private enum State {
         /// Initiator: message 1 sent on every path, waiting for message 2.

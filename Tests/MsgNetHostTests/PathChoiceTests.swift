@@ -1,0 +1,101 @@
+import MsgNetCore
+import MsgNetHost
+import MsgNetSecurity
+import MsgNetStreams
+import MsgNetTransportPosix
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Hosts with both paths: the same handler serves both; UDP is preferred; TCP is the fallback.
+@Suite("path choice", .timeLimit(.minutes(2)))
+struct PathChoiceTests {
+    /// A host with the datagram path first and the stream path second.
+    static func dualHost(connectTimeout: TimeAmount = .seconds(2)) -> MessageHost {
+        let identity = PrivateKey.generate()
+        let group = MultiThreadedEventLoopGroup.singleton
+        let loop = group.next()
+        let peerstore = Peerstore()
+        var datagram = DatagramTransportConfiguration()
+        datagram.connectTimeout = connectTimeout
+        let udp = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop, configuration: datagram)
+        let tcp = StreamMessageTransport(
+            identity: identity, transports: [TCPTransport(group: group)], security: [NoiseSecurity(identity: identity)],
+            peerstore: peerstore)
+        return MessageHost(identity: identity, transports: [udp, tcp], peerstore: peerstore)
+    }
+
+    @Test("one handler gets the same message over UDP and over TCP, told apart only by `path`")
+    func sameHandlerBothPaths() async throws {
+        let server = Self.dualHost()
+        let viaUDP = TransportFactory.udp.host()
+        let viaTCP = TransportFactory.tcp.host()
+        let got = NIOLockedValueBox<[(String, MessagePath?)]>([])
+        let count = Counter()
+        server.setMessageHandler(for: "/chat/1.0.0") { message in
+            got.withLockedValue { $0.append((String(buffer: message.data), message.path)) }
+            count.add()
+            try await message.reply(message.data)
+        }
+        try await running([server, viaUDP, viaTCP]) {
+            let udpAddress = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let tcpAddress = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            viaUDP.peerstore.addAddresses([udpAddress], for: server.peerID)
+            viaTCP.peerstore.addAddresses([tcpAddress], for: server.peerID)
+            try await viaUDP.send(ByteBuffer(string: "hello"), to: server.peerID, protocol: "/chat/1.0.0")
+            try await viaTCP.send(ByteBuffer(string: "hello"), to: server.peerID, protocol: "/chat/1.0.0")
+            await count.wait(atLeast: 2)
+            let r1 = try await viaUDP.request(ByteBuffer(string: "q"), to: server.peerID, protocol: "/chat/1.0.0")
+            let r2 = try await viaTCP.request(ByteBuffer(string: "q"), to: server.peerID, protocol: "/chat/1.0.0")
+            #expect(String(buffer: r1.data) == "q" && r1.path == .datagram)
+            #expect(String(buffer: r2.data) == "q" && r2.path == .stream)
+        }
+        let messages = got.withLockedValue { $0 }
+        #expect(messages.filter { $0.0 == "hello" }.map(\.1).sorted { "\($0!)" < "\($1!)" } == [.datagram, .stream])
+    }
+
+    @Test("UDP is preferred when the peer has both addresses")
+    func prefersUDP() async throws {
+        let a = Self.dualHost()
+        let b = Self.dualHost()
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        b.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            let addresses = try await b.network.listen(on: [
+                try Multiaddr("/ip4/127.0.0.1/tcp/0"), try Multiaddr("/ip4/127.0.0.1/udp/0"),
+            ])
+            a.peerstore.addAddresses(addresses, for: b.peerID)
+            _ = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
+        }
+        #expect(paths.withLockedValue { $0 } == [.datagram])
+    }
+
+    @Test("TCP is the fallback when UDP gets no answer within the connect deadline")
+    func fallsBackToTCP() async throws {
+        let a = Self.dualHost(connectTimeout: .milliseconds(300))
+        let b = Self.dualHost()
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        b.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        // A UDP port nobody answers on: bind one and close it.
+        let dead = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let deadPort = dead.localAddress!.port!
+        try await dead.close()
+        try await running([a, b]) {
+            let tcp = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            a.peerstore.addAddresses(
+                [try Multiaddr("/ip4/127.0.0.1/udp/\(deadPort)"), tcp.withoutPeerID()], for: b.peerID)
+            let reply = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
+            #expect(reply.path == .stream)
+        }
+        #expect(paths.withLockedValue { $0 } == [.stream])
+    }
+}
