@@ -59,3 +59,12 @@ public protocol DatagramSocket: Sendable {
     /// Closes the socket.
     func close() async
 }
+
+extension DatagramSocket {
+    /// Queues a datagram to `address` (`/ip4|ip6/…/udp/<port>`, a trailing `/p2p` is ignored):
+    /// the seed's `Socket.WriteMessage`, addressed by multiaddr.
+    /// - Throws: ``CoreError`` when `address` is not an IP + port address.
+    public func write(_ datagram: ByteBuffer, to address: Multiaddr) throws {
+        write(datagram, to: try address.withoutPeerID().socketAddress())
+    }
+}

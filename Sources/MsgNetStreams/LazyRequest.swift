@@ -45,7 +45,7 @@ struct LazyReplyParser {
                     buffer.writeBuffer(&rest)
                     return parse()
                 case .failed(let error):
-                    return .failed(ConnectionUpgrader.classify(error, stage: .muxerNegotiation))
+                    return .failed(ConnectionUpgrader.classify(error, stage: .streamNegotiation))
                 case .send, .optimisticallySelected, .listed:
                     break
                 }

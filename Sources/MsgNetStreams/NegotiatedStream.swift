@@ -240,7 +240,7 @@ enum StreamNegotiation {
                     break
                 case .failed(let error):
                     await stream.reset()
-                    throw ConnectionUpgrader.classify(error, stage: .muxerNegotiation)
+                    throw ConnectionUpgrader.classify(error, stage: .streamNegotiation)
                 }
             }
             let chunk: ByteBuffer?

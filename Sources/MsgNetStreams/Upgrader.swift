@@ -202,12 +202,15 @@ enum UpgradeStage: CustomStringConvertible, Sendable {
     case securityNegotiation
     case securityHandshake(String)
     case muxerNegotiation
+    /// Not a connection stage: the protocol negotiation on one stream.
+    case streamNegotiation
 
     var description: String {
         switch self {
         case .securityNegotiation: return "security negotiation"
         case .securityHandshake(let id): return "\(id) handshake"
         case .muxerNegotiation: return "muxer negotiation"
+        case .streamNegotiation: return "stream protocol negotiation"
         }
     }
 }
