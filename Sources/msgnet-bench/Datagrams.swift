@@ -93,8 +93,10 @@ struct DatagramsBench: AsyncParsableCommand {
         for size in Self.sizes {
             series.add("rate \(size) B, unreliable (msg/s delivered)")
             series.add("loss \(size) B, unreliable (%)")
+            series.add("rate \(size) B, unreliable, \(window) senders (msg/s delivered)")
+            series.add("loss \(size) B, unreliable, \(window) senders (%)")
             series.add("rate \(size) B, lossless (msg/s)")
-            series.add("rate \(size) B, reliable (msg/s)")
+            series.add("rate \(size) B, reliable, \(window) senders (msg/s)")
         }
         try await withThrowingTaskGroup(of: Void.self) { tasks in
             tasks.addTask { try await server.run() }
@@ -186,25 +188,37 @@ struct DatagramsBench: AsyncParsableCommand {
         let clock = ContinuousClock()
         for size in Self.sizes {
             let payload = ByteBuffer(repeating: 0x5A, count: size)
-            // Unreliable: one sender, sends return once queued. An unreliable message is one
-            // datagram, so the large size is capped at `maxUnreliable`.
+            // Unreliable: one sender, then `window` concurrent senders; sends return once queued.
+            // An unreliable message is one datagram, so the large size is capped at `maxUnreliable`.
             let small = ByteBuffer(repeating: 0x5A, count: min(size, maxUnreliable))
-            sink.reset()
-            var start = clock.now
-            let deadline = start + .seconds(timeLimit)
-            var sent = 0
-            while sent < count {
-                if sent & 1023 == 0, clock.now > deadline { break }
-                try await client.send(small, to: peer, protocol: "/bench/sink/1.0.0", mode: .unreliable)
-                sent += 1
+            for senders in [1, window] {
+                sink.reset()
+                let start = clock.now
+                let deadline = start + .seconds(timeLimit)
+                let per = count / senders
+                let sent = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for _ in 0..<senders {
+                        group.addTask {
+                            var n = 0
+                            while n < per {
+                                if n & 255 == 0, clock.now > deadline { break }
+                                try await client.send(small, to: peer, protocol: "/bench/sink/1.0.0", mode: .unreliable)
+                                n += 1
+                            }
+                            return n
+                        }
+                    }
+                    return try await group.reduce(0, +)
+                }
+                let (got, elapsed) = await drain(sink, target: sent, start: start)
+                let label = senders == 1 ? "unreliable" : "unreliable, \(senders) senders"
+                series.add("rate \(size) B, \(label) (msg/s delivered)", msgnet: Double(got) / elapsed)
+                series.add("loss \(size) B, \(label) (%)", msgnet: Double(sent - got) / Double(sent) * 100)
             }
-            var (got, elapsed) = await drain(sink, target: sent, start: start)
-            series.add("rate \(size) B, unreliable (msg/s delivered)", msgnet: Double(got) / elapsed)
-            series.add("loss \(size) B, unreliable (%)", msgnet: Double(sent - got) / Double(sent) * 100)
 
             // Reliable: `window` concurrent senders (a reliable send returns on its ack).
             sink.reset()
-            start = clock.now
+            let start = clock.now
             let reliableDeadline = start + .seconds(timeLimit)
             let per = count / window
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -218,9 +232,9 @@ struct DatagramsBench: AsyncParsableCommand {
                 }
                 try await group.waitForAll()
             }
-            (got, elapsed) = await drain(sink, target: per * window, start: start)
+            let (got, elapsed) = await drain(sink, target: per * window, start: start)
             if got < per * window { FileHandleLog.line("  reliable \(size) B: \(got) of \(per * window) delivered") }
-            series.add("rate \(size) B, reliable (msg/s)", msgnet: Double(got) / elapsed)
+            series.add("rate \(size) B, reliable, \(window) senders (msg/s)", msgnet: Double(got) / elapsed)
         }
         let request = ByteBuffer(repeating: 0x33, count: 64)
         for n in [1, inFlight] {
