@@ -56,6 +56,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
     static let errorProtocol = "/msgnet/error/1.0.0"
 
+    /// Unreliable sends queued on the event loop without their caller waiting.
+    static let maxUnreliableInFlight = 1024
+
     /// Protocols the transport answers itself: identify and identify push, as on streams.
     static let builtin: Set<String> = [IdentifyProtocol.id, IdentifyProtocol.pushID]
 
@@ -89,6 +92,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Thread-safe copies of what the synchronous API reports.
     struct Mirror {
         var connected: Set<PeerID> = []
+        /// The established session per peer (the table's preferred one), for lock-only lookups.
+        var sessions: [PeerID: SessionID] = [:]
+        /// Unreliable sends handed to the event loop and not yet processed.
+        var unreliableInFlight = 0
         var listenAddresses: [Multiaddr] = []
         var protocols: [PeerID: Set<String>] = [:]
         var counters = SessionCounters()
@@ -250,6 +257,22 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
         let session = try await ensureSession(peer)
         let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
+        // An unreliable message that surely fits one payload is handed to the event loop
+        // without waiting (bounded: past `maxUnreliableInFlight` sends wait as reliable ones do).
+        if mode == .unreliable,
+            data.readableBytes + `protocol`.utf8.count + 64 <= configuration.messaging.maxPayload,
+            mirror.withLockedValue({ m -> Bool in
+                guard m.unreliableInFlight < Self.maxUnreliableInFlight else { return false }
+                m.unreliableInFlight += 1
+                return true
+            })
+        {
+            loop.execute {
+                self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: nil)
+                self.mirror.withLockedValue { $0.unreliableInFlight -= 1 }
+            }
+            return
+        }
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             loop.execute {
                 self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: c)
@@ -377,6 +400,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     // MARK: Sessions
 
     private func ensureSession(_ peer: PeerID, addresses: [Multiaddr]? = nil) async throws -> SessionID {
+        if let existing = mirror.withLockedValue({ $0.sessions[peer] }) { return existing }
         if let existing = try await loop.submit({ self.core.value.table.session(with: peer) }).get() {
             return existing
         }
@@ -441,25 +465,41 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func startSend(
         _ data: ByteBuffer, protocol name: String, mode: MessagingDeliveryMode, kind: MessagingMessageKind,
-        session: SessionID, continuation: CheckedContinuation<Void, any Error>
+        session: SessionID, continuation: CheckedContinuation<Void, any Error>?
     ) {
         let core = core.value
         guard var machine = core.machines[session] else {
-            continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
+            continuation?.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return
         }
         do {
             let result = try machine.send(data, protocol: name, mode: mode, kind: kind, now: .now())
             core.machines[session] = machine
-            if mode == .reliable {
+            if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = continuation
             }
             perform(result.actions, session: session)
-            flushSockets()
-            if mode == .unreliable { continuation.resume() }
+            scheduleFlush()
+            if mode == .unreliable { continuation?.resume() }
         } catch {
             core.machines[session] = machine
-            continuation.resume(throwing: Self.map(error))
+            if let continuation {
+                continuation.resume(throwing: Self.map(error))
+            } else {
+                core.unsentUnreliable += 1
+                logger.debug("unreliable message not sent", metadata: ["protocol": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Flushes the sockets once, after every send already queued on the loop has run.
+    private func scheduleFlush() {
+        let core = core.value
+        guard !core.flushPending else { return }
+        core.flushPending = true
+        loop.execute {
+            self.core.value.flushPending = false
+            self.flushSockets()
         }
     }
 
@@ -484,7 +524,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.requests[rid] = Core.PendingRequest(
                 session: session, peer: peer, sendID: result.id, continuation: continuation, timer: timer)
             perform(result.actions, session: session)
-            flushSockets()
+            scheduleFlush()
             return rid
         } catch {
             core.machines[session] = machine
@@ -602,7 +642,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } })
             core.sessionPeers[e.localID] = e.remotePeer
         }
-        mirror.withLockedValue { _ = $0.connected.insert(e.remotePeer) }
+        let preferred = core.table.session(with: e.remotePeer)
+        mirror.withLockedValue {
+            _ = $0.connected.insert(e.remotePeer)
+            $0.sessions[e.remotePeer] = preferred
+        }
         for c in core.pendingConnects.removeValue(forKey: e.localID) ?? [] { c.resume(returning: e.localID) }
         for c in core.waitingForPeer.removeValue(forKey: e.remotePeer) ?? [] { c.resume(returning: e.localID) }
         let remote =
@@ -641,10 +685,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         core.machineWakeups[session] = nil
         core.sessionPeers[session] = nil
-        if let peer, core.table.session(with: peer) == nil {
+        if let peer {
+            let preferred = core.table.session(with: peer)
             mirror.withLockedValue {
-                $0.connected.remove(peer)
-                $0.protocols[peer] = nil
+                $0.sessions[peer] = preferred
+                if preferred == nil {
+                    $0.connected.remove(peer)
+                    $0.protocols[peer] = nil
+                }
             }
         }
         if let connection = core.connections.removeValue(forKey: session) {
@@ -731,6 +779,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0
+        var flushPending = false
+        var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
         let hasHandler: MessagingMachine.HandlerPredicate
