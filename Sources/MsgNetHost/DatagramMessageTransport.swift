@@ -268,7 +268,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             })
         {
             loop.execute {
-                self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: nil)
+                self.startSend(
+                    data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: nil)
                 self.mirror.withLockedValue { $0.unreliableInFlight -= 1 }
             }
             return
