@@ -157,19 +157,3 @@ struct MessageInteropTests {
         }
     }
 }
-
-/// `count` deterministic bytes (xorshift64*).
-func patternBytes(count: Int, seed: UInt64) -> [UInt8] {
-    var x = seed | 1
-    var out = [UInt8]()
-    out.reserveCapacity(count + 8)
-    while out.count < count {
-        x ^= x >> 12
-        x ^= x << 25
-        x ^= x >> 27
-        let v = x &* 0x2545_F491_4F6C_DD1D
-        withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
-    }
-    out.removeLast(out.count - count)
-    return out
-}

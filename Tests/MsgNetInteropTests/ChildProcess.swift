@@ -255,3 +255,20 @@ func runToCompletion(
         try await child.waitForExit(timeout: timeout)
     }
 }
+
+/// `count` deterministic bytes with no short period (xorshift64*), so a misplaced, dropped or
+/// repeated chunk shows up as a mismatch. (A zero seed is made odd: xorshift stays at 0.)
+func patternBytes(count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
+    var x = seed | 1
+    var out = [UInt8]()
+    out.reserveCapacity(count + 8)
+    while out.count < count {
+        x ^= x >> 12
+        x ^= x << 25
+        x ^= x >> 27
+        let v = x &* 0x2545_F491_4F6C_DD1D
+        withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
+    }
+    out.removeLast(out.count - count)
+    return out
+}

@@ -163,23 +163,6 @@ func running<R: Sendable>(_ host: StreamHost, _ body: @Sendable () async throws 
     }
 }
 
-/// `count` deterministic bytes with no short period (xorshift64*), so a misplaced, dropped or
-/// repeated chunk shows up as a mismatch.
-func patternBytes(count: Int, seed: UInt64 = 0x9E37_79B9_7F4A_7C15) -> [UInt8] {
-    var x = seed
-    var out = [UInt8]()
-    out.reserveCapacity(count + 8)
-    while out.count < count {
-        x ^= x >> 12
-        x ^= x << 25
-        x ^= x >> 27
-        let v = x &* 0x2545_F491_4F6C_DD1D
-        withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) }
-    }
-    out.removeLast(out.count - count)
-    return out
-}
-
 /// Sends `payload` on `stream` in `chunk`-sized writes while reading the echo concurrently,
 /// keeping at most `window` bytes written but not yet echoed (py-libp2p's mplex streams have
 /// no flow control and cannot read while a write is pending). Closes the write side after the
