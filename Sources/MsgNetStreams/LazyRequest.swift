@@ -139,6 +139,8 @@ extension StreamHost {
                         stream.resetOnEventLoop()
                     }
                 case .remoteClosed:
+                    // The usual end after the reply: no error to build.
+                    guard !exchange.isFinished else { return }
                     if parser.value.negotiated {
                         exchange.finish(
                             .failure(
@@ -149,11 +151,13 @@ extension StreamHost {
                             .failure(StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")))
                     }
                 case .reset(let error):
+                    guard !exchange.isFinished else { return }
                     exchange.finish(
                         .failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)")))
                 }
             }
-            stream.writeOnEventLoop(out, flush: true, promise: nil)
+            // The request and our half-close leave in one flush.
+            stream.writeOnEventLoop(out, flush: false, promise: nil)
             stream.closeWriteOnEventLoop(promise: nil)
         }
         return try await withTaskCancellationHandler {
@@ -177,6 +181,7 @@ private final class RequestExchange: Sendable {
         self.promise = promise
     }
 
+    /// Whether the exchange already has its outcome.
     var isFinished: Bool { finished.withLockedValue { $0 } }
 
     func finish(_ result: Result<ByteBuffer, any Error>) {
