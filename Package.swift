@@ -4,6 +4,9 @@
 import PackageDescription
 
 let strict: [SwiftSetting] = []
+// Library code: a nonisolated async function runs on its caller's executor (SE-0461), so work
+// started on a connection's event loop (inbound handlers, replies) stays there without a hop.
+let library: [SwiftSetting] = [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
 
 let package = Package(
     name: "MsgNet",
@@ -36,16 +39,17 @@ let package = Package(
         .target(
             name: "MsgNetControl",
             dependencies: ["MsgNetControlC"],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         .target(
             name: "MsgNetCore",
             dependencies: [
                 "MsgNetControl",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         .target(
             name: "MsgNetMultistream",
@@ -54,7 +58,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         .target(
             name: "MsgNetSecurity",
@@ -65,7 +69,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         .target(
             name: "MsgNetMplex",
@@ -75,7 +79,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         .target(
             name: "MsgNetStreams",
@@ -88,7 +92,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         // The UDP path: secure datagram sessions and multipacket messaging (pure machines + shells).
         .target(
@@ -100,7 +104,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         // The public message API: MessageHost, MessageNetwork, SocketSession, Message.
         .target(
@@ -113,7 +117,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
         // The only target that opens sockets.
         .target(
@@ -124,7 +128,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: library
         ),
 
         // MARK: Applications

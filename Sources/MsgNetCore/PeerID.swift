@@ -86,4 +86,12 @@ public struct PeerID: Hashable, Sendable, CustomStringConvertible, Comparable {
     public var description: String { Base58.encode(bytes) }
 
     public static func < (lhs: PeerID, rhs: PeerID) -> Bool { lhs.bytes.lexicographicallyPrecedes(rhs.bytes) }
+
+    /// Hashes the id's bytes in one block (the synthesized `Array` hashing feeds the hasher one
+    /// byte at a time, which made peer-keyed lookups on the send path expensive).
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
+    public static func == (lhs: PeerID, rhs: PeerID) -> Bool { lhs.bytes == rhs.bytes }
 }

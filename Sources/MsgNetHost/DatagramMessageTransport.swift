@@ -21,6 +21,10 @@ public struct DatagramTransportConfiguration: Sendable {
     /// How long a send or request waits for a new session before failing with `dialFailed`
     /// (so the host can fall back to another path). The handshake itself may go on.
     public var connectTimeout: TimeAmount = .seconds(2)
+    /// Where handlers of inbound messages start: by default on the transport's event loop, so
+    /// a request is read, handled and answered without a thread switch (see
+    /// ``InboundExecution``).
+    public var inboundExecution = InboundExecution.eventLoop
 
     /// The defaults.
     public init() {}
@@ -46,11 +50,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private let inbound: AsyncStream<Inbound>
     private let inboundContinuation: AsyncStream<Inbound>.Continuation
 
-    /// Work for `run()`: a message for the host, or the transport's own identify traffic.
+    /// Work for `run()`: the transport's own identify traffic.
     enum Inbound: Sendable {
-        case message(Message, DatagramReplyChannel, isRequest: Bool)
         case task(@Sendable () async -> Void)
     }
+    /// Handlers of inbound messages, started on the event loop; `run()` waits for them.
+    private let handlerTasks = InboundTaskSet()
 
     /// Requests on this reserved protocol name carry errors back to a requester: the payload is
     /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
@@ -139,7 +144,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     public func run() async throws {
-        guard let context = contextBox.withLockedValue({ $0 }) else {
+        guard contextBox.withLockedValue({ $0 }) != nil else {
             preconditionFailure("a MessageTransport runs only after MessageHost attached it")
         }
         await withDiscardingTaskGroup { group in
@@ -147,14 +152,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 switch item {
                 case .task(let work):
                     group.addTask { await work() }
-                case .message(let message, let channel, let isRequest):
-                    group.addTask { [self] in
-                        await handle(message, channel: channel, isRequest: isRequest, context: context)
-                        loop.execute { self.core.value.pendingInbound -= 1 }
-                    }
                 }
             }
         }
+        await handlerTasks.waitUntilIdle()
     }
 
     /// Hands one inbound message to the host, answering what the host cannot: identify, an
@@ -215,6 +216,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return sockets
         }.get()
         for socket in sockets ?? [] { await socket.close() }
+        handlerTasks.close()
         inboundContinuation.finish()
         let addresses = mirror.withLockedValue { m -> [Multiaddr] in
             defer { m.listenAddresses = [] }
@@ -469,13 +471,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         session: SessionID, continuation: CheckedContinuation<Void, any Error>?
     ) {
         let core = core.value
-        guard var machine = core.machines[session] else {
+        guard core.machines[session] != nil else {
             continuation?.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return
         }
         do {
-            let result = try machine.send(data, protocol: name, mode: mode, kind: kind, now: .now())
-            core.machines[session] = machine
+            // Mutated in place: a copy of the machine would make every collection in it copy
+            // on write.
+            let result = try core.machines[session]!.send(data, protocol: name, mode: mode, kind: kind, now: .now())
             if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = continuation
             }
@@ -483,7 +486,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             scheduleFlush()
             if mode == .unreliable { continuation?.resume() }
         } catch {
-            core.machines[session] = machine
             if let continuation {
                 continuation.resume(throwing: Self.map(error))
             } else {
@@ -509,15 +511,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         continuation: CheckedContinuation<Message, any Error>
     ) -> UInt64? {
         let core = core.value
-        guard var machine = core.machines[session] else {
+        guard core.machines[session] != nil else {
             continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return nil
         }
         core.nextRequestID &+= 1
         let rid = core.nextRequestID
         do {
-            let result = try machine.send(data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
-            core.machines[session] = machine
+            let result = try core.machines[session]!.send(
+                data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
             let timer = loop.scheduleTask(in: timeout) {
                 self.core.value.finishRequest(
                     rid, .failure(MessageError(.timedOut, "no reply from \(peer) on \(name) within \(timeout)")))
@@ -528,18 +530,41 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             scheduleFlush()
             return rid
         } catch {
-            core.machines[session] = machine
             continuation.resume(throwing: Self.map(error))
             return nil
         }
     }
 
+    /// Sends a handler's reply (to request `requestID`, or a plain message back).
+    ///
+    /// Returns once the reply is queued in the session (it is sent reliably, but the handler does
+    /// not wait for its acknowledgement), as a reply on the stream path returns once written.
     func reply(_ data: ByteBuffer, to requestID: UInt64?, session: SessionID, protocol name: String) async throws {
         let kind: MessagingMessageKind = requestID.map { .reply(to: $0) } ?? .oneWay
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            loop.execute {
-                self.startSend(data, protocol: name, mode: .reliable, kind: kind, session: session, continuation: c)
-            }
+        if loop.inEventLoop {
+            try queueReply(data, protocol: name, kind: kind, session: session)
+            return
+        }
+        try await loop.submit {
+            try self.queueReply(data, protocol: name, kind: kind, session: session)
+        }.value()
+    }
+
+    /// Hands a reply to the session's machine (on the loop); throws when that fails at once.
+    private func queueReply(
+        _ data: ByteBuffer, protocol name: String, kind: MessagingMessageKind, session: SessionID
+    ) throws {
+        let core = core.value
+        guard core.machines[session] != nil else {
+            throw MessageError(.connectionClosed, "the datagram session closed")
+        }
+        do {
+            let result = try core.machines[session]!.send(
+                data, protocol: name, mode: .reliable, kind: kind, now: .now())
+            perform(result.actions, session: session)
+            scheduleFlush()
+        } catch {
+            throw Self.map(error)
         }
     }
 
@@ -552,9 +577,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 core.sockets[path.socket].write(datagram, to: path.remote)
                 core.dirtySockets.insert(path.socket)
             case .deliver(let payload, let peer, let session):
-                guard var machine = core.machines[session] else { continue }
-                let result = machine.onPayload(payload, now: .now())
-                core.machines[session] = machine
+                guard core.machines[session] != nil else { continue }
+                let result = core.machines[session]!.onPayload(payload, now: .now())
                 _ = peer
                 perform(result, session: session)
             case .established(let info):
@@ -625,12 +649,21 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             // plain message back on the same protocol.
             let channel = DatagramReplyChannel(
                 transport: self, session: session, protocol: inbound.protocolName, isRequest: isRequest, token: rid)
-            inboundContinuation.yield(
-                .message(
-                    Message(
-                        data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
-                        replyChannel: channel, replyToken: rid),
-                    channel, isRequest: isRequest))
+            let message = Message(
+                data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
+                replyChannel: channel, replyToken: rid)
+            // No capture list: it would make the closure `@concurrent` (off the loop).
+            let started = handlerTasks.start(on: loop, configuration.inboundExecution) {
+                if let context = self.contextBox.withLockedValue({ $0 }) {
+                    await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)
+                }
+                if self.loop.inEventLoop {
+                    self.core.value.pendingInbound -= 1
+                } else {
+                    self.loop.execute { self.core.value.pendingInbound -= 1 }
+                }
+            }
+            if !started { core.pendingInbound -= 1 }
         }
     }
 
@@ -723,9 +756,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         for (session, w) in core.machineWakeups where w <= now {
             core.machineWakeups[session] = nil
-            guard var machine = core.machines[session] else { continue }
-            let actions = machine.onTimer(now: now)
-            core.machines[session] = machine
+            guard core.machines[session] != nil else { continue }
+            let actions = core.machines[session]!.onTimer(now: now)
             perform(actions, session: session)
         }
         flushSockets()

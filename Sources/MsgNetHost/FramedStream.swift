@@ -144,7 +144,10 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         let count = buffer.readableBytes
         let promise = stream.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { result in self.written(count, result) }
-        stream.writeOnEventLoop(buffer, flush: true, promise: promise)
+        // Flushed once this loop pass is done: what else is written meanwhile (a protocol echo,
+        // the stream's close, other channels' messages) leaves in the same write.
+        stream.writeOnEventLoop(buffer, flush: false, promise: promise)
+        stream.flushSoonOnEventLoop()
     }
 
     private func written(_ count: Int, _ result: Result<Void, any Error>) {
@@ -184,16 +187,28 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
         guard proceed else { return }
         let promise = stream.eventLoop.makePromise(of: Void.self)
-        stream.eventLoop.execute {
-            self.flushOnLoop()
-            self.stream.closeWriteOnEventLoop(promise: promise)
+        if stream.eventLoop.inEventLoop {
+            closeOnLoop(promise)
+        } else {
+            stream.eventLoop.execute { self.closeOnLoop(promise) }
         }
-        try? await promise.futureResult.get()
+        try? await promise.futureResult.value()
+    }
+
+    private func closeOnLoop(_ promise: EventLoopPromise<Void>) {
+        flushOnLoop()
+        stream.closeWriteOnEventLoop(flush: false, promise: promise)
     }
 
     /// Resets the stream; queued messages are dropped.
     func reset(_ error: MessageError) {
         fail(error)
-        stream.eventLoop.execute { self.stream.resetOnEventLoop() }
+        // At once when on the loop: a close issued right after (the stream host closes a stream
+        // whose handler returned) must not overtake the reset.
+        if stream.eventLoop.inEventLoop {
+            stream.resetOnEventLoop()
+        } else {
+            stream.eventLoop.execute { self.stream.resetOnEventLoop() }
+        }
     }
 }

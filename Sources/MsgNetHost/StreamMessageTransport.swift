@@ -202,9 +202,12 @@ public final class StreamMessageTransport: MessageTransport {
             return (added, removed)
         }
         for p in removed { streamHost.removeStreamHandler(p) }
+        // A weak box, not a `[weak self]` capture list: a closure literal with a capture list is
+        // inferred `@concurrent`, which would move every inbound stream off its event loop.
+        let transport = WeakTransport(self)
         for p in added.sorted() {
-            streamHost.setStreamHandler(p) { [weak self] stream in
-                guard let self else { throw MessageError(.cancelled, "the transport is gone") }
+            streamHost.setStreamHandler(p) { stream in
+                guard let self = transport.value else { throw MessageError(.cancelled, "the transport is gone") }
                 try await self.serveInbound(stream)
             }
         }
@@ -422,4 +425,11 @@ public final class StreamMessageTransport: MessageTransport {
         }
         return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
     }
+}
+
+/// A weak reference to the transport for the stream handlers it registers (the stream host
+/// holds them, so a strong one would keep the transport alive).
+private final class WeakTransport: Sendable {
+    weak let value: StreamMessageTransport?
+    init(_ value: StreamMessageTransport) { self.value = value }
 }

@@ -1,4 +1,5 @@
 import Logging
+import MsgNetCore
 import NIOCore
 
 /// An mplex connection: opens streams, accepts the peer's streams, closes.
@@ -27,7 +28,8 @@ public final class MplexConnection: Sendable {
     /// - Throws: ``MplexError/Code/tooManyStreams``, ``MplexError/Code/streamIDsExhausted``,
     ///   ``MplexError/Code/connectionClosed``.
     public func openStream() async throws -> MplexStream {
-        try await eventLoop.submit { try self.handler.value.openStream(flush: true) }.get()
+        if eventLoop.inEventLoop { return try handler.value.openStream(flush: true) }
+        return try await eventLoop.submit { try self.handler.value.openStream(flush: true) }.value()
     }
 
     /// Opens a stream on the event loop. With `flush: false` the NewStream frame leaves with the next flush
@@ -41,12 +43,12 @@ public final class MplexConnection: Sendable {
     /// Closes the connection; every open stream is reset.
     public func close() async {
         eventLoop.execute { self.handler.value.close() }
-        try? await channel.closeFuture.get()
+        try? await channel.closeFuture.value()
     }
 
     /// Waits until the connection is closed.
     public func onClose() async {
-        try? await channel.closeFuture.get()
+        try? await channel.closeFuture.value()
     }
 
     /// Adds an ``MplexHandler`` at the end of `channel`'s pipeline and returns its connection.

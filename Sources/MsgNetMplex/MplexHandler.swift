@@ -36,6 +36,7 @@ public final class MplexHandler: ChannelDuplexHandler {
     private var tickTask: RepeatedTask?
     private var readHeld = false
     private var needsFlush = false
+    private var flushSoonScheduled = false
     private var inputFailed = false
     private var pendingWrites: Deque<PendingWrite> = []
     private var connectionBox: MplexConnection?
@@ -168,7 +169,7 @@ public final class MplexHandler: ChannelDuplexHandler {
         if flush { flushIfNeeded() }
     }
 
-    func closeWrite(_ stream: MplexStream, promise: EventLoopPromise<Void>?) {
+    func closeWrite(_ stream: MplexStream, flush: Bool = true, promise: EventLoopPromise<Void>?) {
         if let error = stream.writeError() {
             if error.code == .writeAfterClose {
                 promise?.succeed()  // idempotent
@@ -181,6 +182,10 @@ public final class MplexHandler: ChannelDuplexHandler {
             let actions = try machine.closeWrite(stream.id)
             stream.markLocalWriteClosed()
             perform(actions, lastWritePromise: promise)
+            if !flush {
+                flushSoon()
+                return
+            }
         } catch {
             promise?.fail(error)
         }
@@ -338,6 +343,22 @@ public final class MplexHandler: ChannelDuplexHandler {
             context.write(wrapOutboundOut(frame.data), promise: promise)
         }
         needsFlush = true
+    }
+
+    /// Flushes after the event loop's current batch of work and the batch that follows it: an
+    /// `execute` queued now runs after work already queued, and the inner one after whatever
+    /// that work queues (NIO runs tasks queued during a batch in the next one).
+    func flushSoon() {
+        guard !flushSoonScheduled, let context else { return }
+        flushSoonScheduled = true
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        loop.execute {
+            loop.execute {
+                loopBound.value.flushSoonScheduled = false
+                loopBound.value.flushIfNeeded()
+            }
+        }
     }
 
     private func flushIfNeeded() {

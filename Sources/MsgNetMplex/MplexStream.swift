@@ -1,4 +1,5 @@
 import DequeModule
+import MsgNetCore
 import NIOCore
 
 /// One mplex stream: a bidirectional, half-closable byte stream on an ``MplexConnection``.
@@ -83,11 +84,22 @@ public final class MplexStream: Sendable {
         handler.value.write(self, buffer, flush: flush, promise: promise)
     }
 
-    /// Closes the write side (sends Close, flushed), on the event loop. Idempotent.
+    /// Closes the write side (sends Close), on the event loop. Idempotent.
+    /// - Parameter flush: flush now (default); with `false` the Close frame leaves with the next
+    ///   flush (see ``flushSoonOnEventLoop()``).
     /// - Precondition: called on ``eventLoop``.
-    public func closeWriteOnEventLoop(promise: EventLoopPromise<Void>? = nil) {
+    public func closeWriteOnEventLoop(flush: Bool = true, promise: EventLoopPromise<Void>? = nil) {
         eventLoop.preconditionInEventLoop()
-        handler.value.closeWrite(self, promise: promise)
+        handler.value.closeWrite(self, flush: flush, promise: promise)
+    }
+
+    /// Flushes the connection once the event loop has run the work queued on it now (and the
+    /// work that queues), so that frames written by several steps of one exchange (a protocol
+    /// echo, a handler's reply, a close) leave in one write. Cheap to call repeatedly.
+    /// - Precondition: called on ``eventLoop``.
+    public func flushSoonOnEventLoop() {
+        eventLoop.preconditionInEventLoop()
+        handler.value.flushSoon()
     }
 
     /// Resets the stream (sends Reset, flushed), on the event loop: buffered data is dropped and
@@ -108,12 +120,13 @@ public final class MplexStream: Sendable {
     ///
     /// One reader at a time (a concurrent call fails with ``MplexError/Code/invalidUse``).
     /// Cancelling the calling task fails the read with `CancellationError`.
+    ///
+    /// Called on ``eventLoop`` (a task running there) with data or the end already buffered,
+    /// it returns without suspending.
     public func read() async throws -> ByteBuffer? {
-        try await withTaskCancellationHandler {
-            if eventLoop.inEventLoop {
-                return try await readOnLoop().get()
-            }
-            return try await eventLoop.flatSubmit { self.readOnLoop() }.get()
+        if eventLoop.inEventLoop, let ready = readNowOnLoop() { return try ready.get() }
+        return try await withTaskCancellationHandler {
+            try await onLoop { self.readOnLoop() }.value()
         } onCancel: {
             eventLoop.execute { self.cancelRead() }
         }
@@ -124,24 +137,42 @@ public final class MplexStream: Sendable {
     /// Waits while the channel is not writable. Throws the stream's reset error,
     /// ``MplexError/Code/writeAfterClose`` or ``MplexError/Code/connectionClosed``.
     public func write(_ buffer: ByteBuffer) async throws {
-        try await eventLoop.flatSubmit { self.handler.value.asyncWrite(self, buffer) }.get()
+        try await onLoop { self.handler.value.asyncWrite(self, buffer) }.value()
     }
 
     /// Closes the write side of the stream (after the writes issued before it). Idempotent.
     public func closeWrite() async throws {
-        try await eventLoop.flatSubmit { self.handler.value.asyncCloseWrite(self) }.get()
+        try await onLoop { self.handler.value.asyncCloseWrite(self) }.value()
     }
 
     /// Resets the stream. Idempotent.
     public func reset() async {
-        try? await eventLoop.submit { self.handler.value.reset(self) }.get()
+        try? await onLoop {
+            self.handler.value.reset(self)
+            return self.eventLoop.makeSucceededVoidFuture()
+        }.value()
+    }
+
+    /// Runs `body` on the loop: at once when already there (a task running on the loop, the
+    /// default for inbound handlers), else submitted to it.
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> EventLoopFuture<T>) -> EventLoopFuture<T> {
+        eventLoop.inEventLoop ? body() : eventLoop.flatSubmit(body)
     }
 
     // MARK: Called by the handler, on the loop
 
     private func readOnLoop() -> EventLoopFuture<ByteBuffer?> {
+        if let ready = readNowOnLoop() { return eventLoop.makeCompletedFuture(ready) }
+        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
+        state.value.pendingRead = promise
+        return promise.futureResult
+    }
+
+    /// The outcome of a read when it is known now (data, the end, an error); `nil` when the read
+    /// has to wait for data.
+    private func readNowOnLoop() -> Result<ByteBuffer?, any Error>? {
         if state.value.inboundHandler != nil || state.value.pendingRead != nil {
-            return eventLoop.makeFailedFuture(
+            return .failure(
                 MplexError(
                     .invalidUse, "read() on stream \(id) while another read is pending or an inbound handler is set")
             )
@@ -154,17 +185,15 @@ public final class MplexStream: Sendable {
                 chunk.writeBuffer(&next)
             }
             handler.value.consumed(id, bytes: chunk.readableBytes)
-            return eventLoop.makeSucceededFuture(chunk)
+            return .success(chunk)
         }
         if let error = state.value.error, !(error.code == .connectionClosed && state.value.remoteClosed) {
-            return eventLoop.makeFailedFuture(error)
+            return .failure(error)
         }
         if state.value.remoteClosed {
-            return eventLoop.makeSucceededFuture(nil)
+            return .success(nil)
         }
-        let promise = eventLoop.makePromise(of: ByteBuffer?.self)
-        state.value.pendingRead = promise
-        return promise.futureResult
+        return nil
     }
 
     private func cancelRead() {

@@ -44,20 +44,21 @@ public enum IdentifyProtocol {
 
 extension StreamHost {
     func registerBuiltins() {
-        setStreamHandler(IdentifyProtocol.id) { [self] stream in
-            let message = identifyMessage(observed: stream.connection.remoteAddress)
+        // No capture lists: they would make these handlers `@concurrent` (off the event loop).
+        setStreamHandler(IdentifyProtocol.id) { stream in
+            let message = self.identifyMessage(observed: stream.connection.remoteAddress)
             try await stream.writeLengthPrefixed(ByteBuffer(bytes: message.encoded()))
         }
-        setStreamHandler(IdentifyProtocol.pushID) { [self] stream in
+        setStreamHandler(IdentifyProtocol.pushID) { stream in
             let peer = stream.connection.remotePeer
             guard let body = try await stream.readLengthPrefixed(maxSize: IdentifyProtocol.maxMessageSize) else {
                 return
             }
             // A push may omit fields it does not change; merge onto what we knew.
-            var info = try IdentifyProtocol.parseLenient(body, from: peer, base: peerstore.identify(for: peer))
+            var info = try IdentifyProtocol.parseLenient(body, from: peer, base: self.peerstore.identify(for: peer))
             info.peer = peer
-            peerstore.setIdentify(info)
-            yieldEvent(.peerProtocolsUpdated(peer, info.protocols))
+            self.peerstore.setIdentify(info)
+            self.yieldEvent(.peerProtocolsUpdated(peer, info.protocols))
         }
         setStreamHandler(PingProtocol.id) { stream in
             try await PingProtocol.serve(stream)

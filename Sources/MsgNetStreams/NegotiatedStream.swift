@@ -76,8 +76,14 @@ public final class NegotiatedStream: Sendable {
 
     /// Closes the write side after the event-loop writes issued before.
     /// - Precondition: called on ``eventLoop``.
-    package func closeWriteOnEventLoop(promise: EventLoopPromise<Void>?) {
-        stream.closeWriteOnEventLoop(promise: promise)
+    package func closeWriteOnEventLoop(flush: Bool = true, promise: EventLoopPromise<Void>?) {
+        stream.closeWriteOnEventLoop(flush: flush, promise: promise)
+    }
+
+    /// Flushes once the loop's current work is done (see `MplexStream.flushSoonOnEventLoop()`).
+    /// - Precondition: called on ``eventLoop``.
+    package func flushSoonOnEventLoop() {
+        stream.flushSoonOnEventLoop()
     }
 
     /// Resets the stream. - Precondition: called on ``eventLoop``.
@@ -233,7 +239,17 @@ enum StreamNegotiation {
                     // Negotiation frames are the stream's first writes, so an event-loop write
                     // (not waiting for its completion) cannot be overtaken by later writes; a
                     // failed write shows up as a failed read. Saves a hop per negotiation step.
-                    stream.eventLoop.execute { stream.writeOnEventLoop(bytes, flush: true, promise: nil) }
+                    // The flush waits for the rest of this loop pass, so an inbound handler
+                    // running on the loop can send its reply in the same write.
+                    if stream.eventLoop.inEventLoop {
+                        stream.writeOnEventLoop(bytes, flush: false, promise: nil)
+                        stream.flushSoonOnEventLoop()
+                    } else {
+                        stream.eventLoop.execute {
+                            stream.writeOnEventLoop(bytes, flush: false, promise: nil)
+                            stream.flushSoonOnEventLoop()
+                        }
+                    }
                 case .negotiated(let id, let leftover):
                     return (id, leftover)
                 case .optimisticallySelected, .listed:

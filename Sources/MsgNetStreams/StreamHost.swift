@@ -8,7 +8,7 @@ import NIOCore
 
 /// Handles one inbound stream after its protocol was negotiated. Returning closes our side of
 /// the stream; throwing resets it.
-public typealias StreamHandler = @Sendable (NegotiatedStream) async throws -> Void
+public typealias StreamHandler = nonisolated(nonsending) @Sendable (NegotiatedStream) async throws -> Void
 
 /// Lifecycle events of a ``StreamHost`` (the connection-lifecycle spec's events plus identify's).
 public enum StreamHostEvent: Sendable {
@@ -46,6 +46,9 @@ public struct StreamHostConfiguration: Sendable {
     public var identifyOnConnect = true
     /// The muxer's limits.
     public var mplex = MplexConfiguration()
+    /// Where inbound streams are served: by default on their connection's event loop, so a
+    /// handler reads, answers and finishes without a thread switch (see ``InboundExecution``).
+    public var inboundExecution = InboundExecution.eventLoop
 
     /// The defaults.
     public init() {}
@@ -56,8 +59,9 @@ public struct StreamHostConfiguration: Sendable {
 /// them to handlers. Serves identify (`/ipfs/id/1.0.0`, `/ipfs/id/push/1.0.0`) and ping
 /// (`/ipfs/ping/1.0.0`) itself.
 ///
-/// Lifetime: call ``run()`` in a task (it returns after ``shutdown()``); inbound handlers run as
-/// child tasks of `run()`.
+/// Lifetime: call ``run()`` in a task (it returns after ``shutdown()``, once every inbound
+/// handler has returned). Inbound streams are served in tasks started on their connection's
+/// event loop (``StreamHostConfiguration/inboundExecution``) that `run()` waits for.
 public final class StreamHost: Sendable {
     /// Our identity.
     public let identity: PrivateKey
@@ -90,6 +94,7 @@ public final class StreamHost: Sendable {
     private let state = NIOLockedValueBox(State())
     private let work: AsyncStream<@Sendable () async -> Void>
     private let workContinuation: AsyncStream<@Sendable () async -> Void>.Continuation
+    private let inboundTasks = InboundTaskSet()
     /// Lifecycle events. One consumer; events are dropped when nobody reads (buffer of 1024).
     public let events: AsyncStream<StreamHostEvent>
     private let eventContinuation: AsyncStream<StreamHostEvent>.Continuation
@@ -127,6 +132,7 @@ public final class StreamHost: Sendable {
                 group.addTask { await item() }
             }
         }
+        await inboundTasks.waitUntilIdle()
     }
 
     /// Stops listening, closes every connection and ends ``run()`` once running handlers return.
@@ -144,6 +150,7 @@ public final class StreamHost: Sendable {
         for c in connections {
             try? await c.connection.channel.close()
         }
+        inboundTasks.close()
         workContinuation.finish()
         eventContinuation.finish()
     }
@@ -395,13 +402,15 @@ public final class StreamHost: Sendable {
             Task { await stream.reset() }
             return
         }
-        let enqueued = submit { [self] in
-            defer { state.withLockedValue { $0.pendingInboundStreams -= 1 } }
+        // No capture list here: a closure literal with one is inferred `@concurrent` and would
+        // leave the event loop the task starts on.
+        let enqueued = inboundTasks.start(on: stream.eventLoop, configuration.inboundExecution) {
+            defer { self.state.withLockedValue { $0.pendingInboundStreams -= 1 } }
             guard let connection = info.withLockedValue({ $0 }) else {
                 await stream.reset()
                 return
             }
-            await serveInbound(stream, connection: connection)
+            await self.serveInbound(stream, connection: connection)
         }
         if !enqueued {
             state.withLockedValue { $0.pendingInboundStreams -= 1 }

@@ -14,9 +14,11 @@ package enum RawTCPBaseline {
 
         /// Runs `body` with the inbound iterator and the outbound writer.
         package func run<R: Sendable>(
-            _ body: (
-                inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator, NIOAsyncChannelOutboundWriter<ByteBuffer>
-            )
+            _ body:
+                @concurrent (
+                    inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator,
+                    NIOAsyncChannelOutboundWriter<ByteBuffer>
+                )
                 async throws -> R
         ) async throws -> R {
             try await channel.executeThenClose { inbound, outbound in

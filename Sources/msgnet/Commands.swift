@@ -51,7 +51,9 @@ struct ListenCommand: AsyncParsableCommand {
             try await withNode(
                 options, listen: listen,
                 configure: { node in
-                    node.streams.streamHost.setStreamHandler(EchoProtocol.id, handler: EchoProtocol.serve)
+                    node.streams.streamHost.setStreamHandler(EchoProtocol.id) { stream in
+                        try await EchoProtocol.serve(stream)
+                    }
                     node.host.setMessageHandler(for: MessagePing.id) { message in
                         if message.canReply { try await message.reply(message.data) }
                     }

@@ -3,6 +3,7 @@ import MsgNetHost
 import MsgNetStreams
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOPosix
 import Testing
 
 /// The message API's handler semantics, run over every path in ``TransportFactory/all``.
@@ -53,6 +54,29 @@ struct HandlerSuite {
                     }
                 }
                 try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test(
+        "handlers start on the event loop by default, on the global executor with .concurrent",
+        arguments: TransportFactory.all)
+    func handlerExecution(factory: TransportFactory) async throws {
+        for execution in [InboundExecution.eventLoop, .concurrent] {
+            let a = factory.host()
+            let b = factory.host(limits: PathLimits(inboundExecution: execution))
+            b.setMessageHandler(for: "/where/1") { message in
+                let onLoop = MultiThreadedEventLoopGroup.currentEventLoop != nil
+                try await message.reply(bytes(onLoop ? "loop" : "global"))
+                // Still there after the reply (the library's async calls keep the executor).
+                #expect((MultiThreadedEventLoopGroup.currentEventLoop != nil) == onLoop)
+            }
+            try await running([a, b]) {
+                _ = try await introduce(a, to: b, on: factory)
+                for _ in 0..<3 {
+                    let r = try await a.request(bytes("?"), to: b.peerID, protocol: "/where/1", timeout: .seconds(10))
+                    #expect(String(buffer: r.data) == (execution == .eventLoop ? "loop" : "global"))
+                }
             }
         }
     }

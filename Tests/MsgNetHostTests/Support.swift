@@ -32,6 +32,7 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         make: { identity, configuration, limits, peerstore in
             var stream = StreamMessageTransport.Configuration()
             if let n = limits.maxStreamsPerPeer { stream.maxStreamsPerPeer = n }
+            if let e = limits.inboundExecution { stream.streamHost.inboundExecution = e }
             return MessageHost(
                 identity: identity,
                 streamTransports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
@@ -48,10 +49,13 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         listenAddress: { try! Multiaddr("/ip4/127.0.0.1/udp/0") },
         make: { identity, configuration, limits, peerstore in
             let loop = MultiThreadedEventLoopGroup.singleton.next()
+            var datagram = DatagramTransportConfiguration()
+            if let e = limits.inboundExecution { datagram.inboundExecution = e }
             let transport = DatagramMessageTransport(
                 identity: identity,
                 datagrams: UDPTransport(group: loop),
-                eventLoop: loop
+                eventLoop: loop,
+                configuration: datagram
             )
             return MessageHost(
                 identity: identity, transports: [transport], peerstore: peerstore, configuration: configuration)
@@ -82,6 +86,8 @@ struct TransportFactory: Sendable, CustomStringConvertible {
 /// Path-specific limits the suite sets (each path maps them onto its own configuration).
 struct PathLimits: Sendable {
     var maxStreamsPerPeer: Int?
+    /// Where inbound handlers start (the path's default when `nil`).
+    var inboundExecution: InboundExecution?
 }
 
 /// A clock tests move by hand.

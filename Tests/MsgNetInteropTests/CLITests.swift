@@ -240,10 +240,11 @@ extension InteropTests {
             let port = try await closedPort()
             let target = "/ip4/127.0.0.1/\(path.rawValue)/\(port)/p2p/\(PrivateKey.generate().peerID)"
             let output = try await MsgNetBinary.run(
-                ["request", target, "--protocol", "/chat/1.0.0", "hello", "--timeout", "2"], timeout: .seconds(60))
+                ["request", target, "--protocol", "/chat/1.0.0", "hello", "--timeout", "1"], timeout: .seconds(60))
             #expect(output.failedWithOneLine, "\(output.summary)")
             // TCP is refused at once; UDP has nobody answering, so --timeout (which covers the
-            // connection attempt) ends it.
+            // connection attempt, and is shorter than the datagram path's 2 s connect timeout)
+            // ends it.
             let expected = path == .tcp ? "dial failed" : "timed out"
             #expect(output.stderrText.contains(expected), "\(output.summary)")
         }

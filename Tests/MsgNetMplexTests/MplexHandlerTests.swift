@@ -156,6 +156,29 @@ import Testing
         #expect(try pair.b.finish().isClean)
     }
 
+    @Test func flushSoonWaitsForTheLoopPassThenSendsEverything() throws {
+        let pair = try EmbeddedPair()
+        let stream = try pair.connectionA.openStreamOnEventLoop(flush: false)
+        stream.writeOnEventLoop(ByteBuffer(string: "one"), flush: false)
+        stream.flushSoonOnEventLoop()
+        stream.writeOnEventLoop(ByteBuffer(string: "two"), flush: false)
+        stream.flushSoonOnEventLoop()
+        stream.closeWriteOnEventLoop(flush: false)
+        // Nothing is flushed until the loop has run the work queued now.
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        pair.a.embeddedEventLoop.run()
+        try pair.pump()
+        #expect(pair.inboundB.streams.count == 1)
+        let inbound = try #require(pair.inboundB.streams.first)
+        inbound.setInboundHandler(pair.inboundB.recorder("B"))
+        let events = pair.inboundB.takeEvents()
+        #expect(events.last == "B eof")
+        #expect(events.dropLast().allSatisfy { $0.hasPrefix("B data:") })
+        #expect(events.dropLast().map { $0.dropFirst("B data:".count) }.joined() == "onetwo")
+        #expect(try pair.a.finish().isClean)
+        #expect(try pair.b.finish().isClean)
+    }
+
     @Test func inboundHandlerGetsBufferedDataAndReset() throws {
         let pair = try EmbeddedPair()
         let stream = try pair.connectionA.openStreamOnEventLoop()

@@ -2,6 +2,7 @@
 import Crypto
 import MsgNetControl
 import MsgNetCore
+
 @testable import MsgNetSecurity
 
 /// A hand-driven Noise XX peer that writes arbitrary payloads (to forge hostile messages).
