@@ -53,6 +53,10 @@ public final class StreamMessageTransport: MessageTransport {
         var context: MessageTransportContext?
         var handled: Set<String> = []
         var outbound: [Key: Outbound] = [:]
+        /// The channel of the last send: a burst of sends to one peer and protocol compares
+        /// the key instead of hashing it (PeerID and protocol hashing was the send path's
+        /// largest cost).
+        var last: (key: Key, channel: StreamChannel)?
         var inboundStreams: [PeerID: Int] = [:]
         var requestStreams: [PeerID: Int] = [:]
         var shutdown = false
@@ -114,6 +118,7 @@ public final class StreamMessageTransport: MessageTransport {
     public func shutdown() async {
         let channels = state.withLockedValue { s -> [StreamChannel] in
             s.shutdown = true
+            s.last = nil
             let open = s.outbound.values.compactMap { o -> StreamChannel? in
                 if case .open(let c) = o { return c }
                 return nil
@@ -183,6 +188,7 @@ public final class StreamMessageTransport: MessageTransport {
         let channel = state.withLockedValue { s -> StreamChannel? in
             guard case .open(let c) = s.outbound[key] else { return nil }
             s.outbound[key] = nil
+            if s.last?.channel === c { s.last = nil }
             return c
         }
         await channel?.close()
@@ -295,8 +301,10 @@ public final class StreamMessageTransport: MessageTransport {
             guard let context = s.context, !s.shutdown else {
                 throw MessageError(.cancelled, "the host is shut down")
             }
+            if let last = s.last, last.key == key, last.channel.isUsable { return .ready(last.channel) }
             switch s.outbound[key] {
             case .open(let c) where c.isUsable:
+                s.last = (key, c)
                 return .ready(c)
             case .opening:
                 return .wait
@@ -351,6 +359,7 @@ public final class StreamMessageTransport: MessageTransport {
                         MessageError(.connectionClosed, "the stream to \(key.peer) on \(key.protocolID) ended"))
                     state.withLockedValue { s in
                         if case .open(let c) = s.outbound[key], c === channel { s.outbound[key] = nil }
+                        if s.last?.channel === channel { s.last = nil }
                     }
                 }
                 if case .terminated = enqueued { channel.reset(MessageError(.cancelled, "shutting down")) }
