@@ -193,7 +193,11 @@ let package = Package(
         .testTarget(name: "MsgNetControlTests", dependencies: ["MsgNetControl"], swiftSettings: strict),
         .testTarget(
             name: "MsgNetCoreTests",
-            dependencies: ["MsgNetCore", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [
+                "MsgNetCore", .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             exclude: ["vectors"],
             swiftSettings: strict
         ),

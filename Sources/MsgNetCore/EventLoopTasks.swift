@@ -81,7 +81,9 @@ public final class InboundTaskSet: Sendable {
             if loop.inEventLoop {
                 isolation.assumeIsolated { Self.startIsolated($0, body, done: self.finished) }
             } else {
-                Task { await Self.runIsolated(isolation, body, done: self.finished) }
+                loop.execute {
+                    isolation.assumeIsolated { Self.startIsolated($0, body, done: self.finished) }
+                }
             }
         }
         return true
@@ -98,15 +100,6 @@ public final class InboundTaskSet: Sendable {
             await body()
             done()
         }
-    }
-
-    private static func runIsolated(
-        _ isolation: isolated EventLoopIsolation,
-        _ body: @escaping InboundWork,
-        done: @escaping @Sendable () -> Void
-    ) async {
-        await body()
-        done()
     }
 
     private func finished() {

@@ -917,20 +917,27 @@ final class DatagramReplyChannel: MessageReplyChannel {
 
 /// An error carried back to a requester on the datagram path: a reply on the reserved protocol
 /// name `/msgnet/error/1.0.0` whose payload is one code byte and a UTF-8 reason.
-enum ErrorReply {
-    static let codes: [MessageError.Code] = [.remoteError, .messageTooLarge, .protocolNotSupported, .limitExceeded]
+package enum ErrorReply {
+    package static let codes: [MessageError.Code] = [
+        .remoteError, .messageTooLarge, .protocolNotSupported, .limitExceeded,
+    ]
 
-    static func encode(_ code: MessageError.Code, _ reason: String) -> ByteBuffer {
+    package static func encode(_ code: MessageError.Code, _ reason: String) -> ByteBuffer {
         var b = ByteBuffer()
         b.writeInteger(UInt8(codes.firstIndex(of: code) ?? 0))
         b.writeString(String(reason.prefix(512)))
         return b
     }
 
-    static func decode(_ payload: ByteBuffer, from peer: PeerID) -> MessageError {
+    /// The longest reason kept, in bytes (a peer cannot make our error messages large).
+    package static let maxReasonBytes = 512
+
+    /// The error a payload carries. Never fails: an empty payload or an unknown code byte is
+    /// `.remoteError`, invalid UTF-8 is repaired, and the reason is cut at ``maxReasonBytes``.
+    package static func decode(_ payload: ByteBuffer, from peer: PeerID) -> MessageError {
         var b = payload
         let index = Int(b.readInteger(as: UInt8.self) ?? 0)
-        let reason = b.readString(length: b.readableBytes) ?? ""
+        let reason = b.readString(length: min(b.readableBytes, maxReasonBytes)) ?? ""
         return MessageError(codes.indices.contains(index) ? codes[index] : .remoteError, "\(peer): \(reason)")
     }
 }
