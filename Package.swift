@@ -4,13 +4,10 @@
 import PackageDescription
 
 let strict: [SwiftSetting] = []
-// Library code: a nonisolated async function runs on its caller's executor (SE-0461), so work
-// started on a connection's event loop (inbound handlers, replies) stays there without a hop.
-let library: [SwiftSetting] = [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
 
 let package = Package(
     name: "MsgNet",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .library(name: "MsgNetCore", targets: ["MsgNetCore"]),
         .library(name: "MsgNetStreams", targets: ["MsgNetStreams"]),
@@ -39,7 +36,7 @@ let package = Package(
         .target(
             name: "MsgNetControl",
             dependencies: ["MsgNetControlC"],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         .target(
             name: "MsgNetCore",
@@ -49,7 +46,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         .target(
             name: "MsgNetMultistream",
@@ -58,7 +55,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         .target(
             name: "MsgNetSecurity",
@@ -69,7 +66,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         .target(
             name: "MsgNetMplex",
@@ -79,7 +76,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         .target(
             name: "MsgNetStreams",
@@ -92,7 +89,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         // The UDP path: secure datagram sessions and multipacket messaging (pure machines + shells).
         .target(
@@ -104,7 +101,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         // The public message API: MessageHost, MessageNetwork, SocketSession, Message.
         .target(
@@ -117,7 +114,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
         // The only target that opens sockets.
         .target(
@@ -128,7 +125,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: library
+            swiftSettings: strict
         ),
 
         // MARK: Applications

@@ -1,24 +1,27 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// An actor whose executor is a NIO event loop: code isolated to it runs on that loop's thread.
+/// A task executor that runs jobs on a NIO event loop.
 ///
-/// MsgNet starts inbound work (a stream's reader, a handler answering a datagram request) on
-/// the event loop the bytes arrived on, so a handler can read, reply and finish without
-/// switching threads. The library's async functions run on their caller's executor
-/// (SE-0461, `nonisolated(nonsending)`), so they stay on the loop too.
-public actor EventLoopIsolation {
-    /// The loop whose thread runs this actor.
-    public nonisolated let eventLoop: any EventLoop
+/// MsgNet starts inbound work (a stream's reader and handler, a datagram request's handler) in a
+/// task that prefers this executor (SE-0417 task executor preference), so every nonisolated
+/// async function the task calls — MsgNet's, the handler's, NIO's — runs on the loop the bytes
+/// arrived on, and a continuation resumed by the loop resumes the task there, without a round
+/// trip through the global executor.
+public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+    /// The loop that runs the jobs.
+    public let eventLoop: any EventLoop
 
-    /// Isolation to `eventLoop`.
+    /// An executor on `eventLoop`.
     public init(_ eventLoop: any EventLoop) {
         self.eventLoop = eventLoop
     }
 
-    /// The loop as this actor's executor.
-    public nonisolated var unownedExecutor: UnownedSerialExecutor {
-        eventLoop.executor.asUnownedSerialExecutor()
+    /// Runs `job` on the loop (as a task queued on it).
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        let executor = asUnownedTaskExecutor()
+        eventLoop.execute { job.runSynchronously(on: executor) }
     }
 }
 
@@ -27,20 +30,17 @@ public enum InboundExecution: Sendable, Hashable {
     /// On the event loop the work arrived on (the default): no thread switch between reading a
     /// message, running its handler and writing the reply. Handlers share the loop with the
     /// connection's I/O, so a handler that computes for long should move that work elsewhere
-    /// (a `@concurrent` function or another task).
+    /// (another task, or an actor of its own).
     case eventLoop
     /// On Swift's global concurrent executor: handlers may compute without holding up I/O, at
     /// the cost of two thread switches per inbound exchange.
     case concurrent
 }
 
-/// Work started by ``InboundTaskSet``: it runs on the executor of the task that calls it (the
-/// event loop, for ``InboundExecution/eventLoop``).
-public typealias InboundWork = nonisolated(nonsending) @Sendable () async -> Void
-
 /// The tasks a component started for inbound work, so that its `run()` can outlive them all:
-/// tasks start directly on an event loop (which a task group cannot do from outside its
-/// scope), and ``waitUntilIdle()`` returns once every task has finished after ``close()``.
+/// tasks start on an event loop when the loop has the work (which a task group cannot do from
+/// outside its scope), and ``waitUntilIdle()`` returns once every task has finished after
+/// ``close()``.
 public final class InboundTaskSet: Sendable {
     private struct State {
         var running = 0
@@ -55,14 +55,14 @@ public final class InboundTaskSet: Sendable {
     /// Tasks running now.
     public var count: Int { state.withLockedValue { $0.running } }
 
-    /// Starts `body` in a new task, on `loop` for `.eventLoop` (without a thread switch when
-    /// called on `loop`), else on the global executor.
+    /// Starts `body` in a new task: for `.eventLoop` one that prefers `loop` as its executor
+    /// (``EventLoopTaskExecutor``), else an ordinary task on the global executor.
     /// - Returns: false (and `body` does not run) once the set is closed.
     @discardableResult
     public func start(
         on loop: any EventLoop,
         _ execution: InboundExecution = .eventLoop,
-        _ body: @escaping InboundWork
+        _ body: @escaping @Sendable () async -> Void
     ) -> Bool {
         let admitted = state.withLockedValue { s -> Bool in
             guard !s.closed else { return false }
@@ -72,34 +72,17 @@ public final class InboundTaskSet: Sendable {
         guard admitted else { return false }
         switch execution {
         case .concurrent:
-            Task { @concurrent in
+            Task(executorPreference: globalConcurrentExecutor) {
                 await body()
                 self.finished()
             }
         case .eventLoop:
-            let isolation = EventLoopIsolation(loop)
-            if loop.inEventLoop {
-                isolation.assumeIsolated { Self.startIsolated($0, body, done: self.finished) }
-            } else {
-                loop.execute {
-                    isolation.assumeIsolated { Self.startIsolated($0, body, done: self.finished) }
-                }
+            Task(executorPreference: EventLoopTaskExecutor(loop)) {
+                await body()
+                self.finished()
             }
         }
         return true
-    }
-
-    private static func startIsolated(
-        _ isolation: isolated EventLoopIsolation,
-        _ body: @escaping InboundWork,
-        done: @escaping @Sendable () -> Void
-    ) {
-        // The closure captures the isolated parameter, so the task starts on the loop itself.
-        Task {
-            _ = isolation
-            await body()
-            done()
-        }
     }
 
     private func finished() {
@@ -133,9 +116,9 @@ public final class InboundTaskSet: Sendable {
 extension EventLoopFuture where Value: Sendable {
     /// The future's value, awaited on the caller's executor.
     ///
-    /// NIO's `get()` is a concurrent async function: awaited from a task running on an event
-    /// loop it would move the task to the global executor and back, two thread switches. This
-    /// one suspends in place and resumes on the caller's executor.
+    /// Unlike NIO's `get()`, this adds no hop of its own when the future completes on another
+    /// loop than the one the caller runs on; in a task that prefers an ``EventLoopTaskExecutor``
+    /// both resume on that loop.
     public func value() async throws -> Value {
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Value, any Error>) in
             whenComplete { c.resume(with: $0) }

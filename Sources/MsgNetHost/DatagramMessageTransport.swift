@@ -652,7 +652,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let message = Message(
                 data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
                 replyChannel: channel, replyToken: rid)
-            // No capture list: it would make the closure `@concurrent` (off the loop).
             let started = handlerTasks.start(on: loop, configuration.inboundExecution) {
                 if let context = self.contextBox.withLockedValue({ $0 }) {
                     await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)

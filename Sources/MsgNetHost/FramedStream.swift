@@ -178,7 +178,8 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         for w in waiters { w.resume(throwing: error) }
     }
 
-    /// Writes what is queued, then closes our write side.
+    /// Writes what is queued, then closes our write side. Off the loop, returns once the close
+    /// is written; on the loop, once it is queued.
     func close() async {
         let proceed = state.withLockedValue { s -> Bool in
             guard !s.closing else { return false }
@@ -188,10 +189,12 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         guard proceed else { return }
         let promise = stream.eventLoop.makePromise(of: Void.self)
         if stream.eventLoop.inEventLoop {
+            // On the loop (an inbound handler's task): the close is queued behind what was
+            // written and leaves with the next flush; nothing to wait for.
             closeOnLoop(promise)
-        } else {
-            stream.eventLoop.execute { self.closeOnLoop(promise) }
+            return
         }
+        stream.eventLoop.execute { self.closeOnLoop(promise) }
         try? await promise.futureResult.value()
     }
 

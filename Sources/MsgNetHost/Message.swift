@@ -88,4 +88,4 @@ public struct Message: Sendable {
 
 /// Handles inbound messages of one protocol. Runs for each message; messages on one channel
 /// are handled one after another, in order. Throwing closes (resets) the channel the message came on.
-public typealias MessageHandler = nonisolated(nonsending) @Sendable (Message) async throws -> Void
+public typealias MessageHandler = @Sendable (Message) async throws -> Void

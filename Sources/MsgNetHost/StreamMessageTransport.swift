@@ -208,8 +208,6 @@ public final class StreamMessageTransport: MessageTransport {
             return (added, removed)
         }
         for p in removed { streamHost.removeStreamHandler(p) }
-        // A weak box, not a `[weak self]` capture list: a closure literal with a capture list is
-        // inferred `@concurrent`, which would move every inbound stream off its event loop.
         let transport = WeakTransport(self)
         for p in added.sorted() {
             streamHost.setStreamHandler(p) { stream in

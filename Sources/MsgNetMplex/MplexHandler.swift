@@ -345,19 +345,16 @@ public final class MplexHandler: ChannelDuplexHandler {
         needsFlush = true
     }
 
-    /// Flushes after the event loop's current batch of work and the batch that follows it: an
-    /// `execute` queued now runs after work already queued, and the inner one after whatever
-    /// that work queues (NIO runs tasks queued during a batch in the next one).
+    /// Flushes once the event loop has run the work queued on it now (one `execute`): frames
+    /// written until then — by this task and by loop tasks queued before the flush — leave in
+    /// one write.
     func flushSoon() {
         guard !flushSoonScheduled, let context else { return }
         flushSoonScheduled = true
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let loop = context.eventLoop
-        loop.execute {
-            loop.execute {
-                loopBound.value.flushSoonScheduled = false
-                loopBound.value.flushIfNeeded()
-            }
+        context.eventLoop.execute {
+            loopBound.value.flushSoonScheduled = false
+            loopBound.value.flushIfNeeded()
         }
     }
 

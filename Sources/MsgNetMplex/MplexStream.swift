@@ -93,9 +93,9 @@ public final class MplexStream: Sendable {
         handler.value.closeWrite(self, flush: flush, promise: promise)
     }
 
-    /// Flushes the connection once the event loop has run the work queued on it now (and the
-    /// work that queues), so that frames written by several steps of one exchange (a protocol
-    /// echo, a handler's reply, a close) leave in one write. Cheap to call repeatedly.
+    /// Flushes the connection once the event loop has run the work queued on it now, so that
+    /// frames written by several steps of one exchange (a protocol echo, a handler's reply, a
+    /// close) leave in one write. Cheap to call repeatedly.
     /// - Precondition: called on ``eventLoop``.
     public func flushSoonOnEventLoop() {
         eventLoop.preconditionInEventLoop()

@@ -44,7 +44,6 @@ public enum IdentifyProtocol {
 
 extension StreamHost {
     func registerBuiltins() {
-        // No capture lists: they would make these handlers `@concurrent` (off the event loop).
         setStreamHandler(IdentifyProtocol.id) { stream in
             let message = self.identifyMessage(observed: stream.connection.remoteAddress)
             try await stream.writeLengthPrefixed(ByteBuffer(bytes: message.encoded()))

@@ -8,7 +8,7 @@ import NIOCore
 
 /// Handles one inbound stream after its protocol was negotiated. Returning closes our side of
 /// the stream; throwing resets it.
-public typealias StreamHandler = nonisolated(nonsending) @Sendable (NegotiatedStream) async throws -> Void
+public typealias StreamHandler = @Sendable (NegotiatedStream) async throws -> Void
 
 /// Lifecycle events of a ``StreamHost`` (the connection-lifecycle spec's events plus identify's).
 public enum StreamHostEvent: Sendable {
@@ -402,8 +402,6 @@ public final class StreamHost: Sendable {
             Task { await stream.reset() }
             return
         }
-        // No capture list here: a closure literal with one is inferred `@concurrent` and would
-        // leave the event loop the task starts on.
         let enqueued = inboundTasks.start(on: stream.eventLoop, configuration.inboundExecution) {
             defer { self.state.withLockedValue { $0.pendingInboundStreams -= 1 } }
             guard let connection = info.withLockedValue({ $0 }) else {
