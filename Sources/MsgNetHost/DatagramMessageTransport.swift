@@ -94,13 +94,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
     private let contextBox = NIOLockedValueBox<MessageTransportContext?>(nil)
 
+    /// An unreliable send handed to the event loop without its caller waiting.
+    struct QueuedSend {
+        let data: ByteBuffer
+        let protocolName: String
+        let session: SessionID
+    }
+
     /// Thread-safe copies of what the synchronous API reports.
     struct Mirror {
         var connected: Set<PeerID> = []
         /// The established session per peer (the table's preferred one), for lock-only lookups.
         var sessions: [PeerID: SessionID] = [:]
         /// Unreliable sends handed to the event loop and not yet processed.
-        var unreliableInFlight = 0
+        /// Unreliable sends waiting for the event loop, drained in one loop task (bounded by
+        /// `maxUnreliableInFlight`).
+        var unreliableQueue: [QueuedSend] = []
+        var unreliableDrainScheduled = false
         var listenAddresses: [Multiaddr] = []
         var protocols: [PeerID: Set<String>] = [:]
         var counters = SessionCounters()
@@ -259,22 +269,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
         let session = try await ensureSession(peer)
         let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
-        // An unreliable message that surely fits one payload is handed to the event loop
-        // without waiting (bounded: past `maxUnreliableInFlight` sends wait as reliable ones do).
+        // An unreliable message that fits one payload is queued for the event loop
+        // without waiting (bounded: past `maxUnreliableInFlight` queued sends wait as reliable
+        // ones do). One loop task drains whatever has queued up meanwhile.
         if mode == .unreliable,
-            data.readableBytes + `protocol`.utf8.count + 64 <= configuration.messaging.maxPayload,
-            mirror.withLockedValue({ m -> Bool in
-                guard m.unreliableInFlight < Self.maxUnreliableInFlight else { return false }
-                m.unreliableInFlight += 1
-                return true
-            })
+            data.readableBytes
+                <= configuration.messaging.maxUnreliableLength(protocolNameLength: `protocol`.utf8.count)
         {
-            loop.execute {
-                self.startSend(
-                    data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: nil)
-                self.mirror.withLockedValue { $0.unreliableInFlight -= 1 }
+            let queued = mirror.withLockedValue { m -> Bool? in
+                guard m.unreliableQueue.count < Self.maxUnreliableInFlight else { return nil }
+                m.unreliableQueue.append(QueuedSend(data: data, protocolName: `protocol`, session: session))
+                defer { m.unreliableDrainScheduled = true }
+                return !m.unreliableDrainScheduled
             }
-            return
+            if let schedule = queued {
+                if schedule { loop.execute { self.drainUnreliable() } }
+                return
+            }
         }
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             loop.execute {
@@ -352,7 +363,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }.get()
     }
 
-    /// Drop and event counters of the session layer (for tests and metrics).
+    /// Drop and event counters of the session layer (for tests and metrics), as of the end of
+    /// the transport's last event-loop pass.
     public var sessionCounters: SessionCounters { mirror.withLockedValue { $0.counters } }
 
     // MARK: Sockets
@@ -460,10 +472,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         perform(core.table.onDatagram(data, from: path, now: .now()))
     }
 
+    /// Writes what the sockets hold, and publishes the session counters (summed over every
+    /// session, so once per loop pass rather than per datagram).
     func flushSockets() {
         let core = core.value
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
+        if core.countersStale {
+            core.countersStale = false
+            let counters = core.table.counters
+            mirror.withLockedValue { $0.counters = counters }
+        }
     }
 
     private func startSend(
@@ -492,6 +511,20 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 core.unsentUnreliable += 1
                 logger.debug("unreliable message not sent", metadata: ["protocol": "\(name)", "error": "\(error)"])
             }
+        }
+    }
+
+    /// Sends the queued unreliable messages (on the loop).
+    private func drainUnreliable() {
+        let batch = mirror.withLockedValue { m -> [QueuedSend] in
+            m.unreliableDrainScheduled = false
+            defer { m.unreliableQueue.removeAll(keepingCapacity: true) }
+            return m.unreliableQueue
+        }
+        for q in batch {
+            startSend(
+                q.data, protocol: q.protocolName, mode: .unreliable, kind: .oneWay, session: q.session,
+                continuation: nil)
         }
     }
 
@@ -590,7 +623,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 armTimer()
             }
         }
-        mirror.withLockedValue { $0.counters = core.table.counters }
+        core.countersStale = true
     }
 
     private func perform(_ actions: [MessagingAction], session: SessionID) {
@@ -798,6 +831,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var table: SessionTable<UDPPath>
         var sockets: [any DatagramSocket] = []
         var dirtySockets = Set<Int>()
+        /// Session events happened since the counters were last published (see `flushSockets()`).
+        var countersStale = false
         var machines: [SessionID: MessagingMachine] = [:]
         var sessionPeers: [SessionID: PeerID] = [:]
         var connections: [SessionID: MessageConnection] = [:]
@@ -863,10 +898,7 @@ final class ConnectWaiter {
 }
 
 /// A datagram path: which of our sockets, and the remote socket address.
-struct UDPPath: Hashable, Sendable {
-    let socket: Int
-    let remote: SocketAddress
-}
+typealias UDPPath = DatagramPath
 
 /// Replies to a message that arrived on a datagram session: a request's reply, or a plain
 /// message back on the same protocol.

@@ -1,3 +1,4 @@
+import MsgNetCore
 import NIOCore
 
 /// Sizes, windows, timeouts and hard limits of the messaging layer. Every figure is documented in
@@ -53,4 +54,27 @@ public struct MessagingLimits: Hashable, Sendable {
 
     /// Largest fragment count a peer may claim: `ceil(maxMessageSize / minFragmentSize)`.
     public var maxFragmentCount: Int { (maxMessageSize + minFragmentSize - 1) / minFragmentSize }
+}
+
+extension MessagingLimits {
+    /// The most bytes an Init frame's header can take for a protocol name of `nameLength` bytes
+    /// (every variable field at its largest under these limits).
+    func initHeaderBound(nameLength: Int, kind: MessagingMessageKind) -> Int {
+        var n = 1 + 2 + UVarint.encodedLength(UInt64(nameLength)) + nameLength + 2
+        n += UVarint.maxLength + 1
+        switch kind {
+        case .oneWay: break
+        case .request(let id), .reply(let id): n += UVarint.encodedLength(id)
+        }
+        n += 2 * UVarint.encodedLength(UInt64(maxFragmentCount))
+        n += UVarint.encodedLength(UInt64(maxMessageSize))
+        n += UVarint.encodedLength(UInt64(maxPayload))
+        return n
+    }
+
+    /// The largest one-way unreliable message on a protocol whose name is `protocolNameLength`
+    /// bytes: what one payload holds after the largest Init header (the machine refuses more).
+    package func maxUnreliableLength(protocolNameLength: Int) -> Int {
+        maxPayload - initHeaderBound(nameLength: protocolNameLength, kind: .oneWay)
+    }
 }

@@ -515,16 +515,7 @@ package struct MessagingMachine: Sendable {
 
     /// Upper bound of an Init frame's bytes other than the message data.
     private func initHeaderBound(nameLength: Int, kind: MessagingMessageKind) -> Int {
-        var n = 1 + 2 + UVarint.encodedLength(UInt64(nameLength)) + nameLength + 2
-        n += UVarint.maxLength + 1
-        switch kind {
-        case .oneWay: break
-        case .request(let id), .reply(let id): n += UVarint.encodedLength(id)
-        }
-        n += 2 * UVarint.encodedLength(UInt64(limits.maxFragmentCount))
-        n += UVarint.encodedLength(UInt64(limits.maxMessageSize))
-        n += UVarint.encodedLength(UInt64(limits.maxPayload))
-        return n
+        limits.initHeaderBound(nameLength: nameLength, kind: kind)
     }
 
     private mutating func protocolEntry(for name: String) throws(MessagingError) -> OutboundProtocol {

@@ -145,6 +145,15 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         emit(reply, to: path, now: now, actions: &actions)
     }
 
+    /// What the table needs to know after an event, read in place: `mutating` only so that
+    /// `sessions[id]?.status()` goes through the dictionary's in-place accessor instead of
+    /// copying the machine (a copy retains and releases every reference it holds).
+    mutating func status() -> SessionStatus {
+        SessionStatus(
+            isClosed: isClosed, isHalfOpen: isHalfOpen, isEstablished: isEstablished, confirmed: confirmed,
+            remotePeer: remotePeer, nextDeadline: nextDeadline)
+    }
+
     var isClosed: Bool {
         if case .closed = state { return true }
         return false
@@ -624,4 +633,14 @@ private func earliest(_ a: NIODeadline?, _ b: NIODeadline?) -> NIODeadline? {
     case (nil, let b?): return b
     case (let a?, let b?): return min(a, b)
     }
+}
+
+/// A session machine's state as the table sees it (see ``SessionMachine/status()``).
+struct SessionStatus {
+    let isClosed: Bool
+    let isHalfOpen: Bool
+    let isEstablished: Bool
+    let confirmed: Bool
+    let remotePeer: PeerID?
+    let nextDeadline: NIODeadline?
 }

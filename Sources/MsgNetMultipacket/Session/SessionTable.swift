@@ -74,6 +74,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     public func sessions(with peer: PeerID) -> [SessionID] { established[peer] ?? [] }
 
     /// The path an established session is bound to.
+    @_specialize(exported:true,where Path == DatagramPath)
     public func path(of session: SessionID) -> Path? {
         guard let machine = sessions[session], machine.isEstablished else { return nil }
         return machine.path
@@ -85,6 +86,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     /// with its index as transportId); the first path whose answer arrives becomes the session's.
     ///
     /// Returns the existing session when one with `peer` is established or being initiated.
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func connect(
         to paths: [Path],
         expecting peer: PeerID?,
@@ -125,6 +127,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
 
     /// Feeds one received datagram. Anything malformed, unknown, replayed or unauthenticated is
     /// dropped and counted; nothing is buffered beyond the limits.
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func onDatagram(_ datagram: ByteBuffer, from path: Path, now: NIODeadline) -> [SessionAction<Path>]
     {
         let size = datagram.readableBytes
@@ -167,6 +170,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Seals `payload` (at most ``SessionLimits/maxPayload`` bytes) for `peer`'s current session.
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func send(_ payload: ByteBuffer, to peer: PeerID, now: NIODeadline) throws(SessionError)
         -> [SessionAction<Path>]
     {
@@ -175,19 +179,20 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Seals `payload` for one established session.
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func send(_ payload: ByteBuffer, session id: SessionID, now: NIODeadline) throws(SessionError)
         -> [SessionAction<Path>]
     {
-        guard sessions[id] != nil else { throw .unknownSession(id) }
+        guard let before = sessions[id]?.status() else { throw .unknownSession(id) }
         var actions: [SessionAction<Path>] = []
-        let wasEstablished = sessions[id]!.isEstablished
-        let wasConfirmed = sessions[id]!.confirmed
         try sessions[id]!.send(payload, now: now, actions: &actions)
-        settle(id, wasEstablished: wasEstablished, wasConfirmed: wasConfirmed, now: now, actions: &actions)
+        settle(
+            id, wasEstablished: before.isEstablished, wasConfirmed: before.confirmed, now: now, actions: &actions)
         return actions
     }
 
     /// Runs every session's due timers: retransmissions, deadlines, keep-alives, idle expiry.
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func onTimer(now: NIODeadline) -> [SessionAction<Path>] {
         var actions: [SessionAction<Path>] = []
         scheduled = nil
@@ -211,6 +216,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Closes a session (an established one tells its peer with an authenticated Close).
+    @_specialize(exported:true,where Path == DatagramPath)
     public mutating func close(session id: SessionID, now: NIODeadline) -> [SessionAction<Path>] {
         var actions: [SessionAction<Path>] = []
         guard sessions[id] != nil else { return actions }
@@ -268,13 +274,12 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         actions: inout [SessionAction<Path>],
         _ body: (inout SessionMachine<Path>, inout [SessionAction<Path>]) -> Void
     ) {
-        let wasEstablished = sessions[id]!.isEstablished
-        let wasConfirmed = sessions[id]!.confirmed
+        let before = sessions[id]!.status()
         body(&sessions[id]!, &actions)
         settle(
             id,
-            wasEstablished: wasEstablished,
-            wasConfirmed: wasConfirmed,
+            wasEstablished: before.isEstablished,
+            wasConfirmed: before.confirmed,
             now: now,
             schedule: schedule,
             actions: &actions
@@ -290,7 +295,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         schedule: Bool = true,
         actions: inout [SessionAction<Path>]
     ) {
-        guard let machine = sessions[id] else { return }
+        guard let machine = sessions[id]?.status() else { return }
         if machine.isClosed {
             remove(id)
             return
@@ -302,10 +307,12 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
             established[peer, default: []].append(id)
             if preferred[peer] == nil { preferred[peer] = id }
         }
+        var nextDeadline = machine.nextDeadline
         if machine.isEstablished, machine.confirmed, !wasConfirmed, let peer = machine.remotePeer {
             resolve(peer: peer, newcomer: id, now: now, actions: &actions)
+            nextDeadline = sessions[id]?.status().nextDeadline  // resolving may have closed it
         }
-        if schedule, let deadline = sessions[id]?.nextDeadline, scheduled.map({ deadline < $0 }) ?? true {
+        if schedule, let deadline = nextDeadline, scheduled.map({ deadline < $0 }) ?? true {
             scheduled = deadline
             actions.append(.scheduleTimer(at: deadline))
         }

@@ -221,3 +221,19 @@ public enum SessionAction<Path: Hashable & Sendable>: Sendable {
     /// an earlier one only if earlier; firing early is harmless.
     case scheduleTimer(at: NIODeadline)
 }
+
+/// A path on a real UDP stack: which of the transport's sockets, and the remote address. The
+/// session table's public entry points are specialized for it (`@_specialize`), so the UDP
+/// transport does not pay for generic dispatch per datagram; tests use their own path types.
+public struct DatagramPath: Hashable, Sendable {
+    /// The index of the local socket.
+    public let socket: Int
+    /// The remote address.
+    public let remote: SocketAddress
+
+    /// A path through `socket` to `remote`.
+    public init(socket: Int, remote: SocketAddress) {
+        self.socket = socket
+        self.remote = remote
+    }
+}
