@@ -266,27 +266,37 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             })
     }
 
+    /// An unreliable message to a peer with a live session is queued for the event loop without
+    /// an async call (see ``queueUnreliable(_:protocol:session:)``).
+    public func sendWithoutWaiting(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) throws
+        -> Bool
+    {
+        guard mode == .unreliable, let session = mirror.withLockedValue({ $0.sessions[peer] }) else { return false }
+        return queueUnreliable(data, protocol: `protocol`, session: session)
+    }
+
+    /// Queues an unreliable message that fits one payload for the event loop without waiting;
+    /// one loop task drains whatever has queued up meanwhile. Bounded: past
+    /// `maxUnreliableInFlight` queued sends (or for a message too large for one datagram) it
+    /// returns false and the caller waits for the loop as a reliable send does.
+    private func queueUnreliable(_ data: ByteBuffer, protocol name: String, session: SessionID) -> Bool {
+        guard data.readableBytes <= configuration.messaging.maxUnreliableLength(protocolNameLength: name.utf8.count)
+        else { return false }
+        let queued = mirror.withLockedValue { m -> Bool? in
+            guard m.unreliableQueue.count < Self.maxUnreliableInFlight else { return nil }
+            m.unreliableQueue.append(QueuedSend(data: data, protocolName: name, session: session))
+            defer { m.unreliableDrainScheduled = true }
+            return !m.unreliableDrainScheduled
+        }
+        guard let schedule = queued else { return false }
+        if schedule { loop.execute { self.drainUnreliable() } }
+        return true
+    }
+
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
         let session = try await ensureSession(peer)
+        if mode == .unreliable, queueUnreliable(data, protocol: `protocol`, session: session) { return }
         let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
-        // An unreliable message that fits one payload is queued for the event loop
-        // without waiting (bounded: past `maxUnreliableInFlight` queued sends wait as reliable
-        // ones do). One loop task drains whatever has queued up meanwhile.
-        if mode == .unreliable,
-            data.readableBytes
-                <= configuration.messaging.maxUnreliableLength(protocolNameLength: `protocol`.utf8.count)
-        {
-            let queued = mirror.withLockedValue { m -> Bool? in
-                guard m.unreliableQueue.count < Self.maxUnreliableInFlight else { return nil }
-                m.unreliableQueue.append(QueuedSend(data: data, protocolName: `protocol`, session: session))
-                defer { m.unreliableDrainScheduled = true }
-                return !m.unreliableDrainScheduled
-            }
-            if let schedule = queued {
-                if schedule { loop.execute { self.drainUnreliable() } }
-                return
-            }
-        }
         try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
             loop.execute {
                 self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: c)

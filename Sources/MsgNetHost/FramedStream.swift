@@ -105,6 +105,23 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         try await write(data)
     }
 
+    /// Queues one framed message if the channel is usable and stays under its high watermark;
+    /// false (nothing queued) otherwise, so the caller can take the waiting path.
+    func tryWrite(_ payload: ByteBuffer) -> Bool {
+        let (written, schedule) = state.withLockedValue { s -> (Bool, Bool) in
+            guard s.error == nil, !s.closing,
+                s.pending.readableBytes + s.unwritten + payload.readableBytes + 10 <= highWatermark
+            else { return (false, false) }
+            UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
+            s.pending.writeImmutableBuffer(payload)
+            let schedule = !s.flushScheduled
+            s.flushScheduled = true
+            return (true, schedule)
+        }
+        if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
+        return written
+    }
+
     /// Queues one framed message.
     func write(_ payload: ByteBuffer) async throws {
         let (schedule, wait) = try state.withLockedValue { s throws -> (Bool, Bool) in

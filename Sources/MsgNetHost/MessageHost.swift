@@ -4,6 +4,7 @@ import MsgNetSecurity
 import MsgNetStreams
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// Settings of a ``MessageHost`` that hold on every path.
 public struct MessageHostConfiguration: Sendable {
@@ -73,6 +74,8 @@ public final class MessageHost: Sendable {
         var running = false
     }
     private let state: NIOLockedValueBox<State>
+    /// Bumped whenever the handler set changes (``DeliveryCache`` entries older than it are stale).
+    private let handlerGeneration = Synchronization.Atomic<Int>(0)
 
     /// Lifecycle events (connections, listeners, identify, rejected messages). One consumer;
     /// the newest 1024 are kept when nobody reads.
@@ -182,6 +185,7 @@ public final class MessageHost: Sendable {
         let (old, protocols) = state.withLockedValue { s in
             (s.slots.removeValue(forKey: `protocol`), Set(s.slots.keys))
         }
+        handlerGeneration.add(1, ordering: .releasing)
         old?.inbox?.finish()
         for t in transports { t.setHandledProtocols(protocols) }
     }
@@ -213,6 +217,7 @@ public final class MessageHost: Sendable {
             let old = s.slots.updateValue(slot, forKey: protocolID)
             return (old, Set(s.slots.keys))
         }
+        handlerGeneration.add(1, ordering: .releasing)
         old?.inbox?.finish()
         for t in transports { t.setHandledProtocols(protocols) }
     }
@@ -222,12 +227,19 @@ public final class MessageHost: Sendable {
     }
 
     /// Runs the handler of `message.protocol` (see ``MessageTransportContext/deliver(_:)``).
-    func deliver(_ message: Message) async throws {
+    func deliver(_ message: Message, cache: inout DeliveryCache) async throws {
         let now = configuration.maxInboundMessagesPerSecondPerPeer == nil ? nil : configuration.now()
-        let lookup = state.withLockedValue { s -> (Slot?, Bool) in
-            guard let slot = s.slots[message.protocol] else { return (nil, true) }
-            if let now, s.limiter != nil, !s.limiter!.admit(message.from, now: now) { return (slot, false) }
-            return (slot, true)
+        let lookup: (Slot?, Bool)
+        let generation = handlerGeneration.load(ordering: .acquiring)
+        if now == nil, cache.generation == generation, cache.protocolID == message.protocol {
+            lookup = (cache.slot, true)
+        } else {
+            lookup = state.withLockedValue { s -> (Slot?, Bool) in
+                guard let slot = s.slots[message.protocol] else { return (nil, true) }
+                if let now, s.limiter != nil, !s.limiter!.admit(message.from, now: now) { return (slot, false) }
+                return (slot, true)
+            }
+            cache = DeliveryCache(generation: generation, protocolID: message.protocol, slot: lookup.0)
         }
         guard let slot = lookup.0 else {
             throw MessageError(.protocolNotSupported, "no handler for \(message.protocol)")
@@ -271,6 +283,12 @@ public final class MessageHost: Sendable {
     ) async throws {
         try checkSendable(data, protocol: `protocol`)
         do {
+            // A channel that is open and has room takes the message without an async call.
+            if let live = transports.count == 1 ? transports[0] : transports.first(where: { $0.isConnected(to: peer) }),
+                try live.sendWithoutWaiting(data, to: peer, protocol: `protocol`, mode: mode)
+            {
+                return
+            }
             try await withPath(to: peer) { try await $0.send(data, to: peer, protocol: `protocol`, mode: mode) }
         } catch {
             throw MessageError.from(error)

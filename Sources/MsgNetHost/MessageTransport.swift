@@ -41,6 +41,12 @@ public protocol MessageTransport: Sendable {
     /// Returns once the message is queued on the channel to the peer (with backpressure).
     func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws
 
+    /// Sends one message without suspending, when that is possible now: the channel to the
+    /// peer is open and has room (no backpressure). Returns false when the caller must use
+    /// ``send(_:to:protocol:mode:)`` instead (nothing was sent). The host tries this first, so
+    /// that a burst of sends costs no async calls. Optional: the default returns false.
+    func sendWithoutWaiting(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) throws -> Bool
+
     /// Sends one message and waits for exactly one reply.
     func request(_ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount) async throws -> Message
 
@@ -65,6 +71,13 @@ public protocol MessageTransport: Sendable {
 
     /// Closes every session with `peer`.
     func closePeer(_ peer: PeerID) async
+}
+
+extension MessageTransport {
+    /// Never sends without waiting (see the requirement).
+    public func sendWithoutWaiting(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) throws
+        -> Bool
+    { false }
 }
 
 /// What a ``MessageTransport`` reaches the host through: inbound delivery (with backpressure
@@ -94,11 +107,37 @@ public final class MessageTransportContext: Sendable {
     ///   then closes the channel the message came on.
     public func deliver(_ message: Message) async throws {
         guard let host else { throw MessageError(.cancelled, "the host is gone") }
-        try await host.deliver(message)
+        var cache = DeliveryCache()
+        try await host.deliver(message, cache: &cache)
+    }
+
+    /// Like ``deliver(_:)``, for a transport that delivers many messages of one channel in a
+    /// row: `cache` remembers the handler looked up for the channel's protocol until handlers
+    /// change, so each message skips the lookup. Keep one cache per channel.
+    public func deliver(_ message: Message, cache: inout DeliveryCache) async throws {
+        guard let host else { throw MessageError(.cancelled, "the host is gone") }
+        try await host.deliver(message, cache: &cache)
     }
 
     /// Reports a lifecycle event.
     public func emit(_ event: MessageHostEvent) { host?.emit(event) }
+}
+
+/// The handler a channel's messages went to last (see
+/// ``MessageTransportContext/deliver(_:cache:)``). Opaque.
+public struct DeliveryCache: Sendable {
+    var generation = -1
+    var protocolID = ""
+    var slot: MessageHost.Slot?
+
+    /// An empty cache.
+    public init() {}
+
+    init(generation: Int, protocolID: String, slot: MessageHost.Slot?) {
+        self.generation = generation
+        self.protocolID = protocolID
+        self.slot = slot
+    }
 }
 
 /// A connection (session) to a peer on some path.

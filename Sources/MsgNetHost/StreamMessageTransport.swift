@@ -249,12 +249,13 @@ public final class StreamMessageTransport: MessageTransport {
     private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool
     {
         var reader = FramedReader(maxSize: context.maxMessageSize)
+        var cache = DeliveryCache()
         do {
             while let data = try await reader.next(from: channel.stream) {
                 let message = Message(
                     data: data, from: channel.peer, protocol: channel.protocolID, path: .stream, replyChannel: channel)
                 do {
-                    try await context.deliver(message)
+                    try await context.deliver(message, cache: &cache)
                 } catch let error as MessageError where error.code == .protocolNotSupported && !inbound {
                     // The peer wrote back on our outbound stream but we have no handler: drop it.
                     logger.debug(
@@ -282,6 +283,22 @@ public final class StreamMessageTransport: MessageTransport {
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
         let channel = try await outboundChannel(Key(peer: peer, protocolID: `protocol`))
         try await channel.write(data)
+    }
+
+    /// Queues the message on the open (peer, protocol) channel when it has room; false when the
+    /// channel must be opened first, is closed, or is over its high watermark.
+    public func sendWithoutWaiting(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) throws
+        -> Bool
+    {
+        let channel = state.withLockedValue { s -> StreamChannel? in
+            guard !s.shutdown else { return nil }
+            if let last = s.last, last.key.peer == peer, last.key.protocolID == `protocol` { return last.channel }
+            let key = Key(peer: peer, protocolID: `protocol`)
+            guard case .open(let c) = s.outbound[key] else { return nil }
+            s.last = (key, c)
+            return c
+        }
+        return channel?.tryWrite(data) ?? false
     }
 
     /// Opens the (peer, protocol) channel now.

@@ -126,6 +126,26 @@ struct HandlerSuite {
         }
     }
 
+    @Test("a replaced handler gets the next message on the same channel", arguments: TransportFactory.all)
+    func replacementOnOneChannel(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let first = Counter()
+        let second = Counter()
+        b.setMessageHandler(for: "/swap/1") { _ in first.add() }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            // A burst on one channel: the receiver remembers the handler between messages.
+            for _ in 0..<20 { try await a.send(bytes("x"), to: b.peerID, protocol: "/swap/1") }
+            await first.wait(atLeast: 20)
+            b.setMessageHandler(for: "/swap/1") { _ in second.add() }
+            for _ in 0..<20 { try await a.send(bytes("y"), to: b.peerID, protocol: "/swap/1") }
+            await second.wait(atLeast: 20)
+            #expect(first.value == 20)
+            #expect(second.value == 20)
+        }
+    }
+
     @Test("unknown protocol: not supported for sends, requests and sessions", arguments: TransportFactory.all)
     func unknownProtocol(factory: TransportFactory) async throws {
         let a = factory.host()
