@@ -34,7 +34,10 @@ public struct NoiseSecurity: SecurityProtocol {
 /// Runs a ``NoiseHandshake`` on a channel, then encrypts outbound and decrypts inbound bytes.
 ///
 /// Handshake messages and transport messages travel as `uint16 big-endian length || message`.
-/// Each outbound write becomes one channel write holding as many maximal frames as it needs.
+/// After the handshake, small writes are gathered until the next flush (or until a maximal
+/// frame's worth is gathered) and encrypted together, so the writes of one loop pass — an mplex
+/// header and its data, a protocol echo, a reply and a close — cost one frame and one AEAD
+/// operation instead of one each. A large write is encrypted on its own, without the copy.
 final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -60,6 +63,9 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var phase: Phase = .idle
     private var ciphers: Ciphers?
     private var pending = PendingWrites()
+    /// Plaintext written since the last flush (transport phase), and the writes' promises.
+    private var gathered: ByteBuffer?
+    private var gatheredPromises: [EventLoopPromise<Void>] = []
     private let decoder = NIOSingleStepByteToMessageProcessor(
         NoiseFrameDecoder(),
         maximumBufferSize: NoiseFrameDecoder.maxBufferedBytes
@@ -157,16 +163,19 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 promise?.fail(error)
             }
         case .transport:
-            do {
-                var output = context.channel.allocator.buffer(
-                    capacity: NoiseFrameEncoder.encryptedSize(plaintextLength: buffer.readableBytes)
-                )
-                try NoiseFrameEncoder.encrypt(buffer, with: &ciphers!.sending, into: &output)
-                context.write(wrapOutboundOut(output), promise: promise)
-            } catch {
-                promise?.fail(error)
-                closeAfterSendError(context: context, error: error)
+            if buffer.readableBytes >= Self.gatherLimit {
+                // Large: no copy into the gather buffer; what was gathered goes first.
+                writeGathered(context: context)
+                writeEncrypted(buffer, promise: promise, context: context)
+                return
             }
+            if gathered == nil {
+                gathered = context.channel.allocator.buffer(capacity: max(1024, buffer.readableBytes))
+            }
+            var incoming = buffer
+            gathered!.writeBuffer(&incoming)
+            if let promise { gatheredPromises.append(promise) }
+            if gathered!.readableBytes >= Self.gatherLimit { writeGathered(context: context) }
         case .failed:
             promise?.fail(ChannelError.ioOnClosedChannel)
         }
@@ -177,9 +186,46 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .idle, .handshaking:
             pending.flushRequested = true
         case .transport:
+            writeGathered(context: context)
             context.flush()
         case .failed:
             break
+        }
+    }
+
+    /// Writes at or above this size are encrypted on their own; gathered plaintext is encrypted
+    /// once it reaches it (one maximal frame).
+    static let gatherLimit = NoiseFrameEncoder.maxPlaintextPerFrame
+
+    /// Encrypts what was gathered since the last flush as one channel write (not flushed).
+    private func writeGathered(context: ChannelHandlerContext) {
+        guard let plaintext = gathered, plaintext.readableBytes > 0 else { return }
+        gathered = nil
+        let promises = gatheredPromises
+        gatheredPromises = []
+        var aggregate: EventLoopPromise<Void>?
+        if promises.count == 1 {
+            aggregate = promises[0]
+        } else if promises.count > 1 {
+            let combined = context.eventLoop.makePromise(of: Void.self)
+            for promise in promises { combined.futureResult.cascade(to: promise) }
+            aggregate = combined
+        }
+        writeEncrypted(plaintext, promise: aggregate, context: context)
+    }
+
+    private func writeEncrypted(
+        _ plaintext: ByteBuffer, promise: EventLoopPromise<Void>?, context: ChannelHandlerContext
+    ) {
+        do {
+            var output = context.channel.allocator.buffer(
+                capacity: NoiseFrameEncoder.encryptedSize(plaintextLength: plaintext.readableBytes)
+            )
+            try NoiseFrameEncoder.encrypt(plaintext, with: &ciphers!.sending, into: &output)
+            context.write(wrapOutboundOut(output), promise: promise)
+        } catch {
+            promise?.fail(error)
+            closeAfterSendError(context: context, error: error)
         }
     }
 
@@ -277,5 +323,10 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .transport, .failed:
             pending.failAll(error)
         }
+        // Gathered writes that were never flushed fail, as unflushed writes do in NIO.
+        gathered = nil
+        let promises = gatheredPromises
+        gatheredPromises = []
+        for promise in promises { promise.fail(error) }
     }
 }

@@ -191,19 +191,36 @@ func frameLengths(_ wire: ByteBuffer) -> [Int] {
         #expect(pair.initiatorCollector.received == payload)
     }
 
-    @Test func severalWritesBeforeOneFlushAreSeparateChannelWrites() throws {
+    @Test func severalWritesBeforeOneFlushShareOneFrame() throws {
         let pair = try pair()
         defer { pair.finish() }
         try pair.shuttle()
-        pair.initiator.write(ByteBuffer(string: "a"), promise: nil)
-        pair.initiator.write(ByteBuffer(string: "bc"), promise: nil)
+        let first = pair.initiator.eventLoop.makePromise(of: Void.self)
+        let second = pair.initiator.eventLoop.makePromise(of: Void.self)
+        let done = (ResultBox(first.futureResult), ResultBox(second.futureResult))
+        pair.initiator.write(ByteBuffer(string: "a"), promise: first)
+        pair.initiator.write(ByteBuffer(string: "bc"), promise: second)
         pair.initiator.write(ByteBuffer(), promise: nil)
+        // Nothing leaves before the flush.
+        #expect(try pair.initiator.readOutbound(as: ByteBuffer.self) == nil)
         pair.initiator.flush()
         var wires: [ByteBuffer] = []
         while let wire = try pair.initiator.readOutbound(as: ByteBuffer.self) { wires.append(wire) }
-        #expect(wires.map(frameLengths) == [[17], [18], []])
-        for wire in wires where wire.readableBytes > 0 { try pair.responder.writeInbound(wire) }
+        // One frame: 3 plaintext bytes + the 16-byte tag; both promises complete with it.
+        #expect(wires.map(frameLengths) == [[19]])
+        #expect(done.0.value != nil && done.1.value != nil)
+        for wire in wires { try pair.responder.writeInbound(wire) }
         #expect(pair.responderCollector.received == ByteBuffer(string: "abc"))
+    }
+
+    @Test func unflushedWritesFailWhenTheConnectionGoesAway() throws {
+        let pair = try pair()
+        try pair.shuttle()
+        let promise = pair.initiator.eventLoop.makePromise(of: Void.self)
+        let result = ResultBox(promise.futureResult)
+        pair.initiator.write(ByteBuffer(string: "never flushed"), promise: promise)
+        pair.finish()
+        #expect(result.error != nil)
     }
 
     @Test func earlyDataIsCoalescedWithTheLastHandshakeMessage() throws {
