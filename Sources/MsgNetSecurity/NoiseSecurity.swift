@@ -34,8 +34,8 @@ public struct NoiseSecurity: SecurityProtocol {
 /// Runs a ``NoiseHandshake`` on a channel, then encrypts outbound and decrypts inbound bytes.
 ///
 /// Handshake messages and transport messages travel as `uint16 big-endian length || message`.
-/// After the handshake, small writes are gathered until the next flush (or until a maximal
-/// frame's worth is gathered) and encrypted together, so the writes of one loop pass — an mplex
+/// After the handshake, small writes (up to 8 KiB) are gathered until the next flush (or until a
+/// maximal frame's worth is gathered) and encrypted together, so the writes of one loop pass — an mplex
 /// header and its data, a protocol echo, a reply and a close — cost one frame and one AEAD
 /// operation instead of one each. A large write is encrypted on its own, without the copy.
 final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -163,7 +163,7 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 promise?.fail(error)
             }
         case .transport:
-            if buffer.readableBytes >= Self.gatherLimit {
+            if buffer.readableBytes > Self.smallWriteLimit {
                 // Large: no copy into the gather buffer; what was gathered goes first.
                 writeGathered(context: context)
                 writeEncrypted(buffer, promise: promise, context: context)
@@ -193,8 +193,10 @@ final class NoiseHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Writes at or above this size are encrypted on their own; gathered plaintext is encrypted
-    /// once it reaches it (one maximal frame).
+    /// Writes up to this size are gathered (copying them is cheaper than a frame and an AEAD
+    /// call each); larger ones are encrypted on their own, without the copy.
+    static let smallWriteLimit = 8 * 1024
+    /// Gathered plaintext is encrypted once it reaches one maximal frame.
     static let gatherLimit = NoiseFrameEncoder.maxPlaintextPerFrame
 
     /// Encrypts what was gathered since the last flush as one channel write (not flushed).
