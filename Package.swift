@@ -112,6 +112,7 @@ let package = Package(
                 "MsgNetStreams",
                 "MsgNetMultipacket",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

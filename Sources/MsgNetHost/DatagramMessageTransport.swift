@@ -1,3 +1,4 @@
+import DequeModule
 import Logging
 import MsgNetControl
 import MsgNetCore
@@ -93,6 +94,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
     private let contextBox = NIOLockedValueBox<MessageTransportContext?>(nil)
+
+    /// A (session, protocol) channel of plain messages.
+    struct ChannelKey: Hashable {
+        let session: SessionID
+        let protocolName: String
+    }
 
     /// An unreliable send handed to the event loop without its caller waiting.
     struct QueuedSend {
@@ -695,6 +702,22 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let message = Message(
                 data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
                 replyChannel: channel, replyToken: rid)
+            if !isRequest, configuration.inboundExecution == .eventLoop {
+                // Plain messages of one (session, protocol) channel are handled one after
+                // another by one task, as a stream's messages are: a burst costs one task.
+                let key = ChannelKey(session: session, protocolName: inbound.protocolName)
+                if core.plainQueues[key] != nil {
+                    core.plainQueues[key]!.append((message, channel))
+                    return
+                }
+                core.plainQueues[key] = [(message, channel)]
+                let started = handlerTasks.start(on: loop, .eventLoop) { await self.servePlain(key) }
+                if !started {
+                    core.plainQueues[key] = nil
+                    core.pendingInbound -= 1
+                }
+                return
+            }
             let started = handlerTasks.start(on: loop, configuration.inboundExecution) {
                 if let context = self.contextBox.withLockedValue({ $0 }) {
                     await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)
@@ -706,6 +729,25 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 }
             }
             if !started { core.pendingInbound -= 1 }
+        }
+    }
+
+    /// Handles the queued plain messages of one channel in order, until none is left. Runs in a
+    /// task on the loop (the queue lives in loop state).
+    private func servePlain(_ key: ChannelKey) async {
+        guard let context = contextBox.withLockedValue({ $0 }) else {
+            let dropped = core.value.plainQueues.removeValue(forKey: key)?.count ?? 0
+            core.value.pendingInbound -= dropped
+            return
+        }
+        while true {
+            let core = core.value
+            guard let (message, channel) = core.plainQueues[key]?.popFirst() else {
+                core.plainQueues[key] = nil
+                return
+            }
+            await handle(message, channel: channel, isRequest: false, context: context)
+            self.core.value.pendingInbound -= 1
         }
     }
 
@@ -856,6 +898,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0
+        /// Plain messages waiting for their channel's handler task (see `servePlain`).
+        var plainQueues: [ChannelKey: Deque<(Message, DatagramReplyChannel)>] = [:]
         var flushPending = false
         var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0

@@ -239,6 +239,35 @@ struct HandlerSuite {
         }
     }
 
+    @Test("a slow plain-message handler holds up only its own channel", arguments: TransportFactory.all)
+    func slowPlainHandlerHoldsOnlyItsChannel(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let release = Signal()
+        let slowStarted = Counter()
+        let slowDone = Counter()
+        let other = Counter()
+        b.setMessageHandler(for: "/slow-plain/1") { _ in
+            slowStarted.add()
+            await release.wait()
+            slowDone.add()
+        }
+        b.setMessageHandler(for: "/other/1") { _ in other.add() }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes("1"), to: b.peerID, protocol: "/slow-plain/1")
+            try await a.send(bytes("2"), to: b.peerID, protocol: "/slow-plain/1")
+            await slowStarted.wait(atLeast: 1)
+            for i in 0..<5 { try await a.send(bytes("\(i)"), to: b.peerID, protocol: "/other/1") }
+            await other.wait(atLeast: 5)
+            // One channel's messages are handled one after another: the second waits.
+            #expect(slowStarted.value == 1)
+            #expect(slowDone.value == 0)
+            release.fire()
+            await slowDone.wait(atLeast: 2)
+        }
+    }
+
     @Test("slow handler: bounded concurrency per protocol, the rest wait", arguments: TransportFactory.all)
     func slowHandlerBounded(factory: TransportFactory) async throws {
         let a = factory.host()
