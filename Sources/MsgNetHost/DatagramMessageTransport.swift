@@ -507,14 +507,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         session: SessionID, continuation: CheckedContinuation<Void, any Error>?
     ) {
         let core = core.value
-        guard core.machines[session] != nil else {
+        guard let index = core.machines.index(forKey: session) else {
             continuation?.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return
         }
         do {
-            // Mutated in place: a copy of the machine would make every collection in it copy
-            // on write.
-            let result = try core.machines[session]!.send(data, protocol: name, mode: mode, kind: kind, now: .now())
+            // Mutated in place through `values[index]`: a copy of the machine would make every
+            // collection in it copy on write, and the optional subscript moves it out and back.
+            let result = try core.machines.values[index].send(
+                data, protocol: name, mode: mode, kind: kind, now: .now())
             if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = continuation
             }
@@ -561,14 +562,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         continuation: CheckedContinuation<Message, any Error>
     ) -> UInt64? {
         let core = core.value
-        guard core.machines[session] != nil else {
+        guard let index = core.machines.index(forKey: session) else {
             continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return nil
         }
         core.nextRequestID &+= 1
         let rid = core.nextRequestID
         do {
-            let result = try core.machines[session]!.send(
+            let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
             let timer = loop.scheduleTask(in: timeout) {
                 self.core.value.finishRequest(
@@ -605,11 +606,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         _ data: ByteBuffer, protocol name: String, kind: MessagingMessageKind, session: SessionID
     ) throws {
         let core = core.value
-        guard core.machines[session] != nil else {
+        guard let index = core.machines.index(forKey: session) else {
             throw MessageError(.connectionClosed, "the datagram session closed")
         }
         do {
-            let result = try core.machines[session]!.send(
+            let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: kind, now: .now())
             perform(result.actions, session: session)
             scheduleFlush()
@@ -627,8 +628,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 core.sockets[path.socket].write(datagram, to: path.remote)
                 core.dirtySockets.insert(path.socket)
             case .deliver(let payload, let peer, let session):
-                guard core.machines[session] != nil else { continue }
-                let result = core.machines[session]!.onPayload(payload, now: .now())
+                guard let index = core.machines.index(forKey: session) else { continue }
+                let result = core.machines.values[index].onPayload(payload, now: .now())
                 _ = peer
                 perform(result, session: session)
             case .established(let info):
@@ -840,8 +841,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         for (session, w) in core.machineWakeups where w <= now {
             core.machineWakeups[session] = nil
-            guard core.machines[session] != nil else { continue }
-            let actions = core.machines[session]!.onTimer(now: now)
+            guard let index = core.machines.index(forKey: session) else { continue }
+            let actions = core.machines.values[index].onTimer(now: now)
             perform(actions, session: session)
         }
         flushSockets()

@@ -183,9 +183,12 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     public mutating func send(_ payload: ByteBuffer, session id: SessionID, now: NIODeadline) throws(SessionError)
         -> [SessionAction<Path>]
     {
-        guard let before = sessions[id]?.status() else { throw .unknownSession(id) }
+        // Through `values[index]`: mutated in place (the optional subscript moves the machine
+        // out and back, a copy of the whole struct each way).
+        guard let index = sessions.index(forKey: id) else { throw .unknownSession(id) }
+        let before = sessions.values[index].status()
         var actions: [SessionAction<Path>] = []
-        try sessions[id]!.send(payload, now: now, actions: &actions)
+        try sessions.values[index].send(payload, now: now, actions: &actions)
         settle(
             id, wasEstablished: before.isEstablished, wasConfirmed: before.confirmed, now: now, actions: &actions)
         return actions
@@ -274,8 +277,9 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         actions: inout [SessionAction<Path>],
         _ body: (inout SessionMachine<Path>, inout [SessionAction<Path>]) -> Void
     ) {
-        let before = sessions[id]!.status()
-        body(&sessions[id]!, &actions)
+        let index = sessions.index(forKey: id)!
+        let before = sessions.values[index].status()
+        body(&sessions.values[index], &actions)
         settle(
             id,
             wasEstablished: before.isEstablished,
@@ -295,7 +299,8 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         schedule: Bool = true,
         actions: inout [SessionAction<Path>]
     ) {
-        guard let machine = sessions[id]?.status() else { return }
+        guard let index = sessions.index(forKey: id) else { return }
+        let machine = sessions.values[index].status()
         if machine.isClosed {
             remove(id)
             return
