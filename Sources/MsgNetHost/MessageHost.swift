@@ -76,6 +76,8 @@ public final class MessageHost: Sendable {
     private let state: NIOLockedValueBox<State>
     /// Bumped whenever the handler set changes (``DeliveryCache`` entries older than it are stale).
     private let handlerGeneration = Synchronization.Atomic<Int>(0)
+    /// `State.shutdown`, readable without the lock (checked on every send).
+    private let isShutDown = Synchronization.Atomic<Bool>(false)
 
     /// Lifecycle events (connections, listeners, identify, rejected messages). One consumer;
     /// the newest 1024 are kept when nobody reads.
@@ -163,6 +165,7 @@ public final class MessageHost: Sendable {
     public func shutdown() async {
         let (inboxes, running) = state.withLockedValue { s -> ([MessageInbox], Bool) in
             s.shutdown = true
+            isShutDown.store(true, ordering: .releasing)
             return (s.slots.values.compactMap(\.inbox), s.running)
         }
         for transport in transports { await transport.shutdown() }
@@ -352,7 +355,7 @@ public final class MessageHost: Sendable {
                 "message of \(data.readableBytes) bytes on \(protocolID) exceeds the limit of \(configuration.maxMessageSize)"
             )
         }
-        if state.withLockedValue({ $0.shutdown }) { throw MessageError(.cancelled, "the host is shut down") }
+        if isShutDown.load(ordering: .acquiring) { throw MessageError(.cancelled, "the host is shut down") }
         if Task.isCancelled { throw MessageError(.cancelled, "cancelled") }
     }
 
