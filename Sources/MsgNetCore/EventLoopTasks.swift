@@ -8,7 +8,7 @@ import NIOCore
 /// async function the task calls — MsgNet's, the handler's, NIO's — runs on the loop the bytes
 /// arrived on, and a continuation resumed by the loop resumes the task there, without a round
 /// trip through the global executor.
-public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+public final class EventLoopTaskExecutor: TaskExecutor, Sendable {
     /// The loop that runs the jobs.
     public let eventLoop: any EventLoop
 
@@ -109,19 +109,6 @@ public final class InboundTaskSet: Sendable {
                 return false
             }
             if now { c.resume() }
-        }
-    }
-}
-
-extension EventLoopFuture where Value: Sendable {
-    /// The future's value, awaited on the caller's executor.
-    ///
-    /// Unlike NIO's `get()`, this adds no hop of its own when the future completes on another
-    /// loop than the one the caller runs on; in a task that prefers an ``EventLoopTaskExecutor``
-    /// both resume on that loop.
-    public func value() async throws -> Value {
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Value, any Error>) in
-            whenComplete { c.resume(with: $0) }
         }
     }
 }

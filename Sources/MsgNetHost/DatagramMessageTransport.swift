@@ -598,7 +598,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         try await loop.submit {
             try self.queueReply(data, protocol: name, kind: kind, session: session)
-        }.value()
+        }.get()
     }
 
     /// Hands a reply to the session's machine (on the loop); throws when that fails at once.

@@ -112,11 +112,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             guard s.error == nil, !s.closing,
                 s.pending.readableBytes + s.unwritten + payload.readableBytes + 10 <= highWatermark
             else { return (false, false) }
-            UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
-            s.pending.writeImmutableBuffer(payload)
-            let schedule = !s.flushScheduled
-            s.flushScheduled = true
-            return (true, schedule)
+            return (true, Self.append(payload, to: &s))
         }
         if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
         return written
@@ -127,10 +123,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         let (schedule, wait) = try state.withLockedValue { s throws -> (Bool, Bool) in
             if let error = s.error { throw error }
             if s.closing { throw MessageError(.connectionClosed, "the channel to \(peer) on \(protocolID) is closed") }
-            UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
-            s.pending.writeImmutableBuffer(payload)
-            let schedule = !s.flushScheduled
-            s.flushScheduled = true
+            let schedule = Self.append(payload, to: &s)
             return (schedule, s.pending.readableBytes + s.unwritten > highWatermark)
         }
         if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
@@ -146,6 +139,14 @@ final class StreamChannel: MessageReplyChannel, Sendable {
                 if let result { c.resume(with: result) }
             }
         }
+    }
+
+    /// Frames `payload` onto the pending bytes; true when the caller must schedule the flush.
+    private static func append(_ payload: ByteBuffer, to s: inout State) -> Bool {
+        UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
+        s.pending.writeImmutableBuffer(payload)
+        defer { s.flushScheduled = true }
+        return !s.flushScheduled
     }
 
     private func flushOnLoop() {
@@ -212,7 +213,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             return
         }
         stream.eventLoop.execute { self.closeOnLoop(promise) }
-        try? await promise.futureResult.value()
+        try? await promise.futureResult.get()
     }
 
     private func closeOnLoop(_ promise: EventLoopPromise<Void>) {

@@ -143,7 +143,7 @@ public final class MessageHost: Sendable {
     // MARK: Lifetime
 
     /// Runs the host until ``shutdown()``: every transport, connection and inbound handler
-    /// runs inside this call.
+    /// lives within this call, which returns only after all of them have finished.
     public func run() async throws {
         let proceed = state.withLockedValue { s -> Bool in
             guard !s.shutdown, !s.running else { return false }

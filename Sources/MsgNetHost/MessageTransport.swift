@@ -20,7 +20,8 @@ public protocol MessageTransport: Sendable {
     func attach(to context: MessageTransportContext)
 
     /// Runs the transport until ``shutdown()``: serves connections and delivers inbound
-    /// messages to the attached context. All of the transport's tasks are children of this call.
+    /// messages to the attached context. Returns only after every task the transport started
+    /// (connection work, inbound handlers) has finished.
     func run() async throws
 
     /// Stops listening, closes every connection and makes ``run(context:)`` return.

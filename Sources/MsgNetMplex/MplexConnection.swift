@@ -29,7 +29,7 @@ public final class MplexConnection: Sendable {
     ///   ``MplexError/Code/connectionClosed``.
     public func openStream() async throws -> MplexStream {
         if eventLoop.inEventLoop { return try handler.value.openStream(flush: true) }
-        return try await eventLoop.submit { try self.handler.value.openStream(flush: true) }.value()
+        return try await eventLoop.submit { try self.handler.value.openStream(flush: true) }.get()
     }
 
     /// Opens a stream on the event loop. With `flush: false` the NewStream frame leaves with the next flush
@@ -43,12 +43,12 @@ public final class MplexConnection: Sendable {
     /// Closes the connection; every open stream is reset.
     public func close() async {
         eventLoop.execute { self.handler.value.close() }
-        try? await channel.closeFuture.value()
+        try? await channel.closeFuture.get()
     }
 
     /// Waits until the connection is closed.
     public func onClose() async {
-        try? await channel.closeFuture.value()
+        try? await channel.closeFuture.get()
     }
 
     /// Adds an ``MplexHandler`` at the end of `channel`'s pipeline and returns its connection.

@@ -126,7 +126,7 @@ public final class MplexStream: Sendable {
     public func read() async throws -> ByteBuffer? {
         if eventLoop.inEventLoop, let ready = readNowOnLoop() { return try ready.get() }
         return try await withTaskCancellationHandler {
-            try await onLoop { self.readOnLoop() }.value()
+            try await onLoop { self.readOnLoop() }.get()
         } onCancel: {
             eventLoop.execute { self.cancelRead() }
         }
@@ -137,12 +137,12 @@ public final class MplexStream: Sendable {
     /// Waits while the channel is not writable. Throws the stream's reset error,
     /// ``MplexError/Code/writeAfterClose`` or ``MplexError/Code/connectionClosed``.
     public func write(_ buffer: ByteBuffer) async throws {
-        try await onLoop { self.handler.value.asyncWrite(self, buffer) }.value()
+        try await onLoop { self.handler.value.asyncWrite(self, buffer) }.get()
     }
 
     /// Closes the write side of the stream (after the writes issued before it). Idempotent.
     public func closeWrite() async throws {
-        try await onLoop { self.handler.value.asyncCloseWrite(self) }.value()
+        try await onLoop { self.handler.value.asyncCloseWrite(self) }.get()
     }
 
     /// Resets the stream. Idempotent.
@@ -150,7 +150,7 @@ public final class MplexStream: Sendable {
         try? await onLoop {
             self.handler.value.reset(self)
             return self.eventLoop.makeSucceededVoidFuture()
-        }.value()
+        }.get()
     }
 
     /// Runs `body` on the loop: at once when already there (a task running on the loop, the

@@ -161,7 +161,7 @@ extension StreamHost {
             stream.closeWriteOnEventLoop(promise: nil)
         }
         return try await withTaskCancellationHandler {
-            try await exchange.promise.futureResult.value()
+            try await exchange.promise.futureResult.get()
         } onCancel: {
             loop.execute {
                 exchange.finish(.failure(CancellationError()))

@@ -314,7 +314,7 @@ package struct MessagingMachine: Sendable {
             guard id < 1 << 63 else { throw MessagingError(.invalidArgument, "correlation id \(id) over 2^63 − 1") }
         }
         let length = message.readableBytes
-        let room = limits.maxPayload - initHeaderBound(nameLength: nameLength, kind: kind)
+        let room = limits.maxPayload - limits.initHeaderBound(nameLength: nameLength, kind: kind)
         guard room >= 1 else {
             throw MessagingError(.messageTooLarge, "protocol name too long for a \(limits.maxPayload)-byte payload")
         }
@@ -514,9 +514,6 @@ package struct MessagingMachine: Sendable {
     // MARK: Outbound internals
 
     /// Upper bound of an Init frame's bytes other than the message data.
-    private func initHeaderBound(nameLength: Int, kind: MessagingMessageKind) -> Int {
-        limits.initHeaderBound(nameLength: nameLength, kind: kind)
-    }
 
     private mutating func protocolEntry(for name: String) throws(MessagingError) -> OutboundProtocol {
         if let entry = outboundProtocols[name] { return entry }

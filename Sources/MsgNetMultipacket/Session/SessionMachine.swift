@@ -146,8 +146,8 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     }
 
     /// What the table needs to know after an event, read in place: `mutating` only so that
-    /// `sessions[id]?.status()` goes through the dictionary's in-place accessor instead of
-    /// copying the machine (a copy retains and releases every reference it holds).
+    /// `sessions.values[index].status()` goes through the dictionary's in-place accessor instead
+    /// of copying the machine (a copy retains and releases every reference it holds).
     mutating func status() -> SessionStatus {
         SessionStatus(
             isClosed: isClosed, isHalfOpen: isHalfOpen, isEstablished: isEstablished, confirmed: confirmed,
