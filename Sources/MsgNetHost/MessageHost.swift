@@ -70,13 +70,13 @@ public final class MessageHost: Sendable {
     private struct State {
         var slots: [String: Slot] = [:]
         var limiter: RateLimiter?
-        var shutdown = false
         var running = false
     }
     private let state: NIOLockedValueBox<State>
     /// Bumped whenever the handler set changes (``DeliveryCache`` entries older than it are stale).
     private let handlerGeneration = Synchronization.Atomic<Int>(0)
-    /// `State.shutdown`, readable without the lock (checked on every send).
+    /// Set once by ``shutdown()`` (under the state lock, so `run()` sees it consistently); read
+    /// without the lock on every send.
     private let isShutDown = Synchronization.Atomic<Bool>(false)
 
     /// Lifecycle events (connections, listeners, identify, rejected messages). One consumer;
@@ -146,7 +146,7 @@ public final class MessageHost: Sendable {
     /// lives within this call, which returns only after all of them have finished.
     public func run() async throws {
         let proceed = state.withLockedValue { s -> Bool in
-            guard !s.shutdown, !s.running else { return false }
+            guard !isShutDown.load(ordering: .acquiring), !s.running else { return false }
             s.running = true
             return true
         }
@@ -164,7 +164,6 @@ public final class MessageHost: Sendable {
     /// handlers have returned. Idempotent.
     public func shutdown() async {
         let (inboxes, running) = state.withLockedValue { s -> ([MessageInbox], Bool) in
-            s.shutdown = true
             isShutDown.store(true, ordering: .releasing)
             return (s.slots.values.compactMap(\.inbox), s.running)
         }
