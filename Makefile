@@ -7,7 +7,7 @@ WERROR := -Xswiftc -warnings-as-errors
 
 .PHONY: deps build test lint format protos check-protos interop-venv demo bench
 
-## deps: install the system packages the build needs (libprotobuf-c-dev, protobuf-c-compiler, python3-venv)
+## deps: install the system packages the build needs (libprotobuf-c-dev, libssl-dev, protobuf-c-compiler, python3-venv)
 deps:
 	@scripts/install-deps.sh
 

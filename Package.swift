@@ -31,6 +31,13 @@ let package = Package(
             providers: [.apt(["libprotobuf-c-dev"])]
         ),
         .target(name: "MsgNetControlC", dependencies: ["CProtobufC"]),
+        // OpenSSL's libcrypto, for the ChaCha20-Poly1305 that seals every frame and datagram
+        // (MsgNetSecurity only; see Sources/MsgNetSecurity/ChaChaPolyContext.swift).
+        .systemLibrary(
+            name: "CLibCrypto",
+            pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]
+        ),
 
         // MARK: Layers, bottom to top
         .target(
@@ -60,6 +67,7 @@ let package = Package(
         .target(
             name: "MsgNetSecurity",
             dependencies: [
+                "CLibCrypto",
                 "MsgNetCore",
                 "MsgNetControl",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -3,6 +3,7 @@
 set -euo pipefail
 need=()
 pkg-config --exists libprotobuf-c 2>/dev/null || need+=(libprotobuf-c-dev pkg-config)
+pkg-config --exists libcrypto 2>/dev/null || need+=(libssl-dev pkg-config)
 command -v protoc-c >/dev/null 2>&1 || need+=(protobuf-c-compiler)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -1,11 +1,4 @@
-import Crypto
 import NIOCore
-
-#if canImport(FoundationEssentials)
-    import FoundationEssentials
-#else
-    import Foundation
-#endif
 
 /// A Noise `CipherState` for ChaChaPoly: a 32-byte key and a 64-bit nonce counter.
 ///
@@ -15,7 +8,8 @@ import NIOCore
 /// does not advance the nonce.
 ///
 /// The AEAD nonce is 4 zero bytes followed by the counter as a 64-bit little-endian integer.
-/// Ciphertexts are `encrypted payload || 16-byte Poly1305 tag`.
+/// Ciphertexts are `encrypted payload || 16-byte Poly1305 tag`. The AEAD itself runs on
+/// OpenSSL's libcrypto through one reusable context per key (see `ChaChaPolyContext`).
 public struct NoiseCipherState: Sendable {
     /// Bytes a ciphertext adds to its plaintext (the Poly1305 tag).
     public static let tagLength = 16
@@ -24,14 +18,14 @@ public struct NoiseCipherState: Sendable {
     /// ChaChaPoly nonce bytes: 4 zero bytes and a little-endian UInt64.
     static let aeadNonceLength = 12
 
-    private let key: NoiseKey
+    private let context: ChaChaPolyContext
     /// The nonce the next operation will use.
     public private(set) var nonce: UInt64
 
     /// A cipher state with a 32-byte key, starting at `nonce`.
     init(key: [UInt8], nonce: UInt64 = 0) {
         precondition(key.count == 32, "ChaChaPoly keys are 32 bytes")
-        self.key = NoiseKey(SymmetricKey(data: key))
+        self.context = ChaChaPolyContext(key: key)
         self.nonce = nonce
     }
 
@@ -85,8 +79,14 @@ public struct NoiseCipherState: Sendable {
     /// own packet counter). The caller must never reuse a nonce with the same key.
     public func encrypt(_ plaintext: [UInt8], nonce: UInt64, ad: [UInt8] = []) throws(SecurityError) -> [UInt8] {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
-        let box = seal(plaintext, checkedNonce: nonce, ad: ad)
-        return box.combined.withUnsafeBytes { Array(UnsafeRawBufferPointer(rebasing: $0[Self.aeadNonceLength...])) }
+        return [UInt8](unsafeUninitializedCapacity: plaintext.count + Self.tagLength) { output, count in
+            plaintext.withUnsafeBytes { input in
+                ad.withUnsafeBytes { ad in
+                    context.seal(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(output))
+                }
+            }
+            count = plaintext.count + Self.tagLength
+        }
     }
 
     /// Encrypts the readable bytes of `plaintext` with an explicit `nonce`, appending
@@ -98,79 +98,53 @@ public struct NoiseCipherState: Sendable {
         into output: inout ByteBuffer
     ) throws(SecurityError) {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
-        let box = plaintext.withUnsafeReadableBytes { bytes in seal(bytes, checkedNonce: nonce, ad: ad) }
-        _ = box.combined.withUnsafeBytes {
-            output.writeBytes(UnsafeRawBufferPointer(rebasing: $0[Self.aeadNonceLength...]))
+        let size = plaintext.readableBytes + Self.tagLength
+        output.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
+            plaintext.withUnsafeReadableBytes { input in
+                ad.withUnsafeBytes { ad in
+                    context.seal(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
+                }
+            }
+            return size
         }
     }
 
     /// Decrypts `ciphertext` with an explicit `nonce`.
     public func decrypt(_ ciphertext: [UInt8], nonce: UInt64, ad: [UInt8] = []) throws(SecurityError) -> [UInt8] {
-        let plaintext = try open(ciphertext.count, nonce: nonce, ad: ad) { data in
-            ciphertext.withUnsafeBufferPointer { data.append($0) }
+        guard nonce <= Self.maxNonce else { throw .nonceExhausted }
+        guard ciphertext.count >= Self.tagLength else { throw .decryptFailed }
+        var verified = false
+        let plaintext = [UInt8](unsafeUninitializedCapacity: ciphertext.count - Self.tagLength) { output, count in
+            verified = ciphertext.withUnsafeBytes { input in
+                ad.withUnsafeBytes { ad in
+                    context.open(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(output))
+                }
+            }
+            // Unverified bytes never leave: the array is empty on failure.
+            count = verified ? ciphertext.count - Self.tagLength : 0
         }
-        return Array(plaintext)
+        guard verified else { throw .decryptFailed }
+        return plaintext
     }
 
     /// Decrypts the readable bytes of `ciphertext` with an explicit `nonce`.
     public func decrypt(_ ciphertext: ByteBuffer, nonce: UInt64, ad: [UInt8] = []) throws(SecurityError) -> ByteBuffer {
-        let plaintext = try open(ciphertext.readableBytes, nonce: nonce, ad: ad) { data in
-            ciphertext.withUnsafeReadableBytes { data.append($0.assumingMemoryBound(to: UInt8.self)) }
-        }
-        return plaintext.withUnsafeBytes { ByteBuffer(bytes: $0) }
-    }
-
-    // MARK: Internals
-
-    /// Seals with a nonce the caller has checked against ``maxNonce``.
-    private func seal(_ plaintext: some DataProtocol, checkedNonce nonce: UInt64, ad: [UInt8]) -> ChaChaPoly.SealedBox {
-        do {
-            return try ChaChaPoly.seal(plaintext, using: key.key, nonce: Self.aeadNonce(nonce), authenticating: ad)
-        } catch {
-            // Sealing only fails on a wrong key size, which init rules out.
-            preconditionFailure("ChaChaPoly.seal failed: \(error)")
-        }
-    }
-
-    /// Builds `nonce || ciphertext || tag` with `fill` appending the ciphertext, and opens it.
-    private func open(
-        _ count: Int,
-        nonce: UInt64,
-        ad: [UInt8],
-        fill: (inout Data) -> Void
-    ) throws(SecurityError) -> Data {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
-        guard count >= Self.tagLength else { throw .decryptFailed }
-        var combined = Data(capacity: Self.aeadNonceLength + count)
-        Self.appendAEADNonce(nonce, to: &combined)
-        fill(&combined)
-        do {
-            let box = try ChaChaPoly.SealedBox(combined: combined)
-            return try ChaChaPoly.open(box, using: key.key, authenticating: ad)
-        } catch {
-            throw .decryptFailed
+        guard ciphertext.readableBytes >= Self.tagLength else { throw .decryptFailed }
+        let size = ciphertext.readableBytes - Self.tagLength
+        var plaintext = ByteBuffer()
+        plaintext.reserveCapacity(size)
+        var verified = false
+        plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
+            verified = ciphertext.withUnsafeReadableBytes { input in
+                ad.withUnsafeBytes { ad in
+                    context.open(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
+                }
+            }
+            // Unverified bytes never become readable.
+            return verified ? size : 0
         }
+        guard verified else { throw .decryptFailed }
+        return plaintext
     }
-
-    private static func appendAEADNonce(_ nonce: UInt64, to data: inout Data) {
-        // 4 zero bytes, then the counter as a little-endian UInt64.
-        let zero = UInt32(0)
-        let counter = nonce.littleEndian
-        withUnsafePointer(to: zero) { data.append(UnsafeBufferPointer(start: $0, count: 1)) }
-        withUnsafePointer(to: counter) { data.append(UnsafeBufferPointer(start: $0, count: 1)) }
-    }
-
-    private static func aeadNonce(_ nonce: UInt64) -> ChaChaPoly.Nonce {
-        var bytes = Data(capacity: Self.aeadNonceLength)
-        appendAEADNonce(nonce, to: &bytes)
-        // 12 bytes is always a valid ChaChaPoly nonce.
-        return try! ChaChaPoly.Nonce(data: bytes)
-    }
-}
-
-/// swift-crypto's `SymmetricKey` is an immutable value (copy-on-write storage that is never
-/// mutated after creation) but is not declared `Sendable`; this box asserts what it is.
-private struct NoiseKey: @unchecked Sendable {
-    let key: SymmetricKey
-    init(_ key: SymmetricKey) { self.key = key }
 }

@@ -413,6 +413,57 @@ import Testing
         #expect(try state.encrypt([1, 2, 3], nonce: 5, ad: [7]) == Array(box.ciphertext) + Array(box.tag))
     }
 
+    /// The transport AEAD runs on libcrypto; swift-crypto's ChaChaPoly (RFC 8439) is the reference.
+    @Test(arguments: [0, 1, 15, 16, 17, 63, 64, 65, 1024, 8192, NoiseFrameEncoder.maxPlaintextPerFrame])
+    func sealAndOpenMatchSwiftCrypto(size: Int) throws {
+        var generator = SystemRandomNumberGenerator()
+        let keyBytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        let key = SymmetricKey(data: keyBytes)
+        let state = NoiseCipherState(key: keyBytes)
+        let plaintext = (0..<size).map { _ in UInt8.random(in: 0...255, using: &generator) }
+        for (counter, ad) in [(UInt64(0), [UInt8]()), (0x0102_0304_0506_0708, [UInt8](repeating: 0xAD, count: 32))] {
+            var nonceBytes: [UInt8] = [0, 0, 0, 0]
+            withUnsafeBytes(of: counter.littleEndian) { nonceBytes += $0 }
+            let box = try ChaChaPoly.seal(
+                plaintext, using: key, nonce: try ChaChaPoly.Nonce(data: nonceBytes), authenticating: ad)
+            let reference = Array(box.ciphertext) + Array(box.tag)
+            #expect(try state.encrypt(plaintext, nonce: counter, ad: ad) == reference)
+            var buffer = ByteBuffer(bytes: [0xEE])
+            try state.encrypt(ByteBuffer(bytes: plaintext), nonce: counter, ad: ad, into: &buffer)
+            #expect(Array(buffer.readableBytesView.dropFirst()) == reference)
+            #expect(try state.decrypt(reference, nonce: counter, ad: ad) == plaintext)
+            #expect(Array(try state.decrypt(ByteBuffer(bytes: reference), nonce: counter, ad: ad).readableBytesView) == plaintext)
+            // Wrong nonce, wrong AD, a flipped tag bit: all refused, on both paths.
+            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(reference, nonce: counter + 1, ad: ad) }
+            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(reference, nonce: counter, ad: ad + [1]) }
+            var flipped = reference
+            flipped[flipped.count - 1] ^= 1
+            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(ByteBuffer(bytes: flipped), nonce: counter, ad: ad) }
+        }
+    }
+
+    /// Copies of a cipher state share one libcrypto context; concurrent use must stay correct.
+    @Test func sharedContextUnderConcurrentUse() async throws {
+        let key = [UInt8](repeating: 9, count: 32)
+        let state = NoiseCipherState(key: key)
+        let plaintext = [UInt8](repeating: 0x42, count: 300)
+        let expected = try (0..<64).map { try state.encrypt(plaintext, nonce: UInt64($0)) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    for round in 0..<200 {
+                        let n = (worker * 7 + round) % 64
+                        let sealed = try state.encrypt(plaintext, nonce: UInt64(n))
+                        guard sealed == expected[n], try state.decrypt(sealed, nonce: UInt64(n)) == plaintext else {
+                            throw SecurityError.decryptFailed
+                        }
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+
     @Test func hkdfMatchesRFC5869Construction() {
         // Noise HKDF(ck, ikm) equals RFC 5869 HKDF-SHA256 with salt = ck, empty info, 64 bytes.
         let ck = (0..<32).map { UInt8($0) }
