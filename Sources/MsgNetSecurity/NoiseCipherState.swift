@@ -102,7 +102,8 @@ public struct NoiseCipherState: Sendable {
         output.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
             plaintext.withUnsafeReadableBytes { input in
                 ad.withUnsafeBytes { ad in
-                    context.seal(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
+                    context.seal(
+                        input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
                 }
             }
             return size
@@ -138,7 +139,8 @@ public struct NoiseCipherState: Sendable {
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
             verified = ciphertext.withUnsafeReadableBytes { input in
                 ad.withUnsafeBytes { ad in
-                    context.open(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
+                    context.open(
+                        input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
                 }
             }
             // Unverified bytes never become readable.

@@ -432,13 +432,17 @@ import Testing
             try state.encrypt(ByteBuffer(bytes: plaintext), nonce: counter, ad: ad, into: &buffer)
             #expect(Array(buffer.readableBytesView.dropFirst()) == reference)
             #expect(try state.decrypt(reference, nonce: counter, ad: ad) == plaintext)
-            #expect(Array(try state.decrypt(ByteBuffer(bytes: reference), nonce: counter, ad: ad).readableBytesView) == plaintext)
+            #expect(
+                Array(try state.decrypt(ByteBuffer(bytes: reference), nonce: counter, ad: ad).readableBytesView)
+                    == plaintext)
             // Wrong nonce, wrong AD, a flipped tag bit: all refused, on both paths.
             #expect(throws: SecurityError.decryptFailed) { try state.decrypt(reference, nonce: counter + 1, ad: ad) }
             #expect(throws: SecurityError.decryptFailed) { try state.decrypt(reference, nonce: counter, ad: ad + [1]) }
             var flipped = reference
             flipped[flipped.count - 1] ^= 1
-            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(ByteBuffer(bytes: flipped), nonce: counter, ad: ad) }
+            #expect(throws: SecurityError.decryptFailed) {
+                try state.decrypt(ByteBuffer(bytes: flipped), nonce: counter, ad: ad)
+            }
         }
     }
 
