@@ -303,7 +303,7 @@ public final class MplexHandler: ChannelDuplexHandler {
                     stream.receiveReset(error)
                 }
             case .streamClosed(let id):
-                streams[id] = nil
+                streams.removeValue(forKey: id)?.receiveFinished()
             case .newInboundStream(let id):
                 guard let context else { continue }
                 let stream = MplexStream(id: id, handler: self, eventLoop: context.eventLoop)

@@ -242,6 +242,13 @@ public final class MplexStream: Sendable {
         }
     }
 
+    /// The stream is closed in both directions and gone from its connection: no event follows,
+    /// so the inbound handler is released. Handlers usually capture their stream; keeping the
+    /// handler would keep both alive for as long as the process runs.
+    func receiveFinished() {
+        state.value.inboundHandler = nil
+    }
+
     func receiveReset(_ error: MplexError) {
         guard state.value.error == nil else { return }
         state.value.error = error

@@ -12,6 +12,8 @@ final class Collector: Sendable {
     var events: [String] { state.withLock { $0.events } }
 
     func add(_ stream: MplexStream) { state.withLock { $0.streams.append(stream) } }
+    /// Forgets the streams (so a test can check they are freed).
+    func removeAll() { state.withLock { $0.streams.removeAll() } }
     func record(_ event: String) { state.withLock { $0.events.append(event) } }
     func takeEvents() -> [String] {
         state.withLock { state in

@@ -156,6 +156,40 @@ import Testing
         #expect(try pair.b.finish().isClean)
     }
 
+    /// A handler that captures its own stream (the usual shape) must not keep it alive once the
+    /// stream is closed both ways: each finished request would otherwise leak its stream.
+    @Test func finishedStreamsAreReleasedWithTheirHandlers() throws {
+        weak var weakA: MplexStream?
+        weak var weakB: MplexStream?
+        let pair = try EmbeddedPair(initializerB: { stream in
+            stream.setInboundHandler { event in
+                if case .remoteClosed = event {
+                    stream.writeOnEventLoop(ByteBuffer(string: "reply"), flush: false)
+                    stream.closeWriteOnEventLoop()
+                }
+            }
+        })
+        do {
+            let stream = try pair.connectionA.openStreamOnEventLoop(flush: false)
+            let record = pair.inboundA.recorder("A")
+            stream.setInboundHandler { event in
+                record(event)
+                _ = stream.id
+            }
+            stream.writeOnEventLoop(ByteBuffer(string: "request"), flush: false)
+            stream.closeWriteOnEventLoop()
+            try pair.pump()
+            weakA = stream
+            weakB = pair.inboundB.streams.first
+            pair.inboundB.removeAll()
+        }
+        #expect(pair.inboundA.takeEvents() == ["A data:reply", "A eof"])
+        #expect(weakA == nil)
+        #expect(weakB == nil)
+        #expect(try pair.a.finish().isClean)
+        #expect(try pair.b.finish().isClean)
+    }
+
     @Test func flushSoonWaitsForTheLoopPassThenSendsEverything() throws {
         let pair = try EmbeddedPair()
         let stream = try pair.connectionA.openStreamOnEventLoop(flush: false)
