@@ -57,11 +57,17 @@ public final class InboundTaskSet: Sendable {
 
     /// Starts `body` in a new task: for `.eventLoop` one that prefers `loop` as its executor
     /// (``EventLoopTaskExecutor``), else an ordinary task on the global executor.
+    ///
+    /// With `immediately` and `.eventLoop`, called on `loop`, the task starts at once: `body`
+    /// runs on the calling thread, inside this call, until it first suspends (SE-0472), instead
+    /// of waiting for the loop to reach a queued job. The caller must be ready for `body` to
+    /// run before `start` returns (no exclusive access held, state consistent).
     /// - Returns: false (and `body` does not run) once the set is closed.
     @discardableResult
     public func start(
         on loop: any EventLoop,
         _ execution: InboundExecution = .eventLoop,
+        immediately: Bool = false,
         _ body: @escaping @Sendable () async -> Void
     ) -> Bool {
         let admitted = state.withLockedValue { s -> Bool in
@@ -77,9 +83,17 @@ public final class InboundTaskSet: Sendable {
                 self.finished()
             }
         case .eventLoop:
-            Task(executorPreference: EventLoopTaskExecutor(loop)) {
-                await body()
-                self.finished()
+            let executor = EventLoopTaskExecutor(loop)
+            if immediately, loop.inEventLoop, #available(macOS 26, *) {
+                Task.immediate(executorPreference: executor) {
+                    await body()
+                    self.finished()
+                }
+            } else {
+                Task(executorPreference: executor) {
+                    await body()
+                    self.finished()
+                }
             }
         }
         return true

@@ -380,8 +380,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }.get()
     }
 
-    /// Drop and event counters of the session layer (for tests and metrics), as of the end of
-    /// the transport's last event-loop pass.
+    /// Drop and event counters of the session layer (for tests and metrics), at most about
+    /// 10 ms old: they are summed over every session and published once per 10 ms with traffic,
+    /// not per datagram.
     public var sessionCounters: SessionCounters { mirror.withLockedValue { $0.counters } }
 
     // MARK: Sockets
@@ -489,16 +490,29 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         perform(core.table.onDatagram(data, from: path, now: .now()))
     }
 
-    /// Writes what the sockets hold, and publishes the session counters (summed over every
-    /// session, so once per loop pass rather than per datagram).
+    /// Writes what the sockets hold.
     func flushSockets() {
         let core = core.value
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
-        if core.countersStale {
+    }
+
+    /// How long counter changes wait to be published: long enough that the publishing timer is
+    /// rarely the loop's earliest (re-arming the loop's timer is a system call), short enough for
+    /// metrics.
+    static let counterPublishDelay = TimeAmount.milliseconds(10)
+
+    /// Notes that session counters changed; they are summed over every session and published
+    /// ``counterPublishDelay`` later, once for everything that happened in between.
+    private func countersChanged() {
+        let core = core.value
+        guard !core.countersStale else { return }
+        core.countersStale = true
+        loop.scheduleTask(in: Self.counterPublishDelay) {
+            let core = self.core.value
             core.countersStale = false
             let counters = core.table.counters
-            mirror.withLockedValue { $0.counters = counters }
+            self.mirror.withLockedValue { $0.counters = counters }
         }
     }
 
@@ -641,7 +655,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 armTimer()
             }
         }
-        core.countersStale = true
+        countersChanged()
     }
 
     private func perform(_ actions: [MessagingAction], session: SessionID) {
@@ -719,7 +733,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 }
                 return
             }
-            let started = handlerTasks.start(on: loop, configuration.inboundExecution) {
+            // A request's handler starts at once, inside this read (no task job to wait for): a
+            // reply it sends before suspending leaves in the flush that ends this read batch.
+            let started = handlerTasks.start(on: loop, configuration.inboundExecution, immediately: true) {
                 if let context = self.contextBox.withLockedValue({ $0 }) {
                     await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)
                 }
@@ -884,7 +900,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var table: SessionTable<UDPPath>
         var sockets: [any DatagramSocket] = []
         var dirtySockets = Set<Int>()
-        /// Session events happened since the counters were last published (see `flushSockets()`).
+        /// Session events happened since the counters were last published (see `countersChanged()`).
         var countersStale = false
         var machines: [SessionID: MessagingMachine] = [:]
         var sessionPeers: [SessionID: PeerID] = [:]

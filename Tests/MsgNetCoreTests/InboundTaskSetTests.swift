@@ -30,6 +30,34 @@ struct InboundTaskSetTests {
         #expect(seen.withLockedValue { $0 } == [true, true])
     }
 
+    @Test("immediately, on the loop: the body runs inside start until it suspends, then resumes on the loop")
+    func immediateStart() async throws {
+        let tasks = InboundTaskSet()
+        let steps = NIOLockedValueBox<[String]>([])
+        let loop = self.loop
+        try await loop.submit {
+            tasks.start(on: loop, .eventLoop, immediately: true) {
+                steps.withLockedValue { $0.append("body \(loop.inEventLoop)") }
+                let promise = loop.makePromise(of: Void.self)
+                loop.execute { promise.succeed() }
+                try? await promise.futureResult.get()
+                steps.withLockedValue { $0.append("resumed \(loop.inEventLoop)") }
+            }
+            steps.withLockedValue { $0.append("start returned") }
+        }.get()
+        tasks.close()
+        await tasks.waitUntilIdle()
+        #expect(steps.withLockedValue { $0 } == ["body true", "start returned", "resumed true"])
+
+        // Off the loop, `immediately` changes nothing: the body runs on the loop, later.
+        let later = InboundTaskSet()
+        let seen = NIOLockedValueBox<Bool?>(nil)
+        #expect(later.start(on: loop, .eventLoop, immediately: true) { seen.withLockedValue { $0 = loop.inEventLoop } })
+        later.close()
+        await later.waitUntilIdle()
+        #expect(seen.withLockedValue { $0 } == true)
+    }
+
     @Test("started off the loop, .eventLoop still runs the body on the loop; .concurrent does not")
     func placement() async {
         let tasks = InboundTaskSet()
