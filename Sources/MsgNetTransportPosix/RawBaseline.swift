@@ -358,6 +358,11 @@ package enum RawUDPBaseline {
         /// Sends one datagram to 127.0.0.1:`port` without waiting for the write.
         package func write(_ payload: ByteBuffer, to port: Int) {
             guard let address = try? SocketAddress(ipAddress: "127.0.0.1", port: port) else { return }
+            write(payload, to: address)
+        }
+
+        /// Sends one datagram to `address` without waiting for the write.
+        package func write(_ payload: ByteBuffer, to address: SocketAddress) {
             channel.writeAndFlush(AddressedEnvelope(remoteAddress: address, data: payload), promise: nil)
         }
 

@@ -26,6 +26,23 @@ struct Bench: AsyncParsableCommand {
     )
 }
 
+/// Where each side of every benchmark runs: the server side (raw baseline and MsgNet alike) on
+/// one event loop, the client side on the other, as two processes would be. Left to round-robin
+/// placement, a raw client could share a thread with its server (a round trip without a thread
+/// switch) while MsgNet's two hosts land on two threads, or the other way round, and the ratio
+/// would measure the placement. Callers (the measuring tasks) run on Swift's global executor on
+/// both sides.
+struct BenchLoops {
+    let server: any EventLoop
+    let client: any EventLoop
+
+    init() {
+        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator())
+        server = loops[0]
+        client = loops[loops.count > 1 ? 1 : 0]
+    }
+}
+
 struct StreamsBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "streams",
@@ -50,7 +67,7 @@ struct StreamsBench: AsyncParsableCommand {
             h.logLevel = .error
             return h
         }
-        let group = MultiThreadedEventLoopGroup.singleton
+        let loops = BenchLoops()
         var rawThroughput: [Double] = []
         var msgThroughput: [Double] = []
         var rawP50: [Double] = []
@@ -58,9 +75,9 @@ struct StreamsBench: AsyncParsableCommand {
         var msgP50: [Double] = []
         var msgP99: [Double] = []
 
-        let (port, closeRaw) = try await RawTCPBaseline.startEchoServer(group: group)
-        let server = makeHost(group: group)
-        let client = makeHost(group: group)
+        let (port, closeRaw) = try await RawTCPBaseline.startEchoServer(group: loops.server)
+        let server = makeHost(group: loops.server)
+        let client = makeHost(group: loops.client)
         server.setStreamHandler("/echo/1.0.0") { stream in
             while let chunk = try await stream.read() { try await stream.write(chunk) }
         }
@@ -74,8 +91,8 @@ struct StreamsBench: AsyncParsableCommand {
                 let first = run % 2 == 0
                 for leg in 0..<2 {
                     if (leg == 0) == first {
-                        rawThroughput.append(try await rawEcho(port: port, group: group))
-                        let (p50, p99) = try await rawPing(port: port, group: group)
+                        rawThroughput.append(try await rawEcho(port: port, group: loops.client))
+                        let (p50, p99) = try await rawPing(port: port, group: loops.client)
                         rawP50.append(p50)
                         rawP99.append(p99)
                     } else {

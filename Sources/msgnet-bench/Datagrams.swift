@@ -10,18 +10,31 @@ import Synchronization
 
 /// Replies to pipelined raw UDP requests, matched by an 8-byte id at the front of the payload.
 final class PendingReplies: Sendable {
-    private let pending = Mutex<[UInt64: CheckedContinuation<Bool, Never>]>([:])
+    private let pending = Mutex<[UInt64: (CheckedContinuation<Bool, Never>, Scheduled<Void>)]>([:])
     private let next = Atomic<UInt64>(0)
 
     func nextID() -> UInt64 { next.wrappingAdd(1, ordering: .relaxed).newValue }
 
-    func register(_ id: UInt64, _ c: CheckedContinuation<Bool, Never>) {
-        pending.withLock { $0[id] = c }
+    /// One raw request as MsgNet makes one: a single hop to the socket's loop, which arms the
+    /// timeout and writes the datagram; the reply handler finishes it there.
+    func request(_ payload: ByteBuffer, id: UInt64, on socket: RawUDPBaseline.Socket, to address: SocketAddress)
+        async -> Bool
+    {
+        let loop = socket.eventLoop
+        return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            loop.execute {
+                let timer = loop.scheduleTask(in: .seconds(2)) { self.finish(id, false) }
+                self.pending.withLock { $0[id] = (c, timer) }
+                socket.write(payload, to: address)
+            }
+        }
     }
 
     /// Resumes the request `id` (true = answered, false = timed out), once.
     func finish(_ id: UInt64, _ answered: Bool) {
-        pending.withLock { $0.removeValue(forKey: id) }?.resume(returning: answered)
+        guard let (c, timer) = pending.withLock({ $0.removeValue(forKey: id) }) else { return }
+        if answered { timer.cancel() }
+        c.resume(returning: answered)
     }
 }
 
@@ -62,27 +75,27 @@ struct DatagramsBench: AsyncParsableCommand {
         bootstrapBenchLogging()
         print("$ \(CommandLine.arguments.joined(separator: " "))")
         print(commandLine)
-        let group = MultiThreadedEventLoopGroup.singleton
+        let loops = BenchLoops()
 
         // Raw UDP: a counting sink, an echo socket, a client socket for requests.
         let rawSink = Arrivals()
         let rawBytes = Arrivals()
-        let sinkSocket = try await RawUDPBaseline.bind(group: group) { d in
+        let sinkSocket = try await RawUDPBaseline.bind(group: loops.server) { d in
             rawSink.arrive()
             rawBytes.arrive(d.readableBytes)
             return nil
         }
-        let echoSocket = try await RawUDPBaseline.bind(group: group) { d in d }
+        let echoSocket = try await RawUDPBaseline.bind(group: loops.server) { d in d }
         let replies = PendingReplies()
-        let clientSocket = try await RawUDPBaseline.bind(group: group) { d in
+        let clientSocket = try await RawUDPBaseline.bind(group: loops.client) { d in
             if let id = d.getInteger(at: d.readerIndex, as: UInt64.self) { replies.finish(id, true) }
             return nil
         }
-        let senderSocket = try await RawUDPBaseline.bind(group: group) { _ in nil }
+        let senderSocket = try await RawUDPBaseline.bind(group: loops.client) { _ in nil }
 
         let sink = Arrivals()
-        let server = makeHost()
-        let client = makeHost()
+        let server = makeHost(on: loops.server)
+        let client = makeHost(on: loops.client)
         server.setMessageHandler(for: "/bench/sink/1.0.0") { message in
             sink.arrive()
             _ = message
@@ -154,9 +167,8 @@ struct DatagramsBench: AsyncParsableCommand {
         goal("request/reply p50 (1 in flight) ≤ 1.5× raw UDP ping-pong (\(fmt(p50))×)", p50 <= 1.5)
     }
 
-    func makeHost() -> MessageHost {
+    func makeHost(on loop: any EventLoop) -> MessageHost {
         let identity = PrivateKey.generate()
-        let loop = MultiThreadedEventLoopGroup.singleton.next()
         let transport = DatagramMessageTransport(
             identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop)
         return MessageHost(identity: identity, transports: [transport], peerstore: Peerstore())
@@ -295,6 +307,7 @@ struct DatagramsBench: AsyncParsableCommand {
             if got < count { FileHandleLog.line("  raw lossless \(size) B: \(got) of \(count) (loss)") }
             series.add("rate \(size) B, lossless (msg/s)", raw: Double(got) / elapsed)
         }
+        let echoAddress = try SocketAddress(ipAddress: "127.0.0.1", port: echoPort)
         for n in [1, inFlight] {
             let (p50, p99, rps) = try await measureRequests(
                 total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
@@ -303,12 +316,7 @@ struct DatagramsBench: AsyncParsableCommand {
                 var request = ByteBuffer()
                 request.writeInteger(id)
                 request.writeRepeatingByte(0x33, count: 56)
-                let timer = client.eventLoop.scheduleTask(in: .seconds(2)) { replies.finish(id, false) }
-                let answered = await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
-                    replies.register(id, c)
-                    client.write(request, to: echoPort)
-                }
-                timer.cancel()
+                let answered = await replies.request(request, id: id, on: client, to: echoAddress)
                 guard answered else { throw BenchError("raw UDP request \(id) lost") }
             }
             series.add("request/reply p50, \(n) in flight (µs)", raw: p50)

@@ -157,20 +157,20 @@ struct MessagesBench: AsyncParsableCommand {
         bootstrapBenchLogging()
         print("$ \(CommandLine.arguments.joined(separator: " "))")
         print(commandLine)
-        let group = MultiThreadedEventLoopGroup.singleton
+        let loops = BenchLoops()
         let sink = Arrivals()
         let rawSink = Arrivals()
 
-        let (sinkPort, closeSink) = try await RawFramedBaseline.startServer(group: group) { _ in
+        let (sinkPort, closeSink) = try await RawFramedBaseline.startServer(group: loops.server) { _ in
             rawSink.arrive()
             return nil
         }
-        let (echoPort, closeEcho) = try await RawFramedBaseline.startServer(group: group) { frame in frame }
-        let rawSender = try await RawFramedBaseline.connect(port: sinkPort, group: group)
-        let rawRequester = try await RawFramedBaseline.connect(port: echoPort, group: group)
+        let (echoPort, closeEcho) = try await RawFramedBaseline.startServer(group: loops.server) { frame in frame }
+        let rawSender = try await RawFramedBaseline.connect(port: sinkPort, group: loops.client)
+        let rawRequester = try await RawFramedBaseline.connect(port: echoPort, group: loops.client)
 
-        let server = makeHost()
-        let client = makeHost()
+        let server = makeHost(on: loops.server)
+        let client = makeHost(on: loops.client)
         server.setMessageHandler(for: "/bench/sink/1.0.0") { _ in sink.arrive() }
         server.setMessageHandler(for: "/bench/echo/1.0.0") { message in try await message.reply(message.data) }
 
@@ -234,14 +234,14 @@ struct MessagesBench: AsyncParsableCommand {
         goal("request/reply p50 (1 in flight) ≤ 1.5× raw TCP ping-pong (\(fmt(p1))×)", p1 <= 1.5)
     }
 
-    func makeHost() -> MessageHost {
+    func makeHost(on loop: any EventLoop) -> MessageHost {
         let identity = PrivateKey.generate()
         let sec: any SecurityProtocol =
             security == "plaintext" ? PlaintextSecurity(identity: identity) : NoiseSecurity(identity: identity)
         var streamConfig = StreamMessageTransport.Configuration()
         streamConfig.streamHost.identifyOnConnect = false
         return MessageHost(
-            identity: identity, streamTransports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
+            identity: identity, streamTransports: [TCPTransport(group: loop)],
             security: [sec], streamConfiguration: streamConfig)
     }
 
