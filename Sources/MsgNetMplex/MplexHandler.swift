@@ -40,11 +40,16 @@ public final class MplexHandler: ChannelDuplexHandler {
     private var inputFailed = false
     private var pendingWrites: Deque<PendingWrite> = []
     private var connectionBox: MplexConnection?
+    /// Streams the peer opened in the read being processed; they go to the initializer once the
+    /// whole read is processed, so the data that came with a NewStream frame is already
+    /// buffered when the stream's reader starts.
+    private var newInboundStreams: [MplexStream] = []
 
     /// Creates the handler.
     ///
     /// - Parameter inboundStreamInitializer: called on the event loop for each stream the peer
-    ///   opens; install an inbound handler or start a reader there.
+    ///   opens, once the read that opened it is processed (data that came with it is buffered);
+    ///   install an inbound handler or start a reader there.
     public init(
         configuration: MplexConfiguration = MplexConfiguration(),
         logger: Logger = Logger(label: "msgnet.mplex"),
@@ -109,7 +114,17 @@ public final class MplexHandler: ChannelDuplexHandler {
             logger.debug("mplex input error", metadata: ["error": "\(mplexError)"])
             perform(machine.onDecodeError(mplexError))
         }
+        startNewInboundStreams()
         flushIfNeeded()
+    }
+
+    /// Hands the streams opened by the read just processed to the initializer, in order.
+    private func startNewInboundStreams() {
+        while !newInboundStreams.isEmpty {
+            let opened = newInboundStreams
+            newInboundStreams = []
+            for stream in opened { inboundStreamInitializer(stream) }
+        }
     }
 
     /// Flushes frames written while handling the read (resets, replies from inbound handlers).
@@ -260,6 +275,7 @@ public final class MplexHandler: ChannelDuplexHandler {
     }
 
     private func connectionEnded() {
+        startNewInboundStreams()
         perform(machine.onConnectionClosed())
         streams.removeAll()
         failPendingWrites()
@@ -308,7 +324,7 @@ public final class MplexHandler: ChannelDuplexHandler {
                 guard let context else { continue }
                 let stream = MplexStream(id: id, handler: self, eventLoop: context.eventLoop)
                 streams[id] = stream
-                inboundStreamInitializer(stream)
+                newInboundStreams.append(stream)
             case .stopReading, .resumeReading:
                 // The machine's flag is the truth; actions may be performed out of order when a
                 // delivery is consumed re-entrantly.

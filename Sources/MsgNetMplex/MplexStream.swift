@@ -132,6 +132,13 @@ public final class MplexStream: Sendable {
         }
     }
 
+    /// What ``read()`` would return now without waiting, or `nil` when it would wait (or when not
+    /// called on ``eventLoop``): data, the end (`.success(nil)`) or the stream's error.
+    package func readIfReady() -> Result<ByteBuffer?, any Error>? {
+        guard eventLoop.inEventLoop else { return nil }
+        return readNowOnLoop()
+    }
+
     /// Writes data on the stream; returns once it is written to the connection.
     ///
     /// Waits while the channel is not writable. Throws the stream's reset error,

@@ -226,11 +226,11 @@ enum StreamNegotiation {
         timeout: TimeAmount
     ) async throws -> (String, ByteBuffer) {
         var machine = initial
-        // A stalled peer gets its stream reset, which fails the pending read below.
-        let timer = stream.eventLoop.scheduleTask(in: timeout) {
-            Task { await stream.reset() }
-        }
-        defer { timer.cancel() }
+        // A stalled peer gets its stream reset, which fails the pending read below. The timer
+        // starts with the first read that has to wait: a lazily proposed stream usually arrives
+        // with its whole negotiation already buffered.
+        var timer: Scheduled<Void>?
+        defer { timer?.cancel() }
         var actions = machine.start()
         while true {
             for action in actions {
@@ -261,7 +261,16 @@ enum StreamNegotiation {
             }
             let chunk: ByteBuffer?
             do {
-                chunk = try await stream.read()
+                if let ready = stream.readIfReady() {
+                    chunk = try ready.get()
+                } else {
+                    if timer == nil {
+                        timer = stream.eventLoop.scheduleTask(in: timeout) {
+                            Task { await stream.reset() }
+                        }
+                    }
+                    chunk = try await stream.read()
+                }
             } catch {
                 throw StreamsError(.timedOut, "protocol negotiation on stream did not finish: \(error)")
             }

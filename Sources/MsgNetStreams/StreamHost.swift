@@ -402,7 +402,10 @@ public final class StreamHost: Sendable {
             Task { await stream.reset() }
             return
         }
-        let enqueued = inboundTasks.start(on: stream.eventLoop, configuration.inboundExecution) {
+        // Called once the read that opened the stream is processed (its first bytes are
+        // buffered): with `.eventLoop` the task starts at once and usually negotiates, handles
+        // and answers the stream before this returns.
+        let enqueued = inboundTasks.start(on: stream.eventLoop, configuration.inboundExecution, immediately: true) {
             defer { self.state.withLockedValue { $0.pendingInboundStreams -= 1 } }
             guard let connection = info.withLockedValue({ $0 }) else {
                 await stream.reset()

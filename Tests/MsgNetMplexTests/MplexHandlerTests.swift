@@ -1,5 +1,6 @@
 import NIOCore
 import NIOEmbedded
+import Synchronization
 import Testing
 
 @testable import MsgNetMplex
@@ -154,6 +155,35 @@ import Testing
         #expect(throws: MplexError.self) { try promise.futureResult.wait() }
         #expect(try pair.a.finish().isClean)
         #expect(try pair.b.finish().isClean)
+    }
+
+    /// The initializer runs once the read that opened the stream is processed, so what came
+    /// with the NewStream frame (data, even the peer's close) is already there.
+    @Test func initializerSeesDataThatCameWithTheStream() throws {
+        let seen = Mutex<[String]>([])
+        let pair = try EmbeddedPair(initializerB: { stream in
+            switch stream.readIfReady() {
+            case .success(let data?)?: seen.withLock { $0.append("data:\(String(buffer: data))") }
+            case .success(nil)?: seen.withLock { $0.append("eof") }
+            case .failure?: seen.withLock { $0.append("error") }
+            case nil: seen.withLock { $0.append("would wait") }
+            }
+            if case .success(nil)? = stream.readIfReady() { seen.withLock { $0.append("eof") } }
+        })
+        let stream = try pair.connectionA.openStreamOnEventLoop(flush: false)
+        stream.writeOnEventLoop(ByteBuffer(string: "hello"), flush: false)
+        stream.closeWriteOnEventLoop()
+        // One read with the three frames (NewStream, data, Close), as one Noise frame brings them.
+        var read = ByteBuffer()
+        while var bytes = try pair.a.readOutbound(as: ByteBuffer.self) { read.writeBuffer(&bytes) }
+        try pair.b.writeInbound(read)
+        #expect(seen.withLock { $0 } == ["data:hello", "eof"])
+
+        // A stream opened without data: the initializer finds nothing yet.
+        seen.withLock { $0 = [] }
+        _ = try pair.connectionA.openStreamOnEventLoop(flush: true)
+        try pair.pump()
+        #expect(seen.withLock { $0 } == ["would wait"])
     }
 
     /// A handler that captures its own stream (the usual shape) must not keep it alive once the
