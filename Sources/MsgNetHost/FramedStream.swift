@@ -34,6 +34,40 @@ struct FramedReader {
         return payload
     }
 
+    /// What ``next(from:)`` would return without waiting: a message complete in the buffer or
+    /// in bytes the stream already holds (`.message`), the clean end (`.end`), or `.wait`.
+    enum Ready {
+        case message(ByteBuffer)
+        case end
+        case wait
+    }
+
+    /// The next message if it can be had without waiting (on the stream's event loop, a reader
+    /// takes a burst of messages this way without one async call each).
+    mutating func nextIfReady(from stream: NegotiatedStream) throws -> Ready {
+        while true {
+            if buffer.readableBytes > 0, let message = try Self.parse(&buffer, maxSize: maxSize) {
+                return .message(message)
+            }
+            switch stream.readIfReady() {
+            case nil:
+                return .wait
+            case .failure(let error)?:
+                throw error
+            case .success(nil)?:
+                if buffer.readableBytes == 0 { return .end }
+                throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
+            case .success(var chunk?)?:
+                if buffer.readableBytes == 0 {
+                    buffer = chunk
+                } else {
+                    buffer.discardReadBytes()
+                    buffer.writeBuffer(&chunk)
+                }
+            }
+        }
+    }
+
     /// The next message, or `nil` when the stream ends cleanly between messages.
     mutating func next(from stream: NegotiatedStream) async throws -> ByteBuffer? {
         while true {

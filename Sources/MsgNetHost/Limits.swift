@@ -16,6 +16,15 @@ final class AsyncGate: Sendable {
         state = NIOLockedValueBox(State(available: max(1, limit)))
     }
 
+    /// Takes a slot if one is free now.
+    func tryAcquire() -> Bool {
+        state.withLockedValue { s -> Bool in
+            guard s.available > 0 else { return false }
+            s.available -= 1
+            return true
+        }
+    }
+
     func acquire() async {
         let admitted = state.withLockedValue { s -> Bool in
             if s.available > 0 {

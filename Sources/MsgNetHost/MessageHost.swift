@@ -252,7 +252,7 @@ public final class MessageHost: Sendable {
             emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
             throw error
         }
-        await slot.gate.acquire()
+        if !slot.gate.tryAcquire() { await slot.gate.acquire() }
         defer { slot.gate.release() }
         do {
             try await slot.handler(message)

@@ -251,7 +251,17 @@ public final class StreamMessageTransport: MessageTransport {
         var reader = FramedReader(maxSize: context.maxMessageSize)
         var cache = DeliveryCache()
         do {
-            while let data = try await reader.next(from: channel.stream) {
+            while true {
+                let data: ByteBuffer
+                switch try reader.nextIfReady(from: channel.stream) {
+                case .message(let ready):
+                    data = ready
+                case .end:
+                    return true
+                case .wait:
+                    guard let next = try await reader.next(from: channel.stream) else { return true }
+                    data = next
+                }
                 let message = Message(
                     data: data, from: channel.peer, protocol: channel.protocolID, path: .stream, replyChannel: channel)
                 do {
@@ -263,7 +273,6 @@ public final class StreamMessageTransport: MessageTransport {
                         metadata: ["protocol": "\(channel.protocolID)", "from": "\(channel.peer)"])
                 }
             }
-            return true
         } catch {
             let e = MessageError.from(error)
             if e.code == .messageTooLarge || e.code == .remoteError {

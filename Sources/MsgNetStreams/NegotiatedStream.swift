@@ -54,6 +54,24 @@ public final class NegotiatedStream: Sendable {
         return try await rawRead()
     }
 
+    /// What ``read()`` would return now without waiting, or `nil` when it would wait (or when not
+    /// called on the stream's event loop). Lets a reader on the loop take buffered bytes without
+    /// an async call.
+    package func readIfReady() -> Result<ByteBuffer?, StreamsError>? {
+        if let buffered = leftover.withLockedValue({ value -> ByteBuffer? in
+            defer { value = nil }
+            return value
+        }) {
+            return .success(buffered)
+        }
+        switch stream.readIfReady() {
+        case nil: return nil
+        case .success(let bytes)?: return .success(bytes)
+        case .failure(let error)?:
+            return .failure(StreamsError(.connectionClosed, "stream \(protocolID) reset: \(error)"))
+        }
+    }
+
     private func rawRead() async throws -> ByteBuffer? {
         do {
             return try await stream.read()
