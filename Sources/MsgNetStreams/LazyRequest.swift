@@ -23,18 +23,39 @@ struct LazyReplyParser {
     }
 
     private var machine: MultistreamMachine?
+    /// The bytes a remote that accepts sends back: exactly what we proposed (the header and the
+    /// protocol id, echoed). Matched byte for byte, they need no line parsing; anything else
+    /// (`na`, an unusual encoding) goes to the machine.
+    private var expectedEcho: ByteBuffer?
     private var buffer = ByteBuffer()
     let maxSize: Int
 
-    init(machine: MultistreamMachine, maxSize: Int) {
+    /// - Parameter proposal: the negotiation bytes the machine produced and we sent, if known.
+    init(machine: MultistreamMachine, maxSize: Int, proposal: ByteBuffer? = nil) {
         self.machine = machine
         self.maxSize = maxSize
+        self.expectedEcho = proposal
     }
 
     /// Whether the remote accepted the protocol.
     var negotiated: Bool { machine == nil }
 
     mutating func onBytes(_ bytes: inout ByteBuffer) -> Outcome {
+        if machine != nil, let echo = expectedEcho {
+            buffer.writeBuffer(&bytes)
+            let n = min(buffer.readableBytes, echo.readableBytes)
+            if buffer.readableBytesView.prefix(n).elementsEqual(echo.readableBytesView.prefix(n)) {
+                guard n == echo.readableBytes else { return .needMore }
+                buffer.moveReaderIndex(forwardBy: n)
+                machine = nil
+                expectedEcho = nil
+                return parse()
+            }
+            expectedEcho = nil
+            var all = buffer
+            buffer = ByteBuffer()
+            return onBytes(&all)
+        }
         if var m = machine {
             let actions = m.onBytes(&bytes)
             machine = m
@@ -98,6 +119,7 @@ extension StreamHost {
         for action in machine.start() {
             if case .send(var bytes) = action { first.writeBuffer(&bytes) }
         }
+        let proposal = first
         first.writeImmutableBuffer(frame)
         let out = first
         let initialMachine = machine
@@ -125,7 +147,7 @@ extension StreamHost {
             }
             exchange.promise.futureResult.whenComplete { _ in timer.cancel() }
             let parser = NIOLoopBoundBox(
-                LazyReplyParser(machine: initialMachine, maxSize: maxReplySize), eventLoop: loop)
+                LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), eventLoop: loop)
             stream.setInboundHandler { event in
                 switch event {
                 case .data(var bytes):

@@ -76,8 +76,15 @@ public final class StreamHost: Sendable {
     let logger: Logger
 
     private struct Handlers {
-        var exact: [String: StreamHandler] = [:]
-        var matchers: [(advertised: String, match: @Sendable (String) -> Bool, handler: StreamHandler)] = []
+        var exact: [String: StreamHandler] = [:] {
+            didSet { cachedSelector = nil }
+        }
+        var matchers: [(advertised: String, match: @Sendable (String) -> Bool, handler: StreamHandler)] = [] {
+            didSet { cachedSelector = nil }
+        }
+        /// The selector for inbound negotiation, built once per change of the handlers rather
+        /// than once per inbound stream.
+        var cachedSelector: ProtocolSelector?
     }
 
     private struct State {
@@ -196,9 +203,11 @@ public final class StreamHost: Sendable {
 
     private func selector() -> ProtocolSelector {
         handlers.withLockedValue { h in
+            if let cached = h.cachedSelector { return cached }
             var s = ProtocolSelector()
             for id in h.exact.keys.sorted() { s.add(id) }
             for m in h.matchers { s.add(matching: m.match, advertised: m.advertised) }
+            h.cachedSelector = s
             return s
         }
     }
@@ -440,7 +449,13 @@ public final class StreamHost: Sendable {
             protocolID: protocolID, connection: connection, stream: stream, leftover: leftover)
         do {
             try await handler(negotiated)
-            try? await stream.closeWrite()
+            if stream.eventLoop.inEventLoop {
+                // Flushed by the end of the read or the loop pass the handler finished in, with
+                // whatever else was written meanwhile.
+                stream.closeWriteOnEventLoop(flush: false)
+            } else {
+                try? await stream.closeWrite()
+            }
         } catch {
             logger.debug(
                 "stream handler failed",

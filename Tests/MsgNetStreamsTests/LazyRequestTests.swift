@@ -13,16 +13,25 @@ struct LazyReplyParserTests {
         return m
     }
 
+    /// What the initiator sent: the header and the proposal (a remote that accepts echoes it).
+    static let proposal = msFrame("/multistream/1.0.0") + msFrame("/kv/1")
+
+    /// A parser with (`fast`) or without the byte-for-byte echo match; both must agree.
+    static func parser(maxSize: Int, fast: Bool) -> LazyReplyParser {
+        LazyReplyParser(
+            machine: machine(), maxSize: maxSize, proposal: fast ? ByteBuffer(bytes: proposal) : nil)
+    }
+
     static func answer(reply: [UInt8]) -> [UInt8] {
         msFrame("/multistream/1.0.0") + msFrame("/kv/1") + UVarint.encode(UInt64(reply.count)) + reply
     }
 
-    @Test("the reply is found at every split point")
-    func everySplit() {
+    @Test("the reply is found at every split point", arguments: [false, true])
+    func everySplit(fast: Bool) {
         let reply = Array("hello reply".utf8)
         let bytes = Self.answer(reply: reply)
         for split in 0...bytes.count {
-            var parser = LazyReplyParser(machine: Self.machine(), maxSize: 64)
+            var parser = Self.parser(maxSize: 64, fast: fast)
             var results: [ByteBuffer] = []
             for part in [bytes[..<split], bytes[split...]] where !part.isEmpty {
                 var b = ByteBuffer(bytes: part)
@@ -32,10 +41,10 @@ struct LazyReplyParserTests {
         }
     }
 
-    @Test("fed byte by byte")
-    func byteByByte() {
+    @Test("fed byte by byte", arguments: [false, true])
+    func byteByByte(fast: Bool) {
         let bytes = Self.answer(reply: [1, 2, 3])
-        var parser = LazyReplyParser(machine: Self.machine(), maxSize: 64)
+        var parser = Self.parser(maxSize: 64, fast: fast)
         var got: ByteBuffer?
         for (i, byte) in bytes.enumerated() {
             var b = ByteBuffer(bytes: [byte])
@@ -48,9 +57,9 @@ struct LazyReplyParserTests {
         #expect(got == ByteBuffer(bytes: [1, 2, 3]))
     }
 
-    @Test("na means not supported")
-    func refused() {
-        var parser = LazyReplyParser(machine: Self.machine(), maxSize: 64)
+    @Test("na means not supported (the header matches the echo, then the answer differs)", arguments: [false, true])
+    func refused(fast: Bool) {
+        var parser = Self.parser(maxSize: 64, fast: fast)
         var b = ByteBuffer(bytes: msFrame("/multistream/1.0.0") + msFrame("na"))
         guard case .failed(let error) = parser.onBytes(&b) else {
             Issue.record("not failed")
@@ -59,21 +68,31 @@ struct LazyReplyParserTests {
         #expect((error as? StreamsError)?.code == .protocolNotSupported)
     }
 
-    @Test("an oversize or malformed length fails without buffering the payload")
-    func oversize() {
-        var parser = LazyReplyParser(machine: Self.machine(), maxSize: 10)
+    @Test("an oversize or malformed length fails without buffering the payload", arguments: [false, true])
+    func oversize(fast: Bool) {
+        var parser = Self.parser(maxSize: 10, fast: fast)
         var b = ByteBuffer(bytes: msFrame("/multistream/1.0.0") + msFrame("/kv/1") + UVarint.encode(11))
         guard case .failed(let error) = parser.onBytes(&b) else {
             Issue.record("not failed")
             return
         }
         #expect((error as? ReplyTooLargeError)?.length == 11)
-        var malformed = LazyReplyParser(machine: Self.machine(), maxSize: 10)
+        var malformed = Self.parser(maxSize: 10, fast: fast)
         var m = ByteBuffer(bytes: msFrame("/multistream/1.0.0") + msFrame("/kv/1") + Array(repeating: 0xFF, count: 11))
         guard case .failed(let e2) = malformed.onBytes(&m) else {
             Issue.record("not failed")
             return
         }
         #expect((e2 as? StreamsError)?.code == .protocolViolation)
+    }
+
+    @Test("a different protocol echoed is refused, not taken for ours", arguments: [false, true])
+    func otherProtocolEchoed(fast: Bool) {
+        var parser = Self.parser(maxSize: 64, fast: fast)
+        var b = ByteBuffer(bytes: msFrame("/multistream/1.0.0") + msFrame("/kv/2") + UVarint.encode(1) + [7])
+        guard case .failed = parser.onBytes(&b) else {
+            Issue.record("a reply under another protocol was accepted")
+            return
+        }
     }
 }
