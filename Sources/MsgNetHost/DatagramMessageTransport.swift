@@ -394,6 +394,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             handler: { [self] data, from in
                 let i = index.withLockedValue { $0 }
                 if loop.inEventLoop {
+                    // The socket calls `flush` when this read batch ends: what is written
+                    // until then leaves in that flush.
+                    core.value.inReadBatch = true
                     onDatagram(data, from: UDPPath(socket: i, remote: from))
                 } else {
                     loop.execute { self.onDatagram(data, from: UDPPath(socket: i, remote: from)) }
@@ -493,6 +496,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Writes what the sockets hold.
     func flushSockets() {
         let core = core.value
+        core.inReadBatch = false
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
     }
@@ -560,10 +564,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
 
-    /// Flushes the sockets once, after every send already queued on the loop has run.
+    /// Flushes the sockets once, after every send already queued on the loop has run; inside a
+    /// socket's read batch, the flush that ends the batch does it.
     private func scheduleFlush() {
         let core = core.value
-        guard !core.flushPending else { return }
+        guard !core.flushPending, !core.inReadBatch else { return }
         core.flushPending = true
         loop.execute {
             self.core.value.flushPending = false
@@ -918,6 +923,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// Plain messages waiting for their channel's handler task (see `servePlain`).
         var plainQueues: [ChannelKey: Deque<(Message, DatagramReplyChannel)>] = [:]
         var flushPending = false
+        /// A socket's read batch is being processed; its end flushes (see `scheduleFlush()`).
+        var inReadBatch = false
         var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
