@@ -597,7 +597,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.requests[rid] = Core.PendingRequest(
                 session: session, peer: peer, sendID: result.id, continuation: continuation, timer: timer)
             perform(result.actions, session: session)
-            scheduleFlush()
+            // A request is one loop job of its own: its datagram leaves at the end of it, as a
+            // raw socket write would, rather than after a flush job queued behind it.
+            flushSockets()
             return rid
         } catch {
             continuation.resume(throwing: Self.map(error))
