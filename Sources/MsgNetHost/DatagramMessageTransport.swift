@@ -6,6 +6,7 @@ import MsgNetMultipacket
 import MsgNetStreams
 import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// Settings of the datagram path.
 public struct DatagramTransportConfiguration: Sendable {
@@ -988,7 +989,8 @@ final class DatagramReplyChannel: MessageReplyChannel {
     let `protocol`: String
     let isRequest: Bool
     let token: UInt64
-    private let done = NIOLockedValueBox(false)
+    /// Set by the first reply (a request gets exactly one).
+    private let done = Synchronization.Atomic<Bool>(false)
 
     init(transport: DatagramMessageTransport, session: SessionID, protocol: String, isRequest: Bool, token: UInt64) {
         self.transport = transport
@@ -999,27 +1001,23 @@ final class DatagramReplyChannel: MessageReplyChannel {
     }
 
     /// Whether a reply was sent (requests get exactly one).
-    var replied: Bool { done.withLockedValue { $0 } }
+    var replied: Bool { done.load(ordering: .acquiring) }
+
+    /// Claims the one reply a request gets; false when it was already sent.
+    private func claim() -> Bool {
+        done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+    }
 
     func reply(_ data: ByteBuffer, token: UInt64) async throws {
         if isRequest {
-            let first = done.withLockedValue { d -> Bool in
-                defer { d = true }
-                return !d
-            }
-            guard first else { throw MessageError(.remoteError, "this request was already answered") }
+            guard claim() else { throw MessageError(.remoteError, "this request was already answered") }
         }
         try await transport.reply(data, to: isRequest ? token : nil, session: session, protocol: `protocol`)
     }
 
     /// Fails the requester's call with `code` (see ``ErrorReply``).
     func replyError(_ code: MessageError.Code, _ reason: String, token: UInt64) async throws {
-        guard isRequest else { return }
-        let first = done.withLockedValue { d -> Bool in
-            defer { d = true }
-            return !d
-        }
-        guard first else { return }
+        guard isRequest, claim() else { return }
         try await transport.reply(
             ErrorReply.encode(code, reason), to: token, session: session,
             protocol: DatagramMessageTransport.errorProtocol)
