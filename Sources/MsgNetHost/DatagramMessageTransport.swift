@@ -591,12 +591,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
-            let timer = loop.scheduleTask(in: timeout) {
-                self.core.value.finishRequest(
-                    rid, .failure(MessageError(.timedOut, "no reply from \(peer) on \(name) within \(timeout)")))
-            }
+            // The deadline is kept by the transport's one timer (`onTimer`), not a timer each.
+            let deadline = NIODeadline.now() + timeout
             core.requests[rid] = Core.PendingRequest(
-                session: session, peer: peer, sendID: result.id, continuation: continuation, timer: timer)
+                session: session, peer: peer, sendID: result.id, continuation: continuation,
+                deadline: deadline, protocolName: name, timeout: timeout)
+            if core.requestDeadline.map({ deadline < $0 }) ?? true {
+                core.requestDeadline = deadline
+                armTimer()
+            }
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
             // raw socket write would, rather than after a flush job queued behind it.
@@ -847,6 +850,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let core = core.value
         var next = core.tableWakeup
         for (_, w) in core.machineWakeups where next == nil || w < next! { next = w }
+        if let r = core.requestDeadline, next == nil || r < next! { next = r }
         guard let next else { return }
         if let armed = core.timerDeadline, armed <= next { return }
         core.timer?.cancel()
@@ -869,8 +873,30 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let actions = core.machines.values[index].onTimer(now: now)
             perform(actions, session: session)
         }
+        if let due = core.requestDeadline, due <= now { expireRequests(now: now) }
         flushSockets()
         armTimer()
+    }
+
+    /// Fails the requests whose deadline has passed and notes the next deadline. The noted one
+    /// may be early (its request was answered since): then the timer finds nothing to expire.
+    private func expireRequests(now: NIODeadline) {
+        let core = core.value
+        core.requestDeadline = nil
+        var expired: [UInt64] = []
+        for (rid, request) in core.requests {
+            if request.deadline <= now {
+                expired.append(rid)
+            } else if core.requestDeadline.map({ request.deadline < $0 }) ?? true {
+                core.requestDeadline = request.deadline
+            }
+        }
+        for rid in expired {
+            guard let r = core.requests[rid] else { continue }
+            core.finishRequest(
+                rid,
+                .failure(MessageError(.timedOut, "no reply from \(r.peer) on \(r.protocolName) within \(r.timeout)")))
+        }
     }
 
     static func map(_ error: any Error) -> MessageError {
@@ -902,7 +928,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let peer: PeerID
             let sendID: MessagingSendID
             let continuation: CheckedContinuation<Message, any Error>
-            let timer: Scheduled<Void>
+            let deadline: NIODeadline
+            let protocolName: String
+            let timeout: TimeAmount
         }
 
         var table: SessionTable<UDPPath>
@@ -917,6 +945,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var waitingForPeer: [PeerID: [ConnectWaiter]] = [:]
         var pendingSends: [SessionID: [MessagingSendID: CheckedContinuation<Void, any Error>]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
+        /// The earliest request deadline, or earlier (see `expireRequests`).
+        var requestDeadline: NIODeadline?
         var nextRequestID: UInt64 = 0
         var tableWakeup: NIODeadline?
         var machineWakeups: [SessionID: NIODeadline] = [:]
@@ -944,7 +974,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
         func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
             guard let pending = requests.removeValue(forKey: id) else { return }
-            pending.timer.cancel()
             switch result {
             case .success(let m): pending.continuation.resume(returning: m)
             case .failure(let e): pending.continuation.resume(throwing: e)

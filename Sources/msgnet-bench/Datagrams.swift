@@ -10,31 +10,38 @@ import Synchronization
 
 /// Replies to pipelined raw UDP requests, matched by an 8-byte id at the front of the payload.
 final class PendingReplies: Sendable {
-    private let pending = Mutex<[UInt64: (CheckedContinuation<Bool, Never>, Scheduled<Void>)]>([:])
+    private let pending = Mutex<[UInt64: (CheckedContinuation<Bool, Never>, NIODeadline)]>([:])
     private let next = Atomic<UInt64>(0)
 
     func nextID() -> UInt64 { next.wrappingAdd(1, ordering: .relaxed).newValue }
 
-    /// One raw request as MsgNet makes one: a single hop to the socket's loop, which arms the
-    /// timeout and writes the datagram; the reply handler finishes it there.
+    /// One raw request as MsgNet makes one: a single hop to the socket's loop, which notes the
+    /// deadline and writes the datagram; the reply handler finishes it there. Deadlines are kept
+    /// by one sweeping timer (``sweep(on:)``), as MsgNet keeps its requests' with one timer.
     func request(_ payload: ByteBuffer, id: UInt64, on socket: RawUDPBaseline.Socket, to address: SocketAddress)
         async -> Bool
     {
         let loop = socket.eventLoop
         return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
             loop.execute {
-                let timer = loop.scheduleTask(in: .seconds(2)) { self.finish(id, false) }
-                self.pending.withLock { $0[id] = (c, timer) }
+                self.pending.withLock { $0[id] = (c, .now() + .seconds(2)) }
                 socket.write(payload, to: address)
             }
         }
     }
 
+    /// Fails overdue requests every 100 ms on `loop` until the returned task is cancelled.
+    func sweep(on loop: any EventLoop) -> RepeatedTask {
+        loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in
+            let now = NIODeadline.now()
+            let overdue = self.pending.withLock { p in p.filter { $0.value.1 <= now }.map(\.key) }
+            for id in overdue { self.finish(id, false) }
+        }
+    }
+
     /// Resumes the request `id` (true = answered, false = timed out), once.
     func finish(_ id: UInt64, _ answered: Bool) {
-        guard let (c, timer) = pending.withLock({ $0.removeValue(forKey: id) }) else { return }
-        if answered { timer.cancel() }
-        c.resume(returning: answered)
+        pending.withLock { $0.removeValue(forKey: id) }?.0.resume(returning: answered)
     }
 }
 
@@ -92,6 +99,7 @@ struct DatagramsBench: AsyncParsableCommand {
             return nil
         }
         let senderSocket = try await RawUDPBaseline.bind(group: loops.client) { _ in nil }
+        let sweeper = replies.sweep(on: clientSocket.eventLoop)
 
         let sink = Arrivals()
         let server = makeHost(on: loops.server)
@@ -141,6 +149,7 @@ struct DatagramsBench: AsyncParsableCommand {
             await server.shutdown()
             try await tasks.waitForAll()
         }
+        sweeper.cancel()
         for s in [sinkSocket, echoSocket, clientSocket, senderSocket] { await s.close() }
 
         print("")

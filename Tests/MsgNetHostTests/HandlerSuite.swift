@@ -417,6 +417,35 @@ struct HandlerSuite {
         }
     }
 
+    @Test(
+        "a short request times out while a longer one is pending; the longer one still gets its reply",
+        arguments: TransportFactory.all)
+    func timeoutsOfConcurrentRequests(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let release = Signal()
+        b.setMessageHandler(for: "/hang/1") { message in
+            await release.wait()
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            // Far beyond the suite's time limit: only its reply can end it.
+            let long = Task {
+                try await a.request(bytes("long"), to: b.peerID, protocol: "/hang/1", timeout: .seconds(3600))
+            }
+            for _ in 0..<2 {
+                // Each must end at its own deadline, not the pending request's.
+                await #expect {
+                    _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/hang/1", timeout: .milliseconds(200))
+                } throws: { code($0) == .timedOut }
+            }
+            release.fire()
+            let reply = try await long.value
+            #expect(reply.data == bytes("long"))
+        }
+    }
+
     @Test("cancelling a request fails it with cancelled", arguments: TransportFactory.all)
     func cancelRequest(factory: TransportFactory) async throws {
         let a = factory.host()
