@@ -141,11 +141,12 @@ extension StreamHost {
                 stream.resetOnEventLoop()
                 return
             }
-            let timer = loop.scheduleTask(deadline: deadline) {
+            let deadlines = record.requestDeadlines
+            let token = deadlines.add(deadline) {
                 exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
                 stream.resetOnEventLoop()
             }
-            exchange.promise.futureResult.whenComplete { _ in timer.cancel() }
+            exchange.promise.futureResult.whenComplete { _ in deadlines.remove(token) }
             let parser = NIOLoopBoundBox(
                 LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), eventLoop: loop)
             stream.setInboundHandler { event in

@@ -358,7 +358,8 @@ public final class StreamHost: Sendable {
                 securityProtocol: upgraded.security.protocolID
             )
             infoBox.withLockedValue { $0 = info }
-            let record = ConnectionRecord(connection: upgraded, info: info)
+            let record = ConnectionRecord(
+                connection: upgraded, info: info, requestDeadlines: RequestDeadlines(loop: channel.eventLoop))
             register(record)
             return record
         }.flatMapErrorThrowing { [self] error in
@@ -578,6 +579,8 @@ public final class StreamHost: Sendable {
 struct ConnectionRecord: Sendable {
     let connection: UpgradedConnection
     let info: ConnectionInfo
+    /// The timeouts of requests on this connection (see `StreamHost.request`).
+    let requestDeadlines: RequestDeadlines
     /// Identifies the connection (its channel) while it lives.
     var id: ObjectIdentifier { ObjectIdentifier(connection.channel) }
 }
