@@ -184,6 +184,19 @@ public final class MplexHandler: ChannelDuplexHandler {
         if flush { flushIfNeeded() }
     }
 
+    /// The event-loop API's close: queued behind this stream's async writes still waiting for
+    /// writability, so it never overtakes them; otherwise at once.
+    func closeWriteInOrder(_ stream: MplexStream, flush: Bool, promise: EventLoopPromise<Void>?) {
+        let waiting = pendingWrites.contains {
+            if case .write(let s, _, _) = $0 { s === stream } else { false }
+        }
+        guard waiting else {
+            closeWrite(stream, flush: flush, promise: promise)
+            return
+        }
+        pendingWrites.append(.closeWrite(stream, promise ?? stream.eventLoop.makePromise(of: Void.self)))
+    }
+
     func closeWrite(_ stream: MplexStream, flush: Bool = true, promise: EventLoopPromise<Void>?) {
         if let error = stream.writeError() {
             if error.code == .writeAfterClose {

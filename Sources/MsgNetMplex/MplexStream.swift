@@ -84,13 +84,14 @@ public final class MplexStream: Sendable {
         handler.value.write(self, buffer, flush: flush, promise: promise)
     }
 
-    /// Closes the write side (sends Close), on the event loop. Idempotent.
+    /// Closes the write side (sends Close), on the event loop. Idempotent. Async writes of this
+    /// stream still waiting for writability go first.
     /// - Parameter flush: flush now (default); with `false` the Close frame leaves with the next
     ///   flush (see ``flushSoonOnEventLoop()``).
     /// - Precondition: called on ``eventLoop``.
     public func closeWriteOnEventLoop(flush: Bool = true, promise: EventLoopPromise<Void>? = nil) {
         eventLoop.preconditionInEventLoop()
-        handler.value.closeWrite(self, flush: flush, promise: promise)
+        handler.value.closeWriteInOrder(self, flush: flush, promise: promise)
     }
 
     /// Flushes the connection once the event loop has run the work queued on it now, so that

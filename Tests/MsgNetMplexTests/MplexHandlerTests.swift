@@ -359,6 +359,21 @@ import Testing
         let streamB = try #require(pair.inboundB.streams.first)
         streamB.setInboundHandler(pair.inboundB.recorder("B"))
         #expect(pair.inboundB.takeEvents() == ["B data:queued", "B eof"])
+        // An event-loop close does not overtake the stream's async writes still waiting.
+        let second = try pair.connectionA.openStreamOnEventLoop()
+        try pair.pump()
+        pair.a.isWritable = false
+        let waiting = handler.asyncWrite(second, ByteBuffer(string: "first"))
+        waiting.whenSuccess { log.record("second written") }
+        second.closeWriteOnEventLoop()
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        pair.a.isWritable = true
+        pair.a.pipeline.fireChannelWritabilityChanged()
+        #expect(log.takeEvents() == ["second written"])
+        try pair.pump()
+        let secondB = try #require(pair.inboundB.streams.last)
+        secondB.setInboundHandler(pair.inboundB.recorder("B2"))
+        #expect(pair.inboundB.takeEvents() == ["B2 data:first", "B2 eof"])
         // Writes still queued when the connection ends fail instead of hanging.
         pair.a.isWritable = false
         let other = try pair.connectionA.openStreamOnEventLoop()
