@@ -1,5 +1,5 @@
 // The one place MsgNet calls OpenSSL's libcrypto: ChaCha20-Poly1305 (RFC 8439) with a reusable
-// context per key. Only MsgNetSecurity imports this module (see NoiseAEAD.swift).
+// context per key. Only MsgNetSecurity imports this module (see ChaChaPolyContext.swift).
 #ifndef MSGNET_CLIBCRYPTO_SHIM_H
 #define MSGNET_CLIBCRYPTO_SHIM_H
 

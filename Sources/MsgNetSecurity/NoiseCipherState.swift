@@ -15,8 +15,6 @@ public struct NoiseCipherState: Sendable {
     public static let tagLength = 16
     /// The largest nonce that may be used; the next one (`2^64 - 1`) is reserved.
     static let maxNonce = UInt64.max - 1
-    /// ChaChaPoly nonce bytes: 4 zero bytes and a little-endian UInt64.
-    static let aeadNonceLength = 12
 
     private let context: ChaChaPolyContext
     /// The nonce the next operation will use.
