@@ -145,6 +145,8 @@ let package = Package(
                 "MsgNetStreams",
                 "MsgNetHost",
                 "MsgNetTransportPosix",
+                "MsgNetSecurity",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -21,7 +21,7 @@ public struct NoiseCipherState: Sendable {
     public private(set) var nonce: UInt64
 
     /// A cipher state with a 32-byte key, starting at `nonce`.
-    init(key: [UInt8], nonce: UInt64 = 0) {
+    package init(key: [UInt8], nonce: UInt64 = 0) {
         precondition(key.count == 32, "ChaChaPoly keys are 32 bytes")
         self.context = ChaChaPolyContext(key: key)
         self.nonce = nonce
