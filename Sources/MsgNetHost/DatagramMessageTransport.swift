@@ -148,6 +148,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         self.core = NIOLoopBoundBox.makeBoxSendingValue(
             Core(
                 identity: identity, configuration: configuration, budget: budget,
+                requestDeadlines: RequestDeadlines(loop: eventLoop),
                 hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } }),
             eventLoop: eventLoop)
         (inbound, inboundContinuation) = AsyncStream.makeStream(of: Inbound.self)
@@ -591,15 +592,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
-            // The deadline is kept by the transport's one timer (`onTimer`), not a timer each.
-            let deadline = NIODeadline.now() + timeout
+            // One timer keeps every request's deadline, not a scheduled task each.
+            let deadlineToken = core.requestDeadlines.add(.now() + timeout) {
+                self.core.value.finishRequest(
+                    rid, .failure(MessageError(.timedOut, "no reply from \(peer) on \(name) within \(timeout)")))
+            }
             core.requests[rid] = Core.PendingRequest(
                 session: session, peer: peer, sendID: result.id, continuation: continuation,
-                deadline: deadline, protocolName: name, timeout: timeout)
-            if core.requestDeadline.map({ deadline < $0 }) ?? true {
-                core.requestDeadline = deadline
-                armTimer()
-            }
+                deadlineToken: deadlineToken)
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
             // raw socket write would, rather than after a flush job queued behind it.
@@ -850,7 +850,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let core = core.value
         var next = core.tableWakeup
         for (_, w) in core.machineWakeups where next == nil || w < next! { next = w }
-        if let r = core.requestDeadline, next == nil || r < next! { next = r }
         guard let next else { return }
         if let armed = core.timerDeadline, armed <= next { return }
         core.timer?.cancel()
@@ -873,30 +872,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let actions = core.machines.values[index].onTimer(now: now)
             perform(actions, session: session)
         }
-        if let due = core.requestDeadline, due <= now { expireRequests(now: now) }
         flushSockets()
         armTimer()
-    }
-
-    /// Fails the requests whose deadline has passed and notes the next deadline. The noted one
-    /// may be early (its request was answered since): then the timer finds nothing to expire.
-    private func expireRequests(now: NIODeadline) {
-        let core = core.value
-        core.requestDeadline = nil
-        var expired: [UInt64] = []
-        for (rid, request) in core.requests {
-            if request.deadline <= now {
-                expired.append(rid)
-            } else if core.requestDeadline.map({ request.deadline < $0 }) ?? true {
-                core.requestDeadline = request.deadline
-            }
-        }
-        for rid in expired {
-            guard let r = core.requests[rid] else { continue }
-            core.finishRequest(
-                rid,
-                .failure(MessageError(.timedOut, "no reply from \(r.peer) on \(r.protocolName) within \(r.timeout)")))
-        }
     }
 
     static func map(_ error: any Error) -> MessageError {
@@ -928,9 +905,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let peer: PeerID
             let sendID: MessagingSendID
             let continuation: CheckedContinuation<Message, any Error>
-            let deadline: NIODeadline
-            let protocolName: String
-            let timeout: TimeAmount
+            /// The request's entry in `requestDeadlines`.
+            let deadlineToken: UInt64
         }
 
         var table: SessionTable<UDPPath>
@@ -945,8 +921,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var waitingForPeer: [PeerID: [ConnectWaiter]] = [:]
         var pendingSends: [SessionID: [MessagingSendID: CheckedContinuation<Void, any Error>]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
-        /// The earliest request deadline, or earlier (see `expireRequests`).
-        var requestDeadline: NIODeadline?
+        /// The requests' timeouts, on one timer.
+        let requestDeadlines: RequestDeadlines
         var nextRequestID: UInt64 = 0
         var tableWakeup: NIODeadline?
         var machineWakeups: [SessionID: NIODeadline] = [:]
@@ -965,15 +941,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
         init(
             identity: PrivateKey, configuration: DatagramTransportConfiguration, budget: MessagingReassemblyBudget,
-            hasHandler: @escaping MessagingMachine.HandlerPredicate
+            requestDeadlines: RequestDeadlines, hasHandler: @escaping MessagingMachine.HandlerPredicate
         ) {
             table = SessionTable(identity: identity, limits: configuration.session)
             self.budget = budget
+            self.requestDeadlines = requestDeadlines
             self.hasHandler = hasHandler
         }
 
         func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
             guard let pending = requests.removeValue(forKey: id) else { return }
+            requestDeadlines.remove(pending.deadlineToken)
             switch result {
             case .success(let m): pending.continuation.resume(returning: m)
             case .failure(let e): pending.continuation.resume(throwing: e)

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOEmbedded
+import NIOPosix
 import Testing
 
-@testable import MsgNetStreams
+@testable import MsgNetCore
 
 @Suite("Request deadlines on one timer")
 struct RequestDeadlinesTests {
@@ -33,5 +34,16 @@ struct RequestDeadlinesTests {
         // Nothing left: no timer stays armed.
         loop.advanceTime(by: .seconds(60))
         #expect(fired.count == 4)
+    }
+
+    @Test("created off its loop (as a transport is), used on it")
+    func createdOffTheLoop() async throws {
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        let deadlines = RequestDeadlines(loop: loop)
+        let expired = loop.makePromise(of: Bool.self)
+        try await loop.submit {
+            _ = deadlines.add(loop.now + .milliseconds(1)) { expired.succeed(loop.inEventLoop) }
+        }.get()
+        #expect(try await expired.futureResult.get())
     }
 }

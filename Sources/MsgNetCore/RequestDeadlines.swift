@@ -1,11 +1,12 @@
 import NIOCore
 
-/// The deadlines of a connection's requests, kept by one timer on the connection's event loop
-/// instead of a scheduled task per request.
+/// The deadlines of requests served by one event loop (a connection's, a datagram transport's),
+/// kept by one timer instead of a scheduled task per request.
 ///
 /// The timer is armed at the earliest deadline when one is added; when requests finish first
-/// it fires early, finds nothing due and re-arms at the next one. All methods run on the loop.
-final class RequestDeadlines: Sendable {
+/// it fires early, finds nothing due and re-arms at the next one. All methods but `init` run on
+/// the loop.
+package final class RequestDeadlines: Sendable {
     private struct State {
         var entries: [UInt64: (deadline: NIODeadline, onExpire: () -> Void)] = [:]
         var nextToken: UInt64 = 0
@@ -15,14 +16,15 @@ final class RequestDeadlines: Sendable {
     private let loop: any EventLoop
     private let state: NIOLoopBoundBox<State>
 
-    init(loop: any EventLoop) {
+    /// A registry for `loop`; may be created on any thread, used only on `loop`.
+    package init(loop: any EventLoop) {
         self.loop = loop
-        self.state = NIOLoopBoundBox(State(), eventLoop: loop)
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(State(), eventLoop: loop)
     }
 
     /// Calls `onExpire` (on the loop) at `deadline` unless ``remove(_:)`` comes first.
     /// - Returns: the token for ``remove(_:)``.
-    func add(_ deadline: NIODeadline, onExpire: @escaping () -> Void) -> UInt64 {
+    package func add(_ deadline: NIODeadline, onExpire: @escaping () -> Void) -> UInt64 {
         state.value.nextToken &+= 1
         let token = state.value.nextToken
         state.value.entries[token] = (deadline, onExpire)
@@ -31,7 +33,7 @@ final class RequestDeadlines: Sendable {
     }
 
     /// Forgets the deadline of `token` (its request finished).
-    func remove(_ token: UInt64) {
+    package func remove(_ token: UInt64) {
         state.value.entries[token] = nil
     }
 
