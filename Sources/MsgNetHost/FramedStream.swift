@@ -57,13 +57,8 @@ struct FramedReader {
             case .success(nil)?:
                 if buffer.readableBytes == 0 { return .end }
                 throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
-            case .success(var chunk?)?:
-                if buffer.readableBytes == 0 {
-                    buffer = chunk
-                } else {
-                    buffer.discardReadBytes()
-                    buffer.writeBuffer(&chunk)
-                }
+            case .success(let chunk?)?:
+                append(chunk)
             }
         }
     }
@@ -74,16 +69,23 @@ struct FramedReader {
             if buffer.readableBytes > 0, let message = try Self.parse(&buffer, maxSize: maxSize) {
                 return message
             }
-            guard var chunk = try await stream.read() else {
+            guard let chunk = try await stream.read() else {
                 if buffer.readableBytes == 0 { return nil }
                 throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
             }
-            if buffer.readableBytes == 0 {
-                buffer = chunk
-            } else {
-                buffer.discardReadBytes()
-                buffer.writeBuffer(&chunk)
-            }
+            append(chunk)
+        }
+    }
+
+    /// Adds bytes read from the stream behind what is buffered (taking the chunk as it is when
+    /// nothing is).
+    private mutating func append(_ chunk: ByteBuffer) {
+        if buffer.readableBytes == 0 {
+            buffer = chunk
+        } else {
+            var chunk = chunk
+            buffer.discardReadBytes()
+            buffer.writeBuffer(&chunk)
         }
     }
 }

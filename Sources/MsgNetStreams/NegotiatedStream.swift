@@ -45,25 +45,23 @@ public final class NegotiatedStream: Sendable {
     /// The next bytes from the remote, or `nil` once it has closed its write side.
     /// - Throws: ``StreamsError`` with `.connectionClosed` when the stream was reset.
     public func read() async throws -> ByteBuffer? {
-        if let buffered = leftover.withLockedValue({ value -> ByteBuffer? in
+        if let buffered = takeLeftover() { return buffered }
+        return try await rawRead()
+    }
+
+    /// Bytes that arrived with the negotiation, once.
+    private func takeLeftover() -> ByteBuffer? {
+        leftover.withLockedValue { value -> ByteBuffer? in
             defer { value = nil }
             return value
-        }) {
-            return buffered
         }
-        return try await rawRead()
     }
 
     /// What ``read()`` would return now without waiting, or `nil` when it would wait (or when not
     /// called on the stream's event loop). Lets a reader on the loop take buffered bytes without
     /// an async call.
     package func readIfReady() -> Result<ByteBuffer?, StreamsError>? {
-        if let buffered = leftover.withLockedValue({ value -> ByteBuffer? in
-            defer { value = nil }
-            return value
-        }) {
-            return .success(buffered)
-        }
+        if let buffered = takeLeftover() { return .success(buffered) }
         switch stream.readIfReady() {
         case nil: return nil
         case .success(let bytes)?: return .success(bytes)
