@@ -396,9 +396,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             handler: { [self] data, from in
                 let i = index.withLockedValue { $0 }
                 if loop.inEventLoop {
-                    // The socket calls `flush` when this read batch ends: what is written
-                    // until then leaves in that flush.
-                    core.value.inReadBatch = true
                     onDatagram(data, from: UDPPath(socket: i, remote: from))
                 } else {
                     loop.execute { self.onDatagram(data, from: UDPPath(socket: i, remote: from)) }
@@ -498,7 +495,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Writes what the sockets hold.
     func flushSockets() {
         let core = core.value
-        core.inReadBatch = false
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
     }
@@ -566,11 +562,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
 
-    /// Flushes the sockets once, after every send already queued on the loop has run; inside a
-    /// socket's read batch, the flush that ends the batch does it.
+    /// Flushes the sockets once, after every send already queued on the loop has run. (Inside a
+    /// socket's read batch the batch's own flush usually comes first; this one then finds nothing.
+    /// Relying on it alone would leave writes unflushed if the socket closed mid-read.)
     private func scheduleFlush() {
         let core = core.value
-        guard !core.flushPending, !core.inReadBatch else { return }
+        guard !core.flushPending else { return }
         core.flushPending = true
         loop.execute {
             self.core.value.flushPending = false
@@ -932,8 +929,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// Plain messages waiting for their channel's handler task (see `servePlain`).
         var plainQueues: [ChannelKey: Deque<(Message, DatagramReplyChannel)>] = [:]
         var flushPending = false
-        /// A socket's read batch is being processed; its end flushes (see `scheduleFlush()`).
-        var inReadBatch = false
         var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
