@@ -50,6 +50,10 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         make: { identity, configuration, limits, peerstore in
             let loop = MultiThreadedEventLoopGroup.singleton.next()
             var datagram = DatagramTransportConfiguration()
+            // As long as the TCP factory's dial timeout (10 s): the suite starts hundreds of tests
+            // at once on 2 cores, and a cold CI run has stalled every test for ~10 s; the default
+            // 2 s (a production choice, for falling back to TCP quickly) then failed handshakes.
+            datagram.connectTimeout = .seconds(10)
             if let e = limits.inboundExecution { datagram.inboundExecution = e }
             let transport = DatagramMessageTransport(
                 identity: identity,
