@@ -198,6 +198,10 @@ public final class MplexHandler: ChannelDuplexHandler {
     }
 
     func closeWrite(_ stream: MplexStream, flush: Bool = true, promise: EventLoopPromise<Void>?) {
+        if stream.isOnlyWriteClosed {
+            promise?.succeed()  // idempotent (the stream host closes what a handler closed)
+            return
+        }
         if let error = stream.writeError() {
             if error.code == .writeAfterClose {
                 promise?.succeed()  // idempotent

@@ -220,6 +220,10 @@ public final class MplexStream: Sendable {
         return nil
     }
 
+    /// Whether a close of our write side is a no-op: already closed, and the stream not reset
+    /// (checked before ``writeError()``, which builds an error).
+    var isOnlyWriteClosed: Bool { state.value.localWriteClosed && state.value.error == nil }
+
     func markLocalWriteClosed() {
         state.value.localWriteClosed = true
     }

@@ -42,7 +42,7 @@ struct LazyReplyParser {
 
     mutating func onBytes(_ bytes: inout ByteBuffer) -> Outcome {
         if machine != nil, let echo = expectedEcho {
-            buffer.writeBuffer(&bytes)
+            take(&bytes)
             let n = min(buffer.readableBytes, echo.readableBytes)
             if buffer.readableBytesView.prefix(n).elementsEqual(echo.readableBytesView.prefix(n)) {
                 guard n == echo.readableBytes else { return .needMore }
@@ -63,7 +63,7 @@ struct LazyReplyParser {
                 switch action {
                 case .negotiated(_, var rest):
                     machine = nil
-                    buffer.writeBuffer(&rest)
+                    take(&rest)
                     return parse()
                 case .failed(let error):
                     return .failed(ConnectionUpgrader.classify(error, stage: .streamNegotiation))
@@ -73,8 +73,18 @@ struct LazyReplyParser {
             }
             return .needMore
         }
-        buffer.writeBuffer(&bytes)
+        take(&bytes)
         return parse()
+    }
+
+    /// Appends `bytes` to what is buffered; the usual case, an empty buffer, takes them without a copy.
+    private mutating func take(_ bytes: inout ByteBuffer) {
+        if buffer.readableBytes == 0 {
+            buffer = bytes
+            bytes.moveReaderIndex(to: bytes.writerIndex)
+        } else {
+            buffer.writeBuffer(&bytes)
+        }
     }
 
     private mutating func parse() -> Outcome {
