@@ -27,12 +27,18 @@ let chatProtocol = "/chat/1.0.0"
 /// The short form of a peer id printed before each line (its last 8 characters).
 func short(_ peer: PeerID) -> String { String(peer.description.suffix(8)) }
 
-/// Prints one whole line and flushes, so lines from concurrent handlers never interleave.
+/// Writes one whole line straight to the standard output (no stdio buffer), so lines from
+/// concurrent handlers never interleave. (Flushing stdio with `fflush(nil)` would also wait for
+/// the lock of stdin, which the blocked `readLine` holds.)
 let outputLock = Mutex(())
 func say(_ line: String) {
     outputLock.withLock { _ in
-        print(line)
-        fflush(nil)
+        var bytes = Array((line + "\n").utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
+        }
     }
 }
 

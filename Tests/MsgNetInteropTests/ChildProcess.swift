@@ -58,6 +58,8 @@ final class ChildProcess: @unchecked Sendable {
     // `process` is only touched in `start` and for its pid; every mutable state is in `state`.
     private let process = Process()
     let name: String
+    /// The write end of the child's stdin, when it was started with one (else stdin is /dev/null).
+    private let input: FileHandle?
     private struct Waiter {
         let predicate: @Sendable (ChildOutput) -> Bool
         let continuation: CheckedContinuation<ChildOutput?, Never>
@@ -70,13 +72,23 @@ final class ChildProcess: @unchecked Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    private init(name: String) { self.name = name }
+    private init(name: String, input: FileHandle?) {
+        self.name = name
+        self.input = input
+    }
 
-    /// Starts `executable` with `arguments`; stdin is /dev/null.
+    /// Starts `executable` with `arguments`; stdin is a pipe for ``writeLine(_:)`` when
+    /// `withInput`, otherwise /dev/null.
     static func start(
-        _ executable: String, _ arguments: [String], name: String, environment: [String: String]? = nil
+        _ executable: String, _ arguments: [String], name: String, environment: [String: String]? = nil,
+        withInput: Bool = false
     ) throws -> ChildProcess {
-        let child = ChildProcess(name: name)
+        if withInput {
+            // A write to a child that already exited must fail, not kill the test process.
+            signal(SIGPIPE, SIG_IGN)
+        }
+        let stdin = withInput ? Pipe() : nil
+        let child = ChildProcess(name: name, input: stdin?.fileHandleForWriting)
         let process = child.process
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
@@ -87,7 +99,11 @@ final class ChildProcess: @unchecked Sendable {
         let stderr = Pipe()
         process.standardOutput = stdout
         process.standardError = stderr
-        process.standardInput = FileHandle.nullDevice
+        if let stdin {
+            process.standardInput = stdin
+        } else {
+            process.standardInput = FileHandle.nullDevice
+        }
         process.terminationHandler = { [child] p in
             let signaled = p.terminationReason == .uncaughtSignal
             let status = p.terminationStatus
@@ -107,6 +123,21 @@ final class ChildProcess: @unchecked Sendable {
     }
 
     var pid: Int32 { process.processIdentifier }
+
+    /// Writes `line` and a newline to the child's stdin (started `withInput`).
+    func writeLine(_ line: String) throws {
+        guard let input else { throw HarnessError("\(name) was started without a stdin pipe") }
+        do {
+            try input.write(contentsOf: Array((line + "\n").utf8))
+        } catch {
+            throw HarnessError("\(name): cannot write to stdin: \(error); \(output.summary)")
+        }
+    }
+
+    /// Closes the child's stdin (it reads end of input).
+    func closeInput() {
+        try? input?.close()
+    }
 
     /// Reads `handle` on its own thread until EOF.
     private func drain(_ handle: FileHandle, isStdout: Bool) {
@@ -219,6 +250,7 @@ final class ChildProcess: @unchecked Sendable {
 
     /// Kills the process (SIGKILL) unless it already exited, and waits for it to end.
     func stop() async {
+        closeInput()
         send(SIGKILL)
         _ = try? await waitForExit(timeout: .seconds(10))
     }
@@ -231,9 +263,11 @@ func withChild<R: Sendable>(
     _ arguments: [String],
     name: String,
     environment: [String: String]? = nil,
+    withInput: Bool = false,
     _ body: (ChildProcess) async throws -> R
 ) async throws -> R {
-    let child = try ChildProcess.start(executable, arguments, name: name, environment: environment)
+    let child = try ChildProcess.start(
+        executable, arguments, name: name, environment: environment, withInput: withInput)
     do {
         let result = try await body(child)
         await child.stop()
