@@ -23,6 +23,15 @@ public struct MplexConfiguration: Sendable, Hashable {
     /// `2 * maxBufferedBytesPerStream` (the hard cap) unread bytes is reset at once.
     public var maxBufferedBytesPerStream: Int = 4 << 20
 
+    /// Unread received bytes summed over all streams of the connection above which the connection
+    /// stops reading, whatever each stream holds (so many streams each under their own bound
+    /// cannot add up to `maxConcurrentStreams × maxBufferedBytesPerStream`).
+    ///
+    /// Reading resumes when the sum drains to half of this. A frame that would take the sum over
+    /// twice this is not buffered: its stream is reset at once. Values below
+    /// `maxBufferedBytesPerStream` count as `maxBufferedBytesPerStream`.
+    public var maxBufferedBytesPerConnection: Int = 32 << 20
+
     /// How long a stream may stay over its buffer bound without its reader taking any data
     /// before the stream is reset and reading resumes.
     public var stalledStreamTimeout: TimeAmount = .seconds(5)
@@ -30,9 +39,18 @@ public struct MplexConfiguration: Sendable, Hashable {
     /// The period of the timer that checks for stalled streams.
     public var tickInterval: TimeAmount = .milliseconds(500)
 
-    /// The default configuration (1 MiB frames, 1024 streams, 4 MiB per stream, 5 s stall timeout).
+    /// The default configuration (1 MiB frames, 1024 streams, 4 MiB per stream, 32 MiB per
+    /// connection, 5 s stall timeout).
     public init() {}
 
     /// The unread byte count at which a stream is reset without waiting: twice the buffer bound.
     public var hardBufferCap: Int { maxBufferedBytesPerStream &* 2 }
+
+    /// The connection-wide bound in effect: `maxBufferedBytesPerConnection`, at least
+    /// `maxBufferedBytesPerStream`.
+    public var connectionBufferBound: Int { max(maxBufferedBytesPerConnection, maxBufferedBytesPerStream) }
+
+    /// The unread byte count over all streams past which a stream receiving data is reset at
+    /// once: twice the connection bound.
+    public var connectionHardBufferCap: Int { connectionBufferBound &* 2 }
 }

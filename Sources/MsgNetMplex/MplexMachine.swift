@@ -67,6 +67,12 @@ public struct MplexMachine: Sendable {
     private var state: State = .open
     private var streams: [MplexStreamID: Stream] = [:]
     private var congested: Set<MplexStreamID> = []
+    /// Delivered bytes not consumed yet, over all streams.
+    private var totalBuffered = 0
+    /// The sum went over the connection bound and has not drained to half of it yet.
+    private var connectionCongested = false
+    /// When a tick first saw the connection congested with no progress on any stream.
+    private var connectionStalledSince: NIODeadline?
     private var readingPaused = false
     private var nextOutboundNumber: UInt64 = 0
     private var outboundCount = 0
@@ -91,6 +97,9 @@ public struct MplexMachine: Sendable {
 
     /// The delivered, unconsumed byte count of a stream (0 when unknown).
     public func bufferedBytes(_ id: MplexStreamID) -> Int { streams[id]?.buffered ?? 0 }
+
+    /// The delivered, unconsumed byte count over all streams.
+    public var totalBufferedBytes: Int { totalBuffered }
 
     // MARK: Frames from the peer
 
@@ -146,18 +155,36 @@ public struct MplexMachine: Sendable {
                 )
             )
         }
+        if totalBuffered + count > configuration.connectionHardBufferCap {
+            return resetStream(
+                id,
+                MplexError(
+                    .receiveBufferOverflow,
+                    "stream \(id) would take the connection over its hard cap of \(configuration.connectionHardBufferCap) unread bytes"
+                )
+            )
+        }
         stream.buffered += count
+        totalBuffered += count
         var actions: [Action] = [.deliver(id, data)]
         if !stream.congested && stream.buffered > configuration.maxBufferedBytesPerStream {
             stream.congested = true
             congested.insert(id)
-            if !readingPaused {
-                readingPaused = true
-                actions.append(.stopReading)
-            }
+            pauseReading(into: &actions)
+        }
+        if !connectionCongested && totalBuffered > configuration.connectionBufferBound {
+            connectionCongested = true
+            pauseReading(into: &actions)
         }
         streams[id] = stream
         return actions
+    }
+
+    private mutating func pauseReading(into actions: inout [Action]) {
+        if !readingPaused {
+            readingPaused = true
+            actions.append(.stopReading)
+        }
     }
 
     private mutating func onClose(_ id: MplexStreamID) -> [Action] {
@@ -252,8 +279,10 @@ public struct MplexMachine: Sendable {
     /// The reader of a stream took `bytes` delivered bytes; may resume reading the connection.
     public mutating func onConsumed(_ id: MplexStreamID, bytes: Int) -> [Action] {
         guard var stream = streams[id] else { return [] }
-        stream.buffered -= min(bytes, stream.buffered)
+        let taken = min(bytes, stream.buffered)
+        stream.buffered -= taken
         var actions: [Action] = []
+        if taken > 0 { onTotalDrained(by: taken, into: &actions) }
         if stream.congested {
             stream.stalledSince = nil  // progress
             if stream.buffered <= configuration.maxBufferedBytesPerStream / 2 {
@@ -273,8 +302,15 @@ public struct MplexMachine: Sendable {
     /// whenever its reader consumes data), so a stall is detected between `stalledStreamTimeout`
     /// and `stalledStreamTimeout + tickInterval` after it begins.
     public mutating func onTick(now: NIODeadline) -> [Action] {
-        guard case .open = state, !congested.isEmpty else { return [] }
+        guard case .open = state else { return [] }
         var actions: [Action] = []
+        if connectionCongested {
+            if let since = connectionStalledSince {
+                if now - since >= configuration.stalledStreamTimeout { resetLargestStreams(into: &actions) }
+            } else {
+                connectionStalledSince = now
+            }
+        }
         for id in congested {
             guard var stream = streams[id] else { continue }
             if let since = stream.stalledSince {
@@ -295,6 +331,34 @@ public struct MplexMachine: Sendable {
         return actions
     }
 
+    /// The connection stayed over its bound with no reader taking data: resets the streams
+    /// holding the most unread bytes (ties in stream id order) until the sum is down to half the bound.
+    private mutating func resetLargestStreams(into actions: inout [Action]) {
+        let largest = streams.filter { $0.value.buffered > 0 }.sorted {
+            $0.value.buffered != $1.value.buffered ? $0.value.buffered > $1.value.buffered : Self.order($0.key, $1.key)
+        }
+        for (id, stream) in largest {
+            guard connectionCongested else { break }
+            actions += resetStream(
+                id,
+                MplexError(
+                    .streamStalled,
+                    "stream \(id) was reset: no stream's reader took data for \(configuration.stalledStreamTimeout) while the connection held \(totalBuffered) unread bytes, \(stream.buffered) of them on this stream"
+                )
+            )
+        }
+    }
+
+    /// `bytes` fewer unread bytes on the connection (consumed, or dropped with their stream).
+    private mutating func onTotalDrained(by bytes: Int, into actions: inout [Action]) {
+        totalBuffered -= bytes
+        connectionStalledSince = nil  // progress
+        if connectionCongested && totalBuffered <= configuration.connectionBufferBound / 2 {
+            connectionCongested = false
+            resumeIfDrained(into: &actions)
+        }
+    }
+
     /// The connection ended (or failed): every stream is reset with `error`
     /// (default ``MplexError/Code/connectionClosed``), and the machine closes.
     public mutating func onConnectionClosed(error: MplexError? = nil) -> [Action] {
@@ -304,6 +368,9 @@ public struct MplexMachine: Sendable {
         let actions = streams.keys.sorted(by: Self.order).map { Action.streamReset($0, error) }
         streams.removeAll()
         congested.removeAll()
+        totalBuffered = 0
+        connectionCongested = false
+        connectionStalledSince = nil
         inboundCount = 0
         outboundCount = 0
         return actions
@@ -329,13 +396,14 @@ public struct MplexMachine: Sendable {
     }
 
     private mutating func remove(_ id: MplexStreamID, into actions: inout [Action]) {
-        guard streams.removeValue(forKey: id) != nil else { return }
+        guard let stream = streams.removeValue(forKey: id) else { return }
         if id.isLocallyInitiated { outboundCount -= 1 } else { inboundCount -= 1 }
         if congested.remove(id) != nil { resumeIfDrained(into: &actions) }
+        if stream.buffered > 0 { onTotalDrained(by: stream.buffered, into: &actions) }
     }
 
     private mutating func resumeIfDrained(into actions: inout [Action]) {
-        if readingPaused && congested.isEmpty {
+        if readingPaused && congested.isEmpty && !connectionCongested {
             readingPaused = false
             actions.append(.resumeReading)
         }

@@ -7,9 +7,12 @@ import Testing
 @Suite struct MplexMachineTests {
     static let chunks = [Int.max, 1]
 
-    private func config(bound: Int = 4 << 20, maxStreams: Int = 1024, frame: Int = 1 << 20) -> MplexConfiguration {
+    private func config(
+        bound: Int = 4 << 20, connectionBound: Int = 32 << 20, maxStreams: Int = 1024, frame: Int = 1 << 20
+    ) -> MplexConfiguration {
         var configuration = MplexConfiguration()
         configuration.maxBufferedBytesPerStream = bound
+        configuration.maxBufferedBytesPerConnection = connectionBound
         configuration.maxConcurrentStreams = maxStreams
         configuration.maxFrameSize = frame
         return configuration
@@ -347,6 +350,113 @@ import Testing
         #expect(events.last == .resumeReading)
         #expect(pair.a.takeEvents().map(\.errorCode) == [.streamResetByPeer])
         #expect(pair.a.machine.streamCount == 0 && pair.b.machine.streamCount == 0)
+    }
+
+    @Test(arguments: chunks)
+    func manyStreamsUnderTheirBoundPauseTheConnection(chunk: Int) throws {
+        // Five streams of 80 bytes: each under its own bound (100), together over the
+        // connection's (300).
+        let pair = MachinePair(chunk: chunk, configuration: config(bound: 100, connectionBound: 300))
+        pair.b.autoConsume = false
+        let ids = try (0..<5).map { _ in try pair.a.open() }
+        for id in ids.prefix(3) { try pair.a.write(id, count: 80) }
+        try pair.pump()
+        #expect(!pair.b.machine.isReadingPaused)
+        #expect(pair.b.machine.totalBufferedBytes == 240)
+        for id in ids.suffix(2) { try pair.a.write(id, count: 80) }
+        try pair.pump()
+        #expect(pair.b.takeEvents().filter { $0 == .stopReading }.count == 1)
+        #expect(pair.b.machine.isReadingPaused)
+        #expect(pair.b.machine.totalBufferedBytes == 400)
+        // Resumes only once the sum is down to half the bound (150).
+        pair.b.consume(peer(ids[0]), 80)
+        pair.b.consume(peer(ids[1]), 80)
+        #expect(pair.b.takeEvents().isEmpty)
+        #expect(pair.b.machine.totalBufferedBytes == 240)
+        pair.b.consume(peer(ids[2]), 80)
+        #expect(pair.b.takeEvents().isEmpty)
+        pair.b.consume(peer(ids[3]), 10)  // 150
+        #expect(pair.b.takeEvents() == [.resumeReading])
+        #expect(!pair.b.machine.isReadingPaused)
+    }
+
+    @Test func removedStreamsGiveBackTheirShare() throws {
+        let pair = MachinePair(configuration: config(bound: 100, connectionBound: 300))
+        pair.b.autoConsume = false
+        let ids = try (0..<4).map { _ in try pair.a.open() }
+        for id in ids { try pair.a.write(id, count: 90) }
+        try pair.pump()
+        #expect(pair.b.takeEvents().contains(.stopReading))
+        pair.b.reset(peer(ids[0]))  // 270: still over half
+        #expect(pair.b.takeEvents().isEmpty)
+        pair.a.reset(ids[1])
+        try pair.pump()  // the peer's reset: 180
+        #expect(pair.b.takeEvents().map(\.errorCode) == [.streamResetByPeer])
+        try pair.a.closeWrite(ids[2])
+        try pair.b.closeWrite(peer(ids[2]))
+        try pair.pump()  // closed both ways, forgotten with its 90 unread bytes: 90
+        #expect(pair.b.takeEvents().contains(.resumeReading))
+        #expect(pair.b.machine.totalBufferedBytes == 90)
+    }
+
+    @Test(arguments: chunks)
+    func stalledConnectionResetsItsLargestStreams(chunk: Int) throws {
+        let pair = MachinePair(chunk: chunk, configuration: config(bound: 100, connectionBound: 300))
+        pair.b.autoConsume = false
+        let sizes = [50, 90, 70, 90, 20]
+        let ids = try (0..<sizes.count).map { _ in try pair.a.open() }
+        for (id, size) in zip(ids, sizes) { try pair.a.write(id, count: size) }
+        try pair.pump()
+        #expect(pair.b.machine.isReadingPaused)  // 320
+        _ = pair.b.takeEvents()
+        let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        pair.b.tick(start)  // the stall clock starts here
+        // Progress on any stream restarts it.
+        pair.b.consume(peer(ids[4]), 10)  // 310
+        pair.b.tick(start + .seconds(4))
+        pair.b.tick(start + .milliseconds(8_999))
+        #expect(pair.b.takeEvents().isEmpty)
+        pair.b.tick(start + .seconds(9))
+        // The two 90-byte streams go (in id order): 310 → 130, under half the bound (150).
+        let events = pair.b.takeEvents()
+        let reset = events.compactMap { event -> MplexStreamID? in
+            if case .streamReset(let id, let error) = event, error.code == .streamStalled { return id }
+            return nil
+        }
+        #expect(reset == [peer(ids[1]), peer(ids[3])])
+        #expect(events.last == .resumeReading)
+        #expect(pair.b.machine.totalBufferedBytes == 130)
+        #expect(pair.b.machine.streamCount == 3)
+        try pair.pump()
+        #expect(pair.a.takeEvents().map(\.errorCode) == [.streamResetByPeer, .streamResetByPeer])
+    }
+
+    @Test(arguments: chunks)
+    func connectionHardCapResetsTheStreamThatWouldCrossIt(chunk: Int) throws {
+        let pair = MachinePair(chunk: chunk, configuration: config(bound: 100, connectionBound: 200))
+        pair.b.autoConsume = false
+        let ids = try (0..<5).map { _ in try pair.a.open() }
+        for id in ids.prefix(4) { try pair.a.write(id, count: 100) }  // 400: exactly the hard cap
+        try pair.pump()
+        #expect(pair.b.machine.totalBufferedBytes == 400)
+        try pair.a.write(ids[4], count: 1)
+        try pair.pump()
+        #expect(pair.b.received[peer(ids[4])] == nil)
+        #expect(pair.b.machine.totalBufferedBytes == 400)
+        let overflow = pair.b.takeEvents().compactMap { event -> MplexStreamID? in
+            if case .streamReset(let id, let error) = event, error.code == .receiveBufferOverflow { return id }
+            return nil
+        }
+        #expect(overflow == [peer(ids[4])])
+        #expect(pair.b.machine.streamCount == 4)
+    }
+
+    @Test func connectionBoundIsAtLeastTheStreamBound() {
+        var configuration = config(bound: 100, connectionBound: 10)
+        #expect(configuration.connectionBufferBound == 100)
+        #expect(configuration.connectionHardBufferCap == 200)
+        configuration.maxBufferedBytesPerConnection = 1000
+        #expect(configuration.connectionBufferBound == 1000)
     }
 
     @Test func connectionClosedResetsEveryStream() throws {
