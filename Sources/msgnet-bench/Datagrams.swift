@@ -164,6 +164,10 @@ struct DatagramsBench: AsyncParsableCommand {
         print("|---|---|---|---|")
         for name in series.order { row(name, series.rawMedian(name), series.msgnetMedian(name)) }
         print("")
+        if let warning = series.disturbance("request/reply p50, 1 in flight (µs)") {
+            print(warning)
+            print("")
+        }
         let unreliable64 = series.msgnetMedian("rate 64 B, unreliable (msg/s delivered)")
         let lossless64 = series.rawMedian("rate 64 B, lossless (msg/s)")
         let p50 =

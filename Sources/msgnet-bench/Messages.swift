@@ -110,6 +110,18 @@ struct Series {
         if let m { msgnet[name, default: []].append(m) }
     }
 
+    /// A warning when the raw baseline of `name` moved by more than half between runs of one
+    /// invocation: the machine was disturbed (on this VM a loaded host slows every wake-up, and
+    /// the baseline's round trip then grows from ~120 µs to 230–400 µs), so ratios from it mean
+    /// little. `nil` when the runs agree.
+    func disturbance(_ name: String) -> String? {
+        guard let values = raw[name], values.count >= 2, let low = values.min(), let high = values.max(),
+            low > 0, high > 1.5 * low
+        else { return nil }
+        return "warning: the raw \(name) ranged from \(fmt(low)) to \(fmt(high)) across runs: "
+            + "the machine was disturbed; rerun before quoting these figures"
+    }
+
     func rawMedian(_ name: String) -> Double { median(raw[name] ?? [.nan]) }
     func msgnetMedian(_ name: String) -> Double { median(msgnet[name] ?? [.nan]) }
 }
@@ -147,6 +159,17 @@ struct MessagesBench: AsyncParsableCommand {
     var timeLimit = 10.0
     @Option(help: "Security for the MsgNet side: noise or plaintext.")
     var security = "noise"
+    @Option(
+        help:
+            "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
+    )
+    var leg = "both"
+
+    func validate() throws {
+        guard ["both", "raw", "msgnet"].contains(leg) else {
+            throw ValidationError("--leg must be both, raw or msgnet")
+        }
+    }
 
     var commandLine: String {
         "msgnet-bench messages --runs \(runs) --small-count \(smallCount) --large-count \(largeCount) "
@@ -193,16 +216,21 @@ struct MessagesBench: AsyncParsableCommand {
 
             for run in 1...runs {
                 let rawFirst = run % 2 == 1
-                for leg in 0..<2 {
-                    if (leg == 0) == rawFirst {
+                for side in 0..<2 {
+                    if (side == 0) == rawFirst {
+                        if leg == "msgnet" { continue }
                         try await rawLeg(&series, sender: rawSender, sink: rawSink, requester: rawRequester)
                     } else {
+                        if leg == "raw" { continue }
                         try await msgnetLeg(&series, client: client, peer: peer, sink: sink)
                     }
                 }
-                let name = "message rate, 64 B (msg/s)"
+                func last(_ name: String) -> String {
+                    "raw \(series.raw[name]?.last.map(fmt) ?? "–") msgnet \(series.msgnet[name]?.last.map(fmt) ?? "–")"
+                }
                 FileHandleLog.line(
-                    "run \(run): 64 B rate raw \(fmt(series.raw[name]!.last!)) msgnet \(fmt(series.msgnet[name]!.last!))"
+                    "run \(run): 64 B rate \(last("message rate, 64 B (msg/s)")); "
+                        + "p50 1 in flight \(last("request/reply p50, 1 in flight (µs)"))"
                 )
             }
             await client.shutdown()
@@ -223,6 +251,14 @@ struct MessagesBench: AsyncParsableCommand {
         print("|---|---|---|---|")
         for name in series.order { row(name, series.rawMedian(name), series.msgnetMedian(name)) }
         print("")
+        if let warning = series.disturbance("request/reply p50, 1 in flight (µs)") {
+            print(warning)
+            print("")
+        }
+        guard leg == "both" else {
+            print("Goals: not evaluated (--leg \(leg) measures one side only).")
+            return
+        }
         let r64 = series.msgnetMedian("message rate, 64 B (msg/s)") / series.rawMedian("message rate, 64 B (msg/s)")
         let r1k = series.msgnetMedian("message rate, 1 KiB (msg/s)") / series.rawMedian("message rate, 1 KiB (msg/s)")
         let p1 =
