@@ -3,7 +3,12 @@
 // One target per layer; dependencies point down only (see docs/architecture.md).
 import PackageDescription
 
-let strict: [SwiftSetting] = []
+/// Library and executable targets: a nonisolated async function runs on its caller's executor
+/// (SE-0461) instead of hopping to the global executor, so the event-loop tasks that read and
+/// answer messages do not switch executors on every call.
+let strict: [SwiftSetting] = [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
+/// Test targets: the swift-testing macros do not build with that feature yet (Swift 6.3.1).
+let tests: [SwiftSetting] = []
 
 let package = Package(
     name: "MsgNet",
@@ -198,7 +203,7 @@ let package = Package(
         ),
 
         // MARK: Tests mirror sources
-        .testTarget(name: "MsgNetControlTests", dependencies: ["MsgNetControl"], swiftSettings: strict),
+        .testTarget(name: "MsgNetControlTests", dependencies: ["MsgNetControl"], swiftSettings: tests),
         .testTarget(
             name: "MsgNetCoreTests",
             dependencies: [
@@ -207,7 +212,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             exclude: ["vectors"],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetMultistreamTests",
@@ -216,7 +221,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetSecurityTests",
@@ -227,7 +232,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             exclude: ["vectors"],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetMplexTests",
@@ -236,7 +241,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetStreamsTests",
@@ -249,7 +254,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 "MsgNetControl",
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetMultipacketTests",
@@ -258,7 +263,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetHostTests",
@@ -267,7 +272,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
         .testTarget(
             name: "MsgNetInteropTests",
@@ -277,7 +282,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            swiftSettings: strict
+            swiftSettings: tests
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -15,7 +15,7 @@ package enum RawTCPBaseline {
         /// Runs `body` with the inbound iterator and the outbound writer.
         package func run<R: Sendable>(
             _ body:
-                (
+                @concurrent (
                     inout NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator,
                     NIOAsyncChannelOutboundWriter<ByteBuffer>
                 )
