@@ -67,14 +67,14 @@ public final class MessageHost: Sendable {
         }
     }
 
-    private struct State {
+    struct State {
         var slots: [String: Slot] = [:]
         var limiter: RateLimiter?
         var running = false
     }
-    private let state: NIOLockedValueBox<State>
-    /// Bumped whenever the handler set changes (``DeliveryCache`` entries older than it are stale).
-    private let handlerGeneration = Synchronization.Atomic<Int>(0)
+    /// Handlers, delivery and events: the part the transports call back into.
+    let dispatch: MessageDispatch
+    private var state: NIOLockedValueBox<State> { dispatch.state }
     /// Set once by ``shutdown()`` (under the state lock, so `run()` sees it consistently); read
     /// without the lock on every send.
     private let isShutDown = Synchronization.Atomic<Bool>(false)
@@ -82,7 +82,7 @@ public final class MessageHost: Sendable {
     /// Lifecycle events (connections, listeners, identify, rejected messages). One consumer;
     /// the newest 1024 are kept when nobody reads.
     public let events: AsyncStream<MessageHostEvent>
-    private let eventContinuation: AsyncStream<MessageHostEvent>.Continuation
+    private var eventContinuation: AsyncStream<MessageHostEvent>.Continuation { dispatch.eventContinuation }
 
     /// Creates a host over the given paths. Give every transport the same `peerstore`.
     public init(
@@ -104,10 +104,12 @@ public final class MessageHost: Sendable {
         if let rate = configuration.maxInboundMessagesPerSecondPerPeer {
             initial.limiter = RateLimiter(rate: rate, burst: configuration.inboundMessageBurst)
         }
-        state = NIOLockedValueBox(initial)
-        (events, eventContinuation) = AsyncStream.makeStream(
+        let (events, continuation) = AsyncStream.makeStream(
             of: MessageHostEvent.self, bufferingPolicy: .bufferingNewest(1024))
-        let context = MessageTransportContext(host: self)
+        self.events = events
+        dispatch = MessageDispatch(
+            state: NIOLockedValueBox(initial), events: continuation, configuration: configuration, logger: l)
+        let context = MessageTransportContext(dispatch: dispatch, peerstore: peerstore)
         for transport in transports { transport.attach(to: context) }
     }
 
@@ -187,7 +189,7 @@ public final class MessageHost: Sendable {
         let (old, protocols) = state.withLockedValue { s in
             (s.slots.removeValue(forKey: `protocol`), Set(s.slots.keys))
         }
-        handlerGeneration.add(1, ordering: .releasing)
+        dispatch.handlerGeneration.add(1, ordering: .releasing)
         old?.inbox?.finish()
         for t in transports { t.setHandledProtocols(protocols) }
     }
@@ -219,52 +221,12 @@ public final class MessageHost: Sendable {
             let old = s.slots.updateValue(slot, forKey: protocolID)
             return (old, Set(s.slots.keys))
         }
-        handlerGeneration.add(1, ordering: .releasing)
+        dispatch.handlerGeneration.add(1, ordering: .releasing)
         old?.inbox?.finish()
         for t in transports { t.setHandledProtocols(protocols) }
     }
 
-    func handles(_ protocolID: String) -> Bool {
-        state.withLockedValue { $0.slots[protocolID] != nil }
-    }
-
-    /// Runs the handler of `message.protocol` (see ``MessageTransportContext/deliver(_:)``).
-    func deliver(_ message: Message, cache: inout DeliveryCache) async throws {
-        let now = configuration.maxInboundMessagesPerSecondPerPeer == nil ? nil : configuration.now()
-        let lookup: (Slot?, Bool)
-        let generation = handlerGeneration.load(ordering: .acquiring)
-        if now == nil, cache.generation == generation, cache.protocolID == message.protocol {
-            lookup = (cache.slot, true)
-        } else {
-            lookup = state.withLockedValue { s -> (Slot?, Bool) in
-                guard let slot = s.slots[message.protocol] else { return (nil, true) }
-                if let now, s.limiter != nil, !s.limiter!.admit(message.from, now: now) { return (slot, false) }
-                return (slot, true)
-            }
-            cache = DeliveryCache(generation: generation, protocolID: message.protocol, slot: lookup.0)
-        }
-        guard let slot = lookup.0 else {
-            throw MessageError(.protocolNotSupported, "no handler for \(message.protocol)")
-        }
-        guard lookup.1 else {
-            let error = MessageError(
-                .limitExceeded, "inbound message rate limit reached for \(message.from) on \(message.protocol)")
-            emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
-            throw error
-        }
-        if !slot.gate.tryAcquire() { await slot.gate.acquire() }
-        defer { slot.gate.release() }
-        do {
-            try await slot.handler(message)
-        } catch {
-            logger.debug(
-                "message handler failed",
-                metadata: ["protocol": "\(message.protocol)", "from": "\(message.from)", "error": "\(error)"])
-            throw error
-        }
-    }
-
-    func emit(_ event: MessageHostEvent) { eventContinuation.yield(event) }
+    func emit(_ event: MessageHostEvent) { dispatch.emit(event) }
 
     // MARK: Sending
 
@@ -396,4 +358,74 @@ public final class MessageHost: Sendable {
         let addresses = peerstore.addresses(for: peer)
         return transports.first { t in addresses.contains(where: t.canHandle) } ?? transports[0]
     }
+}
+
+/// The part of a ``MessageHost`` its transports call back into: the handler table, delivery
+/// (limits, concurrency gates) and lifecycle events.
+///
+/// Transports hold it strongly through their ``MessageTransportContext``. It holds neither the
+/// host nor the transports, so there is no reference cycle to break with a weak reference (a
+/// weak reference gives its target a side table, which makes every retain and release of the
+/// host slow, on every send and every delivered message).
+final class MessageDispatch: Sendable {
+    let state: NIOLockedValueBox<MessageHost.State>
+    /// Bumped whenever the handler set changes (``DeliveryCache`` entries older than it are stale).
+    let handlerGeneration = Synchronization.Atomic<Int>(0)
+    let eventContinuation: AsyncStream<MessageHostEvent>.Continuation
+    let configuration: MessageHostConfiguration
+    let logger: Logger
+
+    init(
+        state: NIOLockedValueBox<MessageHost.State>,
+        events: AsyncStream<MessageHostEvent>.Continuation,
+        configuration: MessageHostConfiguration,
+        logger: Logger
+    ) {
+        self.state = state
+        self.eventContinuation = events
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    func handles(_ protocolID: String) -> Bool {
+        state.withLockedValue { $0.slots[protocolID] != nil }
+    }
+
+    /// Runs the handler of `message.protocol` (see ``MessageTransportContext/deliver(_:)``).
+    func deliver(_ message: Message, cache: inout DeliveryCache) async throws {
+        let now = configuration.maxInboundMessagesPerSecondPerPeer == nil ? nil : configuration.now()
+        let lookup: (MessageHost.Slot?, Bool)
+        let generation = handlerGeneration.load(ordering: .acquiring)
+        if now == nil, cache.generation == generation, cache.protocolID == message.protocol {
+            lookup = (cache.slot, true)
+        } else {
+            lookup = state.withLockedValue { s -> (MessageHost.Slot?, Bool) in
+                guard let slot = s.slots[message.protocol] else { return (nil, true) }
+                if let now, s.limiter != nil, !s.limiter!.admit(message.from, now: now) { return (slot, false) }
+                return (slot, true)
+            }
+            cache = DeliveryCache(generation: generation, protocolID: message.protocol, slot: lookup.0)
+        }
+        guard let slot = lookup.0 else {
+            throw MessageError(.protocolNotSupported, "no handler for \(message.protocol)")
+        }
+        guard lookup.1 else {
+            let error = MessageError(
+                .limitExceeded, "inbound message rate limit reached for \(message.from) on \(message.protocol)")
+            emit(.messageRejected(from: message.from, protocol: message.protocol, reason: error))
+            throw error
+        }
+        if !slot.gate.tryAcquire() { await slot.gate.acquire() }
+        defer { slot.gate.release() }
+        do {
+            try await slot.handler(message)
+        } catch {
+            logger.debug(
+                "message handler failed",
+                metadata: ["protocol": "\(message.protocol)", "from": "\(message.from)", "error": "\(error)"])
+            throw error
+        }
+    }
+
+    func emit(_ event: MessageHostEvent) { eventContinuation.yield(event) }
 }

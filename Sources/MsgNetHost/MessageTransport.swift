@@ -84,20 +84,20 @@ extension MessageTransport {
 /// What a ``MessageTransport`` reaches the host through: inbound delivery (with backpressure
 /// and limits), lifecycle events, settings.
 public final class MessageTransportContext: Sendable {
-    private weak let host: MessageHost?
+    private let dispatch: MessageDispatch
     /// The largest message payload accepted, in bytes.
     public let maxMessageSize: Int
     /// The host's peerstore.
     public let peerstore: Peerstore
 
-    init(host: MessageHost) {
-        self.host = host
-        self.maxMessageSize = host.configuration.maxMessageSize
-        self.peerstore = host.peerstore
+    init(dispatch: MessageDispatch, peerstore: Peerstore) {
+        self.dispatch = dispatch
+        self.maxMessageSize = dispatch.configuration.maxMessageSize
+        self.peerstore = peerstore
     }
 
     /// Whether a handler is registered for `protocol`.
-    public func handles(_ protocol: String) -> Bool { host?.handles(`protocol`) ?? false }
+    public func handles(_ protocol: String) -> Bool { dispatch.handles(`protocol`) }
 
     /// Hands `message` to its protocol's handler. Suspends while that protocol is at its
     /// concurrency limit or its inbox is full: a transport reading in a loop thereby stops
@@ -107,21 +107,19 @@ public final class MessageTransportContext: Sendable {
     ///   (inbound rate limit; the message was dropped), or the handler's error. The transport
     ///   then closes the channel the message came on.
     public func deliver(_ message: Message) async throws {
-        guard let host else { throw MessageError(.cancelled, "the host is gone") }
         var cache = DeliveryCache()
-        try await host.deliver(message, cache: &cache)
+        try await dispatch.deliver(message, cache: &cache)
     }
 
     /// Like ``deliver(_:)``, for a transport that delivers many messages of one channel in a
     /// row: `cache` remembers the handler looked up for the channel's protocol until handlers
     /// change, so each message skips the lookup. Keep one cache per channel.
     public func deliver(_ message: Message, cache: inout DeliveryCache) async throws {
-        guard let host else { throw MessageError(.cancelled, "the host is gone") }
-        try await host.deliver(message, cache: &cache)
+        try await dispatch.deliver(message, cache: &cache)
     }
 
     /// Reports a lifecycle event.
-    public func emit(_ event: MessageHostEvent) { host?.emit(event) }
+    public func emit(_ event: MessageHostEvent) { dispatch.emit(event) }
 }
 
 /// The handler a channel's messages went to last (see

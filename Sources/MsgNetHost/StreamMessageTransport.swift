@@ -208,82 +208,93 @@ public final class StreamMessageTransport: MessageTransport {
             return (added, removed)
         }
         for p in removed { streamHost.removeStreamHandler(p) }
-        let transport = WeakTransport(self)
+        // The handlers hold the reader (state, settings), not the transport: the stream host
+        // they are registered with belongs to the transport. (A weak reference would do too, but
+        // it gives the transport a side table, which makes every retain and release of it slow.)
+        let reader = self.reader
         for p in added.sorted() {
-            streamHost.setStreamHandler(p) { stream in
-                guard let self = transport.value else { throw MessageError(.cancelled, "the transport is gone") }
-                try await self.serveInbound(stream)
-            }
+            streamHost.setStreamHandler(p) { stream in try await reader.serveInbound(stream) }
         }
     }
 
     // MARK: Inbound
 
-    private func serveInbound(_ stream: NegotiatedStream) async throws {
-        let peer = stream.connection.remotePeer
-        let context = try state.withLockedValue { s throws -> MessageTransportContext in
-            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
-            let count = s.inboundStreams[peer, default: 0]
-            guard count < configuration.maxStreamsPerPeer else {
-                throw MessageError(
-                    .limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
-            }
-            s.inboundStreams[peer] = count + 1
-            return context
-        }
-        defer {
-            state.withLockedValue { s in
-                let n = s.inboundStreams[peer, default: 1] - 1
-                s.inboundStreams[peer] = n == 0 ? nil : n
-            }
-        }
-        let channel = StreamChannel(
-            stream: stream, maxMessageSize: context.maxMessageSize, highWatermark: configuration.writeHighWatermark)
-        if await readMessages(on: channel, context: context, inbound: true) {
-            await channel.close()
-        }
-    }
+    private var reader: Reader { Reader(state: state, configuration: configuration, logger: logger) }
 
-    /// Reads messages on `channel` and hands each to its handler until the stream ends.
-    /// - Returns: whether the stream ended cleanly (otherwise it was reset).
-    private func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool
-    {
-        var reader = FramedReader(maxSize: context.maxMessageSize)
-        var cache = DeliveryCache()
-        do {
-            while true {
-                let data: ByteBuffer
-                switch try reader.nextIfReady(from: channel.stream) {
-                case .message(let ready):
-                    data = ready
-                case .end:
-                    return true
-                case .wait:
-                    guard let next = try await reader.next(from: channel.stream) else { return true }
-                    data = next
+    /// Serves inbound message streams and reads messages on any channel. Holds no reference to
+    /// the transport.
+    private struct Reader: Sendable {
+        let state: NIOLockedValueBox<State>
+        let configuration: Configuration
+        let logger: Logger
+
+        func serveInbound(_ stream: NegotiatedStream) async throws {
+            let peer = stream.connection.remotePeer
+            let context = try state.withLockedValue { s throws -> MessageTransportContext in
+                guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
+                let count = s.inboundStreams[peer, default: 0]
+                guard count < configuration.maxStreamsPerPeer else {
+                    throw MessageError(
+                        .limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
                 }
-                let message = Message(
-                    data: data, from: channel.peer, protocol: channel.protocolID, path: .stream, replyChannel: channel)
-                do {
-                    try await context.deliver(message, cache: &cache)
-                } catch let error as MessageError where error.code == .protocolNotSupported && !inbound {
-                    // The peer wrote back on our outbound stream but we have no handler: drop it.
-                    logger.debug(
-                        "dropping message on an outbound stream without handler",
-                        metadata: ["protocol": "\(channel.protocolID)", "from": "\(channel.peer)"])
+                s.inboundStreams[peer] = count + 1
+                return context
+            }
+            defer {
+                state.withLockedValue { s in
+                    let n = s.inboundStreams[peer, default: 1] - 1
+                    s.inboundStreams[peer] = n == 0 ? nil : n
                 }
             }
-        } catch {
-            let e = MessageError.from(error)
-            if e.code == .messageTooLarge || e.code == .remoteError {
-                context.emit(.messageRejected(from: channel.peer, protocol: channel.protocolID, reason: e))
+            let channel = StreamChannel(
+                stream: stream, maxMessageSize: context.maxMessageSize, highWatermark: configuration.writeHighWatermark)
+            if await readMessages(on: channel, context: context, inbound: true) {
+                await channel.close()
             }
-            logger.debug(
-                "message stream ended",
-                metadata: ["protocol": "\(channel.protocolID)", "remote": "\(channel.peer)", "error": "\(e)"])
-            channel.reset(e)
-            return false
         }
+
+        /// Reads messages on `channel` and hands each to its handler until the stream ends.
+        /// - Returns: whether the stream ended cleanly (otherwise it was reset).
+        func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool {
+            var reader = FramedReader(maxSize: context.maxMessageSize)
+            var cache = DeliveryCache()
+            do {
+                while true {
+                    let data: ByteBuffer
+                    switch try reader.nextIfReady(from: channel.stream) {
+                    case .message(let ready):
+                        data = ready
+                    case .end:
+                        return true
+                    case .wait:
+                        guard let next = try await reader.next(from: channel.stream) else { return true }
+                        data = next
+                    }
+                    let message = Message(
+                        data: data, from: channel.peer, protocol: channel.protocolID, path: .stream,
+                        replyChannel: channel)
+                    do {
+                        try await context.deliver(message, cache: &cache)
+                    } catch let error as MessageError where error.code == .protocolNotSupported && !inbound {
+                        // The peer wrote back on our outbound stream but we have no handler: drop it.
+                        logger.debug(
+                            "dropping message on an outbound stream without handler",
+                            metadata: ["protocol": "\(channel.protocolID)", "from": "\(channel.peer)"])
+                    }
+                }
+            } catch {
+                let e = MessageError.from(error)
+                if e.code == .messageTooLarge || e.code == .remoteError {
+                    context.emit(.messageRejected(from: channel.peer, protocol: channel.protocolID, reason: e))
+                }
+                logger.debug(
+                    "message stream ended",
+                    metadata: ["protocol": "\(channel.protocolID)", "remote": "\(channel.peer)", "error": "\(e)"])
+                channel.reset(e)
+                return false
+            }
+        }
+
     }
 
     // MARK: Outbound
@@ -363,7 +374,7 @@ public final class StreamMessageTransport: MessageTransport {
                 let channel = StreamChannel(
                     stream: stream, maxMessageSize: context.maxMessageSize,
                     highWatermark: configuration.writeHighWatermark,
-                    onBlocked: { [weak self] in self?.sendBlocked() })
+                    onBlocked: { [state] in Self.noteBlockedSend(state) })
                 result = .success(channel)
             } catch {
                 result = .failure(MessageError.from(error))
@@ -375,7 +386,7 @@ public final class StreamMessageTransport: MessageTransport {
             }
             if case .success(let channel) = result {
                 let enqueued = workContinuation.yield { [self] in
-                    if await readMessages(on: channel, context: context, inbound: false) {
+                    if await reader.readMessages(on: channel, context: context, inbound: false) {
                         // The peer closed its side: close ours too (after what is queued).
                         await channel.close()
                     }
@@ -393,7 +404,7 @@ public final class StreamMessageTransport: MessageTransport {
         }
     }
 
-    private func sendBlocked() {
+    private static func noteBlockedSend(_ state: NIOLockedValueBox<State>) {
         let waiters = state.withLockedValue { s in
             s.blockedSends += 1
             defer { s.blockedWaiters = [] }
@@ -458,11 +469,4 @@ public final class StreamMessageTransport: MessageTransport {
         }
         return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
     }
-}
-
-/// A weak reference to the transport for the stream handlers it registers (the stream host
-/// holds them, so a strong one would keep the transport alive).
-private final class WeakTransport: Sendable {
-    weak let value: StreamMessageTransport?
-    init(_ value: StreamMessageTransport) { self.value = value }
 }
