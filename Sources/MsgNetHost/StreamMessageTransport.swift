@@ -62,6 +62,44 @@ public final class StreamMessageTransport: MessageTransport {
         var shutdown = false
         var blockedSends = 0
         var blockedWaiters: [CheckedContinuation<Void, Never>] = []
+
+        /// The streams counted against ``Configuration/maxStreamsPerPeer``, per peer.
+        enum Counted {
+            case inbound
+            case requests
+        }
+
+        /// Counts one more stream of `kind` with `peer` within `limit`; returns the context.
+        /// - Throws: `.cancelled` once shut down, `.limitExceeded` at the limit.
+        mutating func admit(_ kind: Counted, _ peer: PeerID, limit: Int) throws -> MessageTransportContext {
+            guard let context, !shutdown else { throw MessageError(.cancelled, "the host is shut down") }
+            let count = counts(kind)[peer, default: 0]
+            guard count < limit else {
+                switch kind {
+                case .inbound: throw MessageError(.limitExceeded, "more than \(limit) message streams from \(peer)")
+                case .requests: throw MessageError(.limitExceeded, "more than \(limit) requests in flight to \(peer)")
+                }
+            }
+            setCount(kind, peer, count + 1)
+            return context
+        }
+
+        /// Ends what ``admit(_:_:limit:)`` counted.
+        mutating func release(_ kind: Counted, _ peer: PeerID) {
+            let remaining = counts(kind)[peer, default: 1] - 1
+            setCount(kind, peer, remaining)
+        }
+
+        private func counts(_ kind: Counted) -> [PeerID: Int] {
+            kind == .inbound ? inboundStreams : requestStreams
+        }
+
+        private mutating func setCount(_ kind: Counted, _ peer: PeerID, _ n: Int) {
+            switch kind {
+            case .inbound: inboundStreams[peer] = n == 0 ? nil : n
+            case .requests: requestStreams[peer] = n == 0 ? nil : n
+            }
+        }
     }
     private let state = NIOLockedValueBox(State())
     private let work: AsyncStream<@Sendable () async -> Void>
@@ -230,22 +268,10 @@ public final class StreamMessageTransport: MessageTransport {
 
         func serveInbound(_ stream: NegotiatedStream) async throws {
             let peer = stream.connection.remotePeer
-            let context = try state.withLockedValue { s throws -> MessageTransportContext in
-                guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "shutting down") }
-                let count = s.inboundStreams[peer, default: 0]
-                guard count < configuration.maxStreamsPerPeer else {
-                    throw MessageError(
-                        .limitExceeded, "more than \(configuration.maxStreamsPerPeer) message streams from \(peer)")
-                }
-                s.inboundStreams[peer] = count + 1
-                return context
+            let context = try state.withLockedValue { s throws in
+                try s.admit(.inbound, peer, limit: configuration.maxStreamsPerPeer)
             }
-            defer {
-                state.withLockedValue { s in
-                    let n = s.inboundStreams[peer, default: 1] - 1
-                    s.inboundStreams[peer] = n == 0 ? nil : n
-                }
-            }
+            defer { state.withLockedValue { $0.release(.inbound, peer) } }
             let channel = StreamChannel(
                 stream: stream, maxMessageSize: context.maxMessageSize, highWatermark: configuration.writeHighWatermark)
             if await readMessages(on: channel, context: context, inbound: true) {
@@ -432,22 +458,10 @@ public final class StreamMessageTransport: MessageTransport {
         protocol: String,
         timeout: TimeAmount
     ) async throws -> Message {
-        let maxSize = try state.withLockedValue { s throws -> Int in
-            guard let context = s.context, !s.shutdown else { throw MessageError(.cancelled, "the host is shut down") }
-            let count = s.requestStreams[peer, default: 0]
-            guard count < configuration.maxStreamsPerPeer else {
-                throw MessageError(
-                    .limitExceeded, "more than \(configuration.maxStreamsPerPeer) requests in flight to \(peer)")
-            }
-            s.requestStreams[peer] = count + 1
-            return context.maxMessageSize
+        let maxSize = try state.withLockedValue { s throws in
+            try s.admit(.requests, peer, limit: configuration.maxStreamsPerPeer).maxMessageSize
         }
-        defer {
-            state.withLockedValue { s in
-                let n = s.requestStreams[peer, default: 1] - 1
-                s.requestStreams[peer] = n == 0 ? nil : n
-            }
-        }
+        defer { state.withLockedValue { $0.release(.requests, peer) } }
         // The deadline counts from here: a dial (bounded by the stream host's dial timeout) and
         // opening the stream use up part of it.
         let deadline = NIODeadline.now() + timeout
