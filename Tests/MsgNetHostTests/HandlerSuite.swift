@@ -583,8 +583,13 @@ struct HandlerSuite {
             try await a.send(bytes("one"), to: b.peerID, protocol: "/re/1")
             try await a.send(bytes("boom"), to: b.peerID, protocol: "/re/1")
             await count.wait(atLeast: 2)
-            // Wait until a has seen the reset (its channel is gone), polling.
-            while !a.network.sessions(with: b.peerID).isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+            // Wait until a has seen the reset (its channel is gone). No event reports a channel's
+            // end, so this polls, bounded: 10 s is far beyond a loopback reset.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !a.network.sessions(with: b.peerID).isEmpty {
+                try #require(ContinuousClock.now < deadline, "the reset channel was still listed after 10 s")
+                try await Task.sleep(for: .milliseconds(5))
+            }
             try await a.send(bytes("two"), to: b.peerID, protocol: "/re/1")
             await count.wait(atLeast: 3)
             #expect(got.withLockedValue { $0 } == ["one", "boom", "two"])
