@@ -241,18 +241,18 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             return true
         }
         guard proceed else { return }
-        let promise = stream.eventLoop.makePromise(of: Void.self)
         if stream.eventLoop.inEventLoop {
             // On the loop (an inbound handler's task): the close is queued behind what was
             // written and leaves with the next flush; nothing to wait for.
-            closeOnLoop(promise)
+            closeOnLoop(nil)
             return
         }
+        let promise = stream.eventLoop.makePromise(of: Void.self)
         stream.eventLoop.execute { self.closeOnLoop(promise) }
         try? await promise.futureResult.get()
     }
 
-    private func closeOnLoop(_ promise: EventLoopPromise<Void>) {
+    private func closeOnLoop(_ promise: EventLoopPromise<Void>?) {
         flushOnLoop()
         stream.closeWriteOnEventLoop(flush: false, promise: promise)
     }

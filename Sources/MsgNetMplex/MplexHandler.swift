@@ -37,6 +37,9 @@ public final class MplexHandler: ChannelDuplexHandler {
     private var readHeld = false
     private var needsFlush = false
     private var flushSoonScheduled = false
+    /// Inside ``channelRead(context:data:)``, which flushes at its end: a flush asked for
+    /// meanwhile needs no loop task of its own.
+    private var inRead = false
     private var inputFailed = false
     private var pendingWrites: Deque<PendingWrite> = []
     private var connectionBox: MplexConnection?
@@ -103,6 +106,7 @@ public final class MplexHandler: ChannelDuplexHandler {
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputFailed else { return }
         let buffer = unwrapInboundIn(data)
+        inRead = true
         do {
             try processor.process(buffer: buffer) { frame in
                 perform(machine.onFrame(frame))
@@ -115,6 +119,8 @@ public final class MplexHandler: ChannelDuplexHandler {
             perform(machine.onDecodeError(mplexError))
         }
         startNewInboundStreams()
+        // Cleared before the flush: what the flush's completions write asks for its own.
+        inRead = false
         flushIfNeeded()
     }
 
@@ -382,7 +388,7 @@ public final class MplexHandler: ChannelDuplexHandler {
     /// written until then — by this task and by loop tasks queued before the flush — leave in
     /// one write.
     func flushSoon() {
-        guard !flushSoonScheduled, let context else { return }
+        guard !inRead, !flushSoonScheduled, let context else { return }
         flushSoonScheduled = true
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         context.eventLoop.execute {

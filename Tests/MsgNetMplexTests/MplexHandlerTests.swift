@@ -243,6 +243,36 @@ import Testing
         #expect(try pair.b.finish().isClean)
     }
 
+    /// Inside the read that brought a request, a reply asked to be flushed "soon" leaves when
+    /// the read ends (in the same write as the stream's close), without waiting for a loop task.
+    @Test func flushSoonInsideAReadLeavesWithTheRead() throws {
+        let pair = try EmbeddedPair(initializerB: { stream in
+            stream.writeOnEventLoop(ByteBuffer(string: "reply"), flush: false)
+            stream.flushSoonOnEventLoop()
+            stream.closeWriteOnEventLoop(flush: false)
+        })
+        let stream = try pair.connectionA.openStreamOnEventLoop(flush: false)
+        stream.setInboundHandler(pair.inboundA.recorder("A"))
+        stream.writeOnEventLoop(ByteBuffer(string: "request"), flush: false)
+        stream.closeWriteOnEventLoop()
+        var read = ByteBuffer()
+        while var bytes = try pair.a.readOutbound(as: ByteBuffer.self) { read.writeBuffer(&bytes) }
+        try pair.b.writeInbound(read)
+        // No loop task has run on B, yet the reply and the close are written.
+        var reply = ByteBuffer()
+        while var bytes = try pair.b.readOutbound(as: ByteBuffer.self) { reply.writeBuffer(&bytes) }
+        #expect(reply.readableBytes > 0)
+        try pair.a.writeInbound(reply)
+        #expect(pair.inboundA.takeEvents() == ["A data:reply", "A eof"])
+        // Outside a read, "soon" still waits for the loop pass.
+        let other = try pair.connectionA.openStreamOnEventLoop(flush: false)
+        other.writeOnEventLoop(ByteBuffer(string: "later"), flush: false)
+        other.flushSoonOnEventLoop()
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) == nil)
+        pair.a.embeddedEventLoop.run()
+        #expect(try pair.a.readOutbound(as: ByteBuffer.self) != nil)
+    }
+
     @Test func inboundHandlerGetsBufferedDataAndReset() throws {
         let pair = try EmbeddedPair()
         let stream = try pair.connectionA.openStreamOnEventLoop()
