@@ -357,8 +357,18 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     public var connectedPeers: [PeerID] { mirror.withLockedValue { Array($0.connected) } }
 
+    /// Opens the session to `peer` (handshake when needed), then probes `protocol`: an empty,
+    /// reliable probe that the peer acknowledges when it has a handler and refuses with Reset
+    /// otherwise, so `.protocolNotSupported` surfaces here as on the stream path.
     public func openSession(to peer: PeerID, protocol: String) async throws {
-        _ = try await ensureSession(peer)
+        let session = try await ensureSession(peer)
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            loop.execute {
+                self.startSend(
+                    ByteBuffer(), protocol: `protocol`, mode: .reliable, kind: .probe, session: session, continuation: c
+                )
+            }
+        }
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
@@ -710,6 +720,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     rid,
                     .success(Message(data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram)))
             }
+        case .probe:
+            return  // never delivered (the machine answers probes itself)
         case .oneWay, .request:
             var rid: UInt64 = 0
             var isRequest = false

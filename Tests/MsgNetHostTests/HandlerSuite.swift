@@ -159,12 +159,15 @@ struct HandlerSuite {
             await #expect {
                 _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/unknown/1")
             } throws: { code($0) == .protocolNotSupported }
-            // A stream path learns it when negotiating the session; a datagram path at the
-            // session's first send. Either way the sender gets "not supported".
+            // Opening a session asks: the stream path negotiates the protocol, the datagram path
+            // probes it. Either way the opener gets "not supported" before any message is sent.
             await #expect {
-                let session = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
-                try await session.send(bytes("x"))
+                _ = try await a.network.newSession(to: b.peerID, protocol: "/unknown/1")
             } throws: { code($0) == .protocolNotSupported }
+            #expect(a.network.sessions(with: b.peerID).isEmpty)
+            // A session on a handled protocol opens; its probe reaches no handler.
+            let known = try await a.network.newSession(to: b.peerID, protocol: "/known/1")
+            #expect(known.protocol == "/known/1")
             // The connection survives.
             #expect(String(buffer: try await a.request(bytes("k"), to: b.peerID, protocol: "/known/1").data) == "k")
         }

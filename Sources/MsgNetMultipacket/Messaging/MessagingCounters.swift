@@ -50,6 +50,8 @@ public struct MessagingCounters: Hashable, Sendable {
     public var sendsRefused = 0
     /// Messages delivered to the application.
     public var messagesDelivered = 0
+    /// Protocol probes received for a protocol with a handler (acknowledged, not delivered).
+    public var probesAnswered = 0
 
     /// All zero.
     public init() {}

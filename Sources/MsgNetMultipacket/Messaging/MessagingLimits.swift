@@ -63,7 +63,7 @@ extension MessagingLimits {
         var n = 1 + 2 + UVarint.encodedLength(UInt64(nameLength)) + nameLength + 2
         n += UVarint.maxLength + 1
         switch kind {
-        case .oneWay: break
+        case .oneWay, .probe: break
         case .request(let id), .reply(let id): n += UVarint.encodedLength(id)
         }
         n += 2 * UVarint.encodedLength(UInt64(maxFragmentCount))

@@ -312,6 +312,10 @@ package struct MessagingMachine: Sendable {
         case .oneWay: break
         case .request(let id), .reply(let id):
             guard id < 1 << 63 else { throw MessagingError(.invalidArgument, "correlation id \(id) over 2^63 − 1") }
+        case .probe:
+            guard mode == .reliable, message.readableBytes == 0 else {
+                throw MessagingError(.invalidArgument, "a probe is reliable and carries no data")
+            }
         }
         let length = message.readableBytes
         let room = limits.maxPayload - limits.initHeaderBound(nameLength: nameLength, kind: kind)
@@ -914,6 +918,11 @@ package struct MessagingMachine: Sendable {
         mode: MessagingDeliveryMode,
         actions: inout [MessagingAction]
     ) {
+        if kind == .probe {
+            // Answered by the acknowledgement alone: the protocol has a handler.
+            counters.probesAnswered += 1
+            return
+        }
         counters.messagesDelivered += 1
         actions.append(.deliver(MessagingInboundMessage(protocolName: name, data: data, kind: kind, mode: mode)))
     }

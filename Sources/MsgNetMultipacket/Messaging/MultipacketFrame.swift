@@ -1,7 +1,8 @@
 import MsgNetCore
 import NIOCore
 
-/// What a message is: a one-way message, a request with an id, or the reply to a request.
+/// What a message is: a one-way message, a request with an id, the reply to a request, or a
+/// protocol probe.
 package enum MessagingMessageKind: Hashable, Sendable {
     /// A message that expects no reply.
     case oneWay
@@ -9,6 +10,10 @@ package enum MessagingMessageKind: Hashable, Sendable {
     case request(id: UInt64)
     /// The reply to the peer's request `id`.
     case reply(to: UInt64)
+    /// Asks whether the peer handles the protocol, without a message: reliable, empty, never
+    /// delivered. The peer acknowledges it when it has a handler and answers Reset
+    /// (protocolNotSupported) when not, as for any Init.
+    case probe
 }
 
 /// Where a fragment sits in its message.
@@ -129,6 +134,7 @@ package struct MultipacketFrameCodec: Sendable {
     static let kindMask: UInt8 = 0x06
     static let kindRequest: UInt8 = 0x02
     static let kindReply: UInt8 = 0x04
+    static let kindProbe: UInt8 = 0x06
     static let flagFragment: UInt8 = 0x08
 
     // MARK: Encoding
@@ -195,7 +201,7 @@ package struct MultipacketFrameCodec: Sendable {
     static func messageLength(_ header: MultipacketMessageHeader, dataLength: Int) -> Int {
         var n = UVarint.encodedLength(header.sequence) + 1
         switch header.kind {
-        case .oneWay: break
+        case .oneWay, .probe: break
         case .request(let id), .reply(let id): n += UVarint.encodedLength(id)
         }
         if let f = header.fragment {
@@ -219,6 +225,8 @@ package struct MultipacketFrameCodec: Sendable {
         case .reply(let id):
             flags |= kindReply
             correlation = id
+        case .probe:
+            flags |= kindProbe
         }
         if header.fragment != nil { flags |= flagFragment }
         buffer.writeInteger(flags)
@@ -359,7 +367,11 @@ package struct MultipacketFrameCodec: Sendable {
         case 0: kind = .oneWay
         case Self.kindRequest: kind = .request(id: try Self.readVarint(&buffer, "request id"))
         case Self.kindReply: kind = .reply(to: try Self.readVarint(&buffer, "reply id"))
-        default: throw MessagingError(.malformedFrame, "invalid message kind bits")
+        default:  // kindProbe, the only value left of the two bits
+            guard reliable, flags & Self.flagFragment == 0 else {
+                throw MessagingError(.malformedFrame, "a probe must be reliable and in one frame")
+            }
+            kind = .probe
         }
         var fragment: MultipacketFragmentInfo?
         if flags & Self.flagFragment != 0 {
@@ -385,6 +397,9 @@ package struct MultipacketFrameCodec: Sendable {
         let length = try Self.readVarint(&buffer, "data length")
         guard length <= UInt64(buffer.readableBytes), let data = buffer.readSlice(length: Int(length)) else {
             throw MessagingError(.malformedFrame, "data length \(length) over the \(buffer.readableBytes) bytes left")
+        }
+        if kind == .probe, data.readableBytes != 0 {
+            throw MessagingError(.malformedFrame, "a probe carries no data (got \(data.readableBytes) bytes)")
         }
         if let fragment, fragment.length != data.readableBytes {
             throw MessagingError(

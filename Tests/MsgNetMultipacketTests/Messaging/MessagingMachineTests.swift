@@ -174,6 +174,34 @@ struct MessagingMachineTests {
         #expect(link.machines[.b]!.counters.unsupportedProtocols >= 1)
     }
 
+    @Test func probeIsAcknowledgedWithoutDeliveryOrRefusedWithoutHandler() throws {
+        var link = MessagingLossyLink(
+            a: makeMessagingMachine(), b: makeMessagingMachine(hasHandler: { $0 != "/nope" }), seed: 6, loss: 0.1)
+        let yes = try link.send(from: .a, ByteBuffer(), protocol: "/yes", kind: .probe)
+        let no = try link.send(from: .a, ByteBuffer(), protocol: "/nope", kind: .probe)
+        link.run()
+        #expect(link.outcomes[.a]![yes] == [.delivered])
+        #expect(link.outcomes[.a]![no] == [.failed(.protocolNotSupported)])
+        // A probe reaches no handler; the protocol is bound, so a message after it still arrives.
+        #expect(link.deliveries[.b]!.isEmpty)
+        #expect(link.machines[.b]!.counters.probesAnswered >= 1)
+        let message = try link.send(from: .a, messagingBytes([7]), protocol: "/yes")
+        link.run()
+        #expect(link.outcomes[.a]![message] == [.delivered])
+        #expect(link.deliveries[.b]!.map { Array($0.data.readableBytesView) } == [[7]])
+    }
+
+    @Test func probeIsReliableAndEmpty() {
+        var machine = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(1)
+        #expect(throws: MessagingError.self) {
+            try machine.send(messagingBytes([1]), protocol: "/p", kind: .probe, now: now)
+        }
+        #expect(throws: MessagingError.self) {
+            try machine.send(ByteBuffer(), protocol: "/p", mode: .unreliable, kind: .probe, now: now)
+        }
+    }
+
     @Test func unknownProtocolIntIsResetAndReInited() throws {
         // b forgets bindings after one entry: a's second protocol evicts the first.
         var limits = MessagingLimits()

@@ -78,6 +78,16 @@ struct MultipacketFrameCodecTests {
         #expect(try codec.decode(messagingBytes(encoded)) == [frame])
     }
 
+    @Test func probeExactBytes() throws {
+        let header = MultipacketMessageHeader(sequence: 4, reliable: true, kind: .probe)
+        let frame = MultipacketFrame.initiate(
+            transportId: 0, protocolName: "/a", protocolInt: 1, header: header, data: ByteBuffer())
+        let encoded = encode([frame])
+        // type, transportId, "/a", protocolInt, seq 4, flags reliable|probe (0x07), data length 0
+        #expect(encoded == [0x01, 0x00, 0x00, 0x02, 0x2F, 0x61, 0x00, 0x01, 0x04, 0x07, 0x00])
+        #expect(try codec.decode(messagingBytes(encoded)) == [frame])
+    }
+
     @Test func unknownFrameTypeRejectsWholePayload() {
         let good = encode([.transportAck(transportId: 1)])
         expectError(good + [0x06], .unknownFrameType)
@@ -91,7 +101,10 @@ struct MultipacketFrameCodecTests {
         expectError([0x01, 0x00, 0x00, 0x00], .malformedFrame)  // empty protocol name
         expectError([0x01, 0x00, 0x00, 0x02, 0xC3, 0x28, 0x00, 0x01, 0x00, 0x00, 0x00], .malformedFrame)  // bad UTF-8
         expectError([0x03, 0x00, 0x01, 0x00, 0x10, 0x00], .malformedFrame)  // reserved flag bit
-        expectError([0x03, 0x00, 0x01, 0x00, 0x06, 0x00, 0x00], .malformedFrame)  // kind bits 11
+        expectError([0x03, 0x00, 0x01, 0x00, 0x06, 0x00], .malformedFrame)  // probe (kind 11) unreliable
+        expectError([0x03, 0x00, 0x01, 0x00, 0x07, 0x01, 0xAA], .malformedFrame)  // probe with data
+        // fragmented probe
+        expectError([0x03, 0x00, 0x01, 0x02, 0x0F, 0x00, 0x02, 0x02, 0x01, 0x00], .malformedFrame)
         // unreliable fragment
         expectError([0x03, 0x00, 0x01, 0x00, 0x08, 0x00, 0x02, 0x02, 0x01, 0x00], .malformedFrame)
         expectError([0x03, 0x00, 0x01, 0x00, 0x01, 0x05], .malformedFrame)  // data length past the end
