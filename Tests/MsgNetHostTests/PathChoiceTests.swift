@@ -58,7 +58,9 @@ struct PathChoiceTests {
 
     @Test("UDP is preferred when the peer has both addresses")
     func prefersUDP() async throws {
-        let a = Self.dualHost()
+        // The preference is under test, not the deadline: a generous one keeps a stalled CI
+        // machine from falling back to TCP.
+        let a = Self.dualHost(connectTimeout: .seconds(10))
         let b = Self.dualHost()
         let paths = NIOLockedValueBox<[MessagePath?]>([])
         b.setMessageHandler(for: "/p/1") { message in
