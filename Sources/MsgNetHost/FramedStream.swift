@@ -58,7 +58,7 @@ struct FramedReader {
                 if buffer.readableBytes == 0 { return .end }
                 throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
             case .success(let chunk?)?:
-                append(chunk)
+                buffer.appendChunk(chunk)
             }
         }
     }
@@ -73,19 +73,7 @@ struct FramedReader {
                 if buffer.readableBytes == 0 { return nil }
                 throw MessageError(.connectionClosed, "stream \(stream.protocolID) ended inside a message")
             }
-            append(chunk)
-        }
-    }
-
-    /// Adds bytes read from the stream behind what is buffered (taking the chunk as it is when
-    /// nothing is).
-    private mutating func append(_ chunk: ByteBuffer) {
-        if buffer.readableBytes == 0 {
-            buffer = chunk
-        } else {
-            var chunk = chunk
-            buffer.discardReadBytes()
-            buffer.writeBuffer(&chunk)
+            buffer.appendChunk(chunk)
         }
     }
 }

@@ -77,14 +77,10 @@ struct LazyReplyParser {
         return parse()
     }
 
-    /// Appends `bytes` to what is buffered; the usual case, an empty buffer, takes them without a copy.
+    /// Moves all of `bytes` behind what is buffered (without a copy when nothing is).
     private mutating func take(_ bytes: inout ByteBuffer) {
-        if buffer.readableBytes == 0 {
-            buffer = bytes
-            bytes.moveReaderIndex(to: bytes.writerIndex)
-        } else {
-            buffer.writeBuffer(&bytes)
-        }
+        buffer.appendChunk(bytes)
+        bytes.moveReaderIndex(to: bytes.writerIndex)
     }
 
     private mutating func parse() -> Outcome {

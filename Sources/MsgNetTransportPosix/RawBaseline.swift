@@ -94,17 +94,6 @@ package enum RawFramedBaseline {
         return payload
     }
 
-    /// Appends a received chunk to the unparsed bytes (no copy when nothing is pending).
-    static func accumulate(_ chunk: ByteBuffer, into buffer: inout ByteBuffer) {
-        if buffer.readableBytes == 0 {
-            buffer = chunk
-        } else {
-            var chunk = chunk
-            buffer.discardReadBytes()
-            buffer.writeBuffer(&chunk)
-        }
-    }
-
     /// Server side: each frame goes to `onFrame`; a returned buffer is written back as a frame
     /// (flushed once per read batch).
     final class ServerHandler: ChannelInboundHandler {
@@ -117,7 +106,7 @@ package enum RawFramedBaseline {
         init(onFrame: @escaping @Sendable (ByteBuffer) -> ByteBuffer?) { self.onFrame = onFrame }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            RawFramedBaseline.accumulate(unwrapInboundIn(data), into: &buffer)
+            buffer.appendChunk(unwrapInboundIn(data))
             do {
                 while let frame = try RawFramedBaseline.parse(&buffer) {
                     if let reply = onFrame(frame) {
@@ -163,7 +152,7 @@ package enum RawFramedBaseline {
         var pending = CircularBuffer<EventLoopPromise<ByteBuffer>>()
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            RawFramedBaseline.accumulate(unwrapInboundIn(data), into: &buffer)
+            buffer.appendChunk(unwrapInboundIn(data))
             do {
                 while let frame = try RawFramedBaseline.parse(&buffer) {
                     pending.popFirst()?.succeed(frame)
