@@ -86,6 +86,24 @@ struct LazyReplyParserTests {
         #expect((e2 as? StreamsError)?.code == .protocolViolation)
     }
 
+    @Test("random answers are refused or wait for more, never taken for a reply", arguments: [false, true])
+    func randomAnswers(fast: Bool) {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<500 {
+            var parser = Self.parser(maxSize: 64, fast: fast)
+            let count = Int.random(in: 1...200, using: &rng)
+            var b = ByteBuffer(bytes: (0..<count).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            if case .reply = parser.onBytes(&b) { Issue.record("random bytes were taken for a reply") }
+        }
+        // A right header with a garbage second line is refused, in either mode.
+        var parser = Self.parser(maxSize: 64, fast: fast)
+        var b = ByteBuffer(bytes: msFrame("/multistream/1.0.0") + [0x05, 0xFF, 0xFE, 0x00, 0x01, 0x0A])
+        guard case .failed = parser.onBytes(&b) else {
+            Issue.record("a malformed answer was not refused")
+            return
+        }
+    }
+
     @Test("a different protocol echoed is refused, not taken for ours", arguments: [false, true])
     func otherProtocolEchoed(fast: Bool) {
         var parser = Self.parser(maxSize: 64, fast: fast)
