@@ -446,6 +446,23 @@ import Testing
         }
     }
 
+    /// Ciphertexts shorter than a tag, and a bare tag that does not verify, are refused on both
+    /// paths without reading past the input.
+    @Test func truncatedCiphertextsAreRefused() throws {
+        let state = NoiseCipherState(key: [UInt8](repeating: 3, count: 32))
+        let sealed = try state.encrypt([1, 2, 3], nonce: 0)
+        for length in 0..<NoiseCipherState.tagLength + 3 where length != sealed.count {
+            let cut = Array(sealed.prefix(length))
+            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(cut, nonce: 0) }
+            #expect(throws: SecurityError.decryptFailed) { try state.decrypt(ByteBuffer(bytes: cut), nonce: 0) }
+        }
+        // The empty plaintext's ciphertext is just the tag: accepted, and empty.
+        let emptySealed = try state.encrypt([], nonce: 1)
+        #expect(emptySealed.count == NoiseCipherState.tagLength)
+        #expect(try state.decrypt(emptySealed, nonce: 1).isEmpty)
+        #expect(try state.decrypt(ByteBuffer(bytes: emptySealed), nonce: 1).readableBytes == 0)
+    }
+
     /// Copies of a cipher state share one libcrypto context; concurrent use must stay correct.
     @Test func sharedContextUnderConcurrentUse() async throws {
         let key = [UInt8](repeating: 9, count: 32)
