@@ -65,7 +65,14 @@ struct UDPSocket: DatagramSocket {
     var eventLoop: any EventLoop { channel.eventLoop }
 
     func write(_ datagram: ByteBuffer, to address: SocketAddress) {
-        channel.write(AddressedEnvelope(remoteAddress: address, data: datagram), promise: nil)
+        let envelope = AddressedEnvelope(remoteAddress: address, data: datagram)
+        if channel.eventLoop.inEventLoop {
+            // On the loop, through the synchronous pipeline with a concretely typed `NIOAny`: the
+            // generic `Channel.write` wraps its value after a dynamic cast per datagram.
+            channel.pipeline.syncOperations.write(NIOAny(envelope), promise: nil)
+        } else {
+            channel.write(envelope, promise: nil)
+        }
     }
 
     func flush() {
