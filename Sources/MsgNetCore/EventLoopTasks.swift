@@ -46,6 +46,9 @@ public final class InboundTaskSet: Sendable {
         var running = 0
         var closed = false
         var idleWaiters: [CheckedContinuation<Void, Never>] = []
+        /// One executor per loop, made on first use (a loop is a long-lived object; a program
+        /// has a handful).
+        var executors: [ObjectIdentifier: EventLoopTaskExecutor] = [:]
     }
     private let state = NIOLockedValueBox(State())
 
@@ -70,12 +73,16 @@ public final class InboundTaskSet: Sendable {
         immediately: Bool = false,
         _ body: @escaping @Sendable () async -> Void
     ) -> Bool {
-        let admitted = state.withLockedValue { s -> Bool in
-            guard !s.closed else { return false }
+        let admitted = state.withLockedValue { s -> EventLoopTaskExecutor? in
+            guard !s.closed else { return nil }
             s.running += 1
-            return true
+            let key = ObjectIdentifier(loop)
+            if let executor = s.executors[key] { return executor }
+            let executor = EventLoopTaskExecutor(loop)
+            s.executors[key] = executor
+            return executor
         }
-        guard admitted else { return false }
+        guard let executor = admitted else { return false }
         switch execution {
         case .concurrent:
             Task(executorPreference: globalConcurrentExecutor) {
@@ -83,7 +90,6 @@ public final class InboundTaskSet: Sendable {
                 self.finished()
             }
         case .eventLoop:
-            let executor = EventLoopTaskExecutor(loop)
             if immediately, loop.inEventLoop, #available(macOS 26, *) {
                 Task.immediate(executorPreference: executor) {
                     await body()
