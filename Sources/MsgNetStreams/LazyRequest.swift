@@ -129,95 +129,152 @@ extension StreamHost {
         first.writeImmutableBuffer(frame)
         let out = first
         let initialMachine = machine
-        let exchange = RequestExchange(promise: loop.makePromise(of: ByteBuffer.self))
-        loop.execute {
-            let stream: MplexStream
-            do {
-                stream = try muxer.openStreamOnEventLoop(flush: false)
-            } catch let error as MplexError where error.code == .tooManyStreams {
-                exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
-                return
-            } catch {
-                exchange.finish(.failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
-                return
-            }
-            exchange.stream.withLockedValue { $0 = stream }
-            if exchange.isFinished {
-                // Cancelled before the stream existed.
-                stream.resetOnEventLoop()
-                return
-            }
-            let deadlines = record.requestDeadlines
-            let token = deadlines.add(deadline) {
-                exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
-                stream.resetOnEventLoop()
-            }
-            exchange.promise.futureResult.whenComplete { _ in deadlines.remove(token) }
-            let parser = NIOLoopBoundBox(
-                LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), eventLoop: loop)
-            stream.setInboundHandler { event in
-                switch event {
-                case .data(var bytes):
-                    switch parser.value.onBytes(&bytes) {
-                    case .needMore:
-                        break
-                    case .reply(let reply):
-                        exchange.finish(.success(reply))
-                    case .failed(let error):
-                        exchange.finish(.failure(error))
-                        stream.resetOnEventLoop()
-                    }
-                case .remoteClosed:
-                    // The usual end after the reply: no error to build.
-                    guard !exchange.isFinished else { return }
-                    if parser.value.negotiated {
-                        exchange.finish(
-                            .failure(
-                                StreamsError(
-                                    .protocolViolation, "\(peer) closed the \(protocolID) stream without replying")))
-                    } else {
-                        exchange.finish(
-                            .failure(StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")))
-                    }
-                case .reset(let error):
-                    guard !exchange.isFinished else { return }
-                    exchange.finish(
-                        .failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)")))
+        let exchange = RequestExchange(deadlines: record.requestDeadlines)
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
+                exchange.attach(continuation)
+                loop.execute {
+                    Self.startRequest(
+                        exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
+                        machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
                 }
             }
-            // The request and our half-close leave in one flush.
-            stream.writeOnEventLoop(out, flush: false, promise: nil)
-            stream.closeWriteOnEventLoop(promise: nil)
-        }
-        return try await withTaskCancellationHandler {
-            try await exchange.promise.futureResult.get()
         } onCancel: {
             loop.execute {
                 exchange.finish(.failure(CancellationError()))
-                exchange.stream.withLockedValue { $0 }?.resetOnEventLoop()
+                exchange.stream?.resetOnEventLoop()
             }
         }
     }
+
+    /// The event-loop part of ``request(to:protocolID:frame:maxReplySize:deadline:)``: opens the
+    /// stream, arms the deadline, installs the reply parser and writes the request.
+    private static func startRequest(
+        _ exchange: RequestExchange,
+        muxer: MplexConnection,
+        peer: PeerID,
+        protocolID: String,
+        out: ByteBuffer,
+        proposal: ByteBuffer,
+        machine initialMachine: MultistreamMachine,
+        maxReplySize: Int,
+        deadline: NIODeadline
+    ) {
+        let loop = muxer.eventLoop
+        if exchange.isFinished { return }  // cancelled before the stream existed
+        let stream: MplexStream
+        do {
+            stream = try muxer.openStreamOnEventLoop(flush: false)
+        } catch let error as MplexError where error.code == .tooManyStreams {
+            exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
+            return
+        } catch {
+            exchange.finish(.failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
+            return
+        }
+        exchange.stream = stream
+        exchange.deadlineToken = exchange.deadlines.add(deadline) {
+            exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
+            stream.resetOnEventLoop()
+        }
+        let parser = NIOLoopBoundBox(
+            LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), eventLoop: loop)
+        stream.setInboundHandler { event in
+            switch event {
+            case .data(var bytes):
+                switch parser.value.onBytes(&bytes) {
+                case .needMore:
+                    break
+                case .reply(let reply):
+                    exchange.finish(.success(reply))
+                case .failed(let error):
+                    exchange.finish(.failure(error))
+                    stream.resetOnEventLoop()
+                }
+            case .remoteClosed:
+                // The usual end after the reply: no error to build.
+                guard !exchange.isFinished else { return }
+                if parser.value.negotiated {
+                    exchange.finish(
+                        .failure(
+                            StreamsError(
+                                .protocolViolation, "\(peer) closed the \(protocolID) stream without replying")))
+                } else {
+                    exchange.finish(
+                        .failure(StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")))
+                }
+            case .reset(let error):
+                guard !exchange.isFinished else { return }
+                exchange.finish(
+                    .failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)")))
+            }
+        }
+        // The request and our half-close leave in one flush.
+        stream.writeOnEventLoop(out, flush: false, promise: nil)
+        stream.closeWriteOnEventLoop(promise: nil)
+    }
 }
 
-/// The promise of one request and its stream; completed once, on the event loop.
+/// One request's outcome, its stream and its deadline. The caller's continuation is attached
+/// before the request starts on the loop; ``finish(_:)`` (on the loop) resumes it once, with the
+/// first outcome (reply, error, timeout or cancellation).
 private final class RequestExchange: Sendable {
-    let promise: EventLoopPromise<ByteBuffer>
-    let stream = NIOLockedValueBox<MplexStream?>(nil)
-    private let finished = NIOLockedValueBox(false)
+    private struct State {
+        var continuation: UnsafeContinuation<ByteBuffer, any Error>?
+        /// An outcome that came before the continuation was attached (cancelled at once).
+        var early: Result<ByteBuffer, any Error>?
+        var finished = false
+        var stream: MplexStream?
+        var deadlineToken: UInt64?
+    }
+    /// The connection's request deadlines (loop-confined).
+    let deadlines: RequestDeadlines
+    private let state = NIOLockedValueBox(State())
 
-    init(promise: EventLoopPromise<ByteBuffer>) {
-        self.promise = promise
+    init(deadlines: RequestDeadlines) {
+        self.deadlines = deadlines
+    }
+
+    /// Hands the exchange the caller's continuation; resumes it at once when the outcome is
+    /// already known.
+    func attach(_ continuation: UnsafeContinuation<ByteBuffer, any Error>) {
+        let early = state.withLockedValue { s -> Result<ByteBuffer, any Error>? in
+            guard s.finished else {
+                s.continuation = continuation
+                return nil
+            }
+            return s.early
+        }
+        if let early { continuation.resume(with: early) }
     }
 
     /// Whether the exchange already has its outcome.
-    var isFinished: Bool { finished.withLockedValue { $0 } }
+    var isFinished: Bool { state.withLockedValue { $0.finished } }
 
+    /// The request's stream, once opened.
+    var stream: MplexStream? {
+        get { state.withLockedValue { $0.stream } }
+        set { state.withLockedValue { $0.stream = newValue } }
+    }
+
+    /// The request's entry in ``deadlines``, removed when the exchange finishes.
+    var deadlineToken: UInt64? {
+        get { state.withLockedValue { $0.deadlineToken } }
+        set { state.withLockedValue { $0.deadlineToken = newValue } }
+    }
+
+    /// Sets the outcome (the first call wins) and resumes the caller. On the event loop.
     func finish(_ result: Result<ByteBuffer, any Error>) {
-        let first = finished.withLockedValue { done -> Bool in
-            defer { done = true }
-            return !done
+        let (continuation, token, first) = state.withLockedValue {
+            s -> (UnsafeContinuation<ByteBuffer, any Error>?, UInt64?, Bool) in
+            guard !s.finished else { return (nil, nil, false) }
+            s.finished = true
+            defer { s.continuation = nil }
+            if s.continuation == nil { s.early = result }
+            return (s.continuation, s.deadlineToken, true)
         }
-        if first { promise.completeWith(result) }
+        guard first else { return }
+        if let token { deadlines.remove(token) }
+        continuation?.resume(with: result)
     }
 }
