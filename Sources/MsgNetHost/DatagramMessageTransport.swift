@@ -58,6 +58,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
     /// Handlers of inbound messages, started on the event loop; `run()` waits for them.
     private let handlerTasks = InboundTaskSet()
+    /// The last request id handed out (ids are unique per transport, taken by the caller).
+    private let requestIDs = Atomic<UInt64>(0)
 
     /// Requests on this reserved protocol name carry errors back to a requester: the payload is
     /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
@@ -318,21 +320,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         -> Message
     {
         let session = try await ensureSession(peer)
-        let id = NIOLockedValueBox<UInt64?>(nil)
+        // The id is taken here, so cancellation needs no shared box to find the request. (A
+        // cancellation that reaches the loop before the request started finds nothing: the
+        // host checks for cancellation before it calls this.)
+        let rid = requestIDs.add(1, ordering: .relaxed).newValue
         return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Message, any Error>) in
+            // Unsafe (unchecked) continuation: `Core.finishRequest` resumes each request once,
+            // after removing it from `requests`.
+            try await withUnsafeThrowingContinuation { (c: UnsafeContinuation<Message, any Error>) in
                 loop.execute {
-                    id.withLockedValue {
-                        $0 = self.startRequest(
-                            data, protocol: `protocol`, session: session, peer: peer, timeout: timeout, continuation: c)
-                    }
+                    self.startRequest(
+                        data, id: rid, protocol: `protocol`, session: session, peer: peer, timeout: timeout,
+                        continuation: c)
                 }
             }
         } onCancel: {
             loop.execute {
-                if let rid = id.withLockedValue({ $0 }) {
-                    self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled")))
-                }
+                self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled")))
             }
         }
     }
@@ -586,16 +590,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     private func startRequest(
-        _ data: ByteBuffer, protocol name: String, session: SessionID, peer: PeerID, timeout: TimeAmount,
-        continuation: CheckedContinuation<Message, any Error>
-    ) -> UInt64? {
+        _ data: ByteBuffer, id rid: UInt64, protocol name: String, session: SessionID, peer: PeerID,
+        timeout: TimeAmount, continuation: UnsafeContinuation<Message, any Error>
+    ) {
         let core = core.value
         guard let index = core.machines.index(forKey: session) else {
             continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
-            return nil
+            return
         }
-        core.nextRequestID &+= 1
-        let rid = core.nextRequestID
         do {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
@@ -611,10 +613,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
             // raw socket write would, rather than after a flush job queued behind it.
             flushSockets()
-            return rid
         } catch {
             continuation.resume(throwing: Self.map(error))
-            return nil
         }
     }
 
@@ -913,7 +913,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let session: SessionID
             let peer: PeerID
             let sendID: MessagingSendID
-            let continuation: CheckedContinuation<Message, any Error>
+            let continuation: UnsafeContinuation<Message, any Error>
             /// The request's entry in `requestDeadlines`.
             let deadlineToken: UInt64
         }
@@ -932,7 +932,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var requests: [UInt64: PendingRequest] = [:]
         /// The requests' timeouts, on one timer.
         let requestDeadlines: RequestDeadlines
-        var nextRequestID: UInt64 = 0
         var tableWakeup: NIODeadline?
         var machineWakeups: [SessionID: NIODeadline] = [:]
         var timer: Scheduled<Void>?
