@@ -497,6 +497,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func onDatagram(_ data: ByteBuffer, from path: UDPPath) {
         let core = core.value
+        core.inReadBatch = true
         // Backpressure: while the host has too many undelivered messages, drop datagrams before
         // they are acknowledged; reliable senders retransmit.
         if core.pendingInbound >= configuration.maxPendingInbound {
@@ -509,6 +510,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Writes what the sockets hold.
     func flushSockets() {
         let core = core.value
+        core.inReadBatch = false
+        core.flushedInBatch = false
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
     }
@@ -658,7 +661,16 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             case .send(let datagram, let path):
                 guard path.socket >= 0, path.socket < core.sockets.count else { continue }
                 core.sockets[path.socket].write(datagram, to: path.remote)
-                core.dirtySockets.insert(path.socket)
+                if core.inReadBatch, !core.flushedInBatch {
+                    // The first datagram a read batch causes (typically a handler's reply)
+                    // leaves at once: a lone request is answered without waiting for the rest of
+                    // the batch. Later ones wait for the batch's end and leave together, so a busy
+                    // socket makes at most one extra write call per read batch.
+                    core.flushedInBatch = true
+                    core.sockets[path.socket].flush()
+                } else {
+                    core.dirtySockets.insert(path.socket)
+                }
             case .deliver(let payload, let peer, let session):
                 guard let index = core.machines.index(forKey: session) else { continue }
                 let result = core.machines.values[index].onPayload(payload, now: .now())
@@ -921,6 +933,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var table: SessionTable<UDPPath>
         var sockets: [any DatagramSocket] = []
         var dirtySockets = Set<Int>()
+        /// A socket read batch is being handled (from its first datagram to its flush).
+        var inReadBatch = false
+        /// The first datagram written during the current read batch has been flushed.
+        var flushedInBatch = false
         /// Session events happened since the counters were last published (see `countersChanged()`).
         var countersStale = false
         var machines: [SessionID: MessagingMachine] = [:]
