@@ -149,6 +149,7 @@ public struct MultistreamMachine: Sendable {
         case .finished, .failed, .idle: return []
         case .awaitingHeader, .awaitingReply, .awaitingList, .awaitingProposal: break
         }
+        if let accepted = acceptAtOnce(&input) { return accepted }
 
         var source: ByteBuffer
         if pending.readableBytes == 0 {
@@ -181,6 +182,38 @@ public struct MultistreamMachine: Sendable {
         if out.readableBytes > 0 { actions.append(.send(out)) }
         if let outcome { actions.append(outcome) }
         return actions
+    }
+
+    /// The bytes of the header frame: `0x13 "/multistream/1.0.0\n"`.
+    private static let headerFrame = Array(("\u{13}" + MultistreamCodec.header + "\n").utf8)
+
+    /// The responder's shortcut for the common case: the peer's header and a supported proposal
+    /// arrive together (a lazy initiator sends them with its first data). The answer is then
+    /// exactly the bytes received — the header and the proposal, echoed — so it is sent as a
+    /// slice of the input, without parsing lines or encoding them again. The outcome and the
+    /// output bytes are the same as the frame-by-frame path's; anything else (`ls`, an
+    /// unsupported protocol, a two-byte length prefix, a partial frame, bytes held from an earlier
+    /// call) takes that path.
+    private mutating func acceptAtOnce(_ input: inout ByteBuffer) -> [Action]? {
+        guard case .awaitingHeader = state, case .responder(let selector, _, let maxMessages) = role,
+            maxMessages > 0, pending.readableBytes == 0
+        else { return nil }
+        let view = input.readableBytesView
+        let h = Self.headerFrame.count
+        guard view.count > h, view.prefix(h).elementsEqual(Self.headerFrame) else { return nil }
+        let length = Int(view[view.startIndex + h])
+        // A one-byte prefix (so the echo is the canonical encoding), a body and its newline.
+        guard length >= 2, length < 0x80, view.count >= h + 1 + length,
+            view[view.startIndex + h + length] == UInt8(ascii: "\n"),
+            let body = input.getSlice(at: input.readerIndex + h + 1, length: length - 1),
+            let proposal = try? MultistreamCodec.validatedString(body),
+            proposal != MultistreamCodec.listRequest, selector.select(proposal) != nil
+        else { return nil }
+        let echo = input.readSlice(length: h + 1 + length)!
+        let rest = input
+        input.moveReaderIndex(forwardBy: input.readableBytes)
+        state = .finished
+        return [.send(echo), .negotiated(proposal, leftover: rest)]
     }
 
     /// The caller's negotiation timer fired: fails the negotiation unless it already ended.

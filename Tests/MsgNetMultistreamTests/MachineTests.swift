@@ -278,3 +278,59 @@ struct MachineBackToBackTests {
         #expect(Array(c.toResponder[headerFrame.count..<(headerFrame.count + 2)]) == [0x80, 0x08])
     }
 }
+
+/// The responder's shortcut (header and a supported proposal in one read, answered with the
+/// received bytes) must behave exactly as the frame-by-frame path: `feedAllSplits` feeds each
+/// input whole (the shortcut) and byte by byte and split (the frame path) and compares.
+@Suite("MultistreamMachine responder shortcut")
+struct ResponderShortcutTests {
+    static let selector = ProtocolSelector(["/kv/1.0.0", "/ünï/1"])
+
+    @Test("a supported proposal with data after it: echo of header and proposal, data as leftover")
+    func accepted() {
+        let input = headerFrame + frame("/kv/1.0.0") + [0x03, 0x61, 0x62, 0x63]
+        let outcome = feedAllSplits(.responder(selector: Self.selector), input)
+        #expect(outcome.sent == headerFrame + frame("/kv/1.0.0"))
+        #expect(outcome.events == [.negotiated("/kv/1.0.0")])
+        #expect(outcome.trailing == [0x03, 0x61, 0x62, 0x63])
+        // Non-ASCII ids are echoed byte for byte too.
+        let unicode = feedAllSplits(.responder(selector: Self.selector), headerFrame + frame("/ünï/1"))
+        #expect(unicode.sent == headerFrame + frame("/ünï/1"))
+        #expect(unicode.events == [.negotiated("/ünï/1")])
+    }
+
+    @Test(
+        "inputs the shortcut must leave to the frame path give the frame path's outcome",
+        arguments: [
+            // unsupported: header echoed, then na, still waiting
+            headerFrame + frame("/other/1.0.0"),
+            // ls
+            headerFrame + frame("ls"),
+            // a two-byte (non-minimal) length prefix for the proposal
+            headerFrame + [0x8A, 0x00] + utf8("/kv/1.0.0") + [0x0A],
+            // the proposal's newline missing
+            headerFrame + [0x0A] + utf8("/kv/1.0.0") + [0x20],
+            // invalid UTF-8
+            headerFrame + [0x03, 0xFF, 0xFE, 0x0A],
+            // a wrong header
+            frame("/multistream/2.0.0") + frame("/kv/1.0.0"),
+            // an empty proposal (just the newline) and a zero length
+            headerFrame + [0x01, 0x0A],
+            headerFrame + [0x00],
+            // the header alone, and a partial proposal
+            headerFrame,
+            headerFrame + [0x0A] + utf8("/kv/1"),
+        ])
+    func leftToFramePath(input: [UInt8]) {
+        // feedAllSplits checks whole == byte by byte == every split.
+        let outcome = feedAllSplits(.responder(selector: Self.selector), input)
+        #expect(!outcome.isNegotiated)
+    }
+
+    @Test("with no proposals allowed, the responder does not accept through the shortcut")
+    func noProposalsAllowed() {
+        let machine = MultistreamMachine.responder(selector: Self.selector, answerLs: true, maxMessages: 0)
+        let outcome = feedAllSplits(machine, headerFrame + frame("/kv/1.0.0"))
+        #expect(!outcome.isNegotiated)
+    }
+}
