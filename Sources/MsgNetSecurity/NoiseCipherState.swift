@@ -95,14 +95,25 @@ public struct NoiseCipherState: Sendable {
         ad: [UInt8] = [],
         into output: inout ByteBuffer
     ) throws(SecurityError) {
+        let result = ad.withUnsafeBytes { ad in
+            Result { () throws(SecurityError) in try encrypt(plaintext, nonce: nonce, adBytes: ad, into: &output) }
+        }
+        try result.get()
+    }
+
+    /// Like ``encrypt(_:nonce:ad:into:)-(ByteBuffer,_,_,_)``, with the associated data given as
+    /// raw bytes (a header kept on the stack, without an array).
+    public func encrypt(
+        _ plaintext: ByteBuffer,
+        nonce: UInt64,
+        adBytes ad: UnsafeRawBufferPointer,
+        into output: inout ByteBuffer
+    ) throws(SecurityError) {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
         let size = plaintext.readableBytes + Self.tagLength
         output.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
             plaintext.withUnsafeReadableBytes { input in
-                ad.withUnsafeBytes { ad in
-                    context.seal(
-                        input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
-                }
+                context.seal(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
             }
             return size
         }
@@ -128,6 +139,17 @@ public struct NoiseCipherState: Sendable {
 
     /// Decrypts the readable bytes of `ciphertext` with an explicit `nonce`.
     public func decrypt(_ ciphertext: ByteBuffer, nonce: UInt64, ad: [UInt8] = []) throws(SecurityError) -> ByteBuffer {
+        let result = ad.withUnsafeBytes { ad in
+            Result { () throws(SecurityError) in try decrypt(ciphertext, nonce: nonce, adBytes: ad) }
+        }
+        return try result.get()
+    }
+
+    /// Like ``decrypt(_:nonce:ad:)-(ByteBuffer,_,_)``, with the associated data given as raw bytes
+    /// (a slice of the received datagram, without an array).
+    public func decrypt(
+        _ ciphertext: ByteBuffer, nonce: UInt64, adBytes ad: UnsafeRawBufferPointer
+    ) throws(SecurityError) -> ByteBuffer {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
         guard ciphertext.readableBytes >= Self.tagLength else { throw .decryptFailed }
         let size = ciphertext.readableBytes - Self.tagLength
@@ -136,10 +158,7 @@ public struct NoiseCipherState: Sendable {
         var verified = false
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
             verified = ciphertext.withUnsafeReadableBytes { input in
-                ad.withUnsafeBytes { ad in
-                    context.open(
-                        input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
-                }
+                context.open(input, nonce: nonce, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: out[..<size]))
             }
             // Unverified bytes never become readable.
             return verified ? size : 0

@@ -322,7 +322,9 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         }
         let payload: ByteBuffer
         do {
-            payload = try receiver.decrypt(packet.ciphertext, nonce: packet.packetNumber, ad: packet.header)
+            payload = try packet.header.withUnsafeReadableBytes { ad in
+                try receiver.decrypt(packet.ciphertext, nonce: packet.packetNumber, adBytes: ad)
+            }
         } catch {
             counters.decryptFailed += 1
             return
@@ -570,12 +572,13 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         let size = SessionTransportPacket.overhead + payload.readableBytes
         guard spendBudget(size, on: target) else { return }
         nextPacketNumber += 1
-        let header = SessionPacketCodec.transportHeader(type, destination: remoteID, packetNumber: number)
+        let header = SessionTransportHeader(type, destination: remoteID, packetNumber: number)
         var datagram = ByteBuffer()
         datagram.reserveCapacity(size)
-        datagram.writeBytes(header)
+        _ = header.withUnsafeBytes { datagram.writeBytes($0) }
         do {
-            try sender.encrypt(payload, nonce: number, ad: header, into: &datagram)
+            try header.withUnsafeBytes { ad in try sender.encrypt(payload, nonce: number, adBytes: ad, into: &datagram)
+            }
         } catch {
             close(.packetNumbersExhausted, now: now, actions: &actions, notifyPeer: false)
             return

@@ -46,8 +46,8 @@ struct SessionTransportPacket: Sendable {
     var type: SessionPacketType
     var destination: SessionID
     var packetNumber: UInt64
-    /// The 15 header bytes (the AEAD associated data).
-    var header: [UInt8]
+    /// The 15 header bytes (the AEAD associated data), a slice of the datagram.
+    var header: ByteBuffer
     var ciphertext: ByteBuffer
 }
 
@@ -102,7 +102,7 @@ enum SessionPacketCodec {
         guard size >= SessionTransportPacket.overhead else {
             throw .malformed("transport packet of \(size) bytes, need at least \(SessionTransportPacket.overhead)")
         }
-        let header = datagram.getBytes(at: datagram.readerIndex, length: SessionTransportPacket.headerLength)!
+        let header = datagram.getSlice(at: datagram.readerIndex, length: SessionTransportPacket.headerLength)!
         let destination = buffer.readInteger(as: UInt64.self)!
         let high = UInt64(buffer.readInteger(as: UInt16.self)!)
         let low = UInt64(buffer.readInteger(as: UInt32.self)!)
@@ -142,18 +142,33 @@ enum SessionPacketCodec {
     }
 
     static func transportHeader(_ type: SessionPacketType, destination: SessionID, packetNumber: UInt64) -> [UInt8] {
-        let d = destination.rawValue
-        let p = packetNumber
-        return [
-            type.rawValue,
-            UInt8(truncatingIfNeeded: d >> 56), UInt8(truncatingIfNeeded: d >> 48),
-            UInt8(truncatingIfNeeded: d >> 40), UInt8(truncatingIfNeeded: d >> 32),
-            UInt8(truncatingIfNeeded: d >> 24), UInt8(truncatingIfNeeded: d >> 16),
-            UInt8(truncatingIfNeeded: d >> 8), UInt8(truncatingIfNeeded: d),
-            UInt8(truncatingIfNeeded: p >> 40), UInt8(truncatingIfNeeded: p >> 32),
-            UInt8(truncatingIfNeeded: p >> 24), UInt8(truncatingIfNeeded: p >> 16),
-            UInt8(truncatingIfNeeded: p >> 8), UInt8(truncatingIfNeeded: p),
-        ]
+        SessionTransportHeader(type, destination: destination, packetNumber: packetNumber).withUnsafeBytes { Array($0) }
+    }
+}
+
+/// The 15 header bytes of a transport packet (type, destination id, 48-bit packet number, big
+/// endian), kept on the stack: they are written into the datagram and are the AEAD's associated
+/// data, with no array allocated per packet.
+struct SessionTransportHeader {
+    private var storage: (UInt64, UInt64) = (0, 0)
+
+    init(_ type: SessionPacketType, destination: SessionID, packetNumber: UInt64) {
+        Swift.withUnsafeMutableBytes(of: &storage) { bytes in
+            bytes[0] = type.rawValue
+            bytes.storeBytes(of: destination.rawValue.bigEndian, toByteOffset: 1, as: UInt64.self)
+            let number = packetNumber.bigEndian
+            Swift.withUnsafeBytes(of: number) { n in
+                // The low 48 bits: the last six bytes of the big-endian 64-bit value.
+                for i in 0..<6 { bytes[9 + i] = n[2 + i] }
+            }
+        }
+    }
+
+    /// Calls `body` with the 15 header bytes.
+    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try Swift.withUnsafeBytes(of: storage) { all in
+            try body(UnsafeRawBufferPointer(rebasing: all[..<SessionTransportPacket.headerLength]))
+        }
     }
 }
 
