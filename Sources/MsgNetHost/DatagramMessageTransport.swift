@@ -320,14 +320,19 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         -> Message
     {
         let session = try await ensureSession(peer)
-        // The id is taken here, so cancellation needs no shared box to find the request. (A
-        // cancellation that reaches the loop before the request started finds nothing: the
-        // host checks for cancellation before it calls this.)
+        // The id is taken here, so cancellation needs no shared box to find the request.
         let rid = requestIDs.add(1, ordering: .relaxed).newValue
         return try await withTaskCancellationHandler {
             // Unsafe (unchecked) continuation: `Core.finishRequest` resumes each request once,
             // after removing it from `requests`.
             try await withUnsafeThrowingContinuation { (c: UnsafeContinuation<Message, any Error>) in
+                // A task cancelled already (while its session was being set up, say) ran the
+                // cancellation handler at once: that job reaches the loop before the request
+                // and finds nothing to cancel, so the request must not start.
+                if Task.isCancelled {
+                    c.resume(throwing: MessageError(.cancelled, "request cancelled"))
+                    return
+                }
                 loop.execute {
                     self.startRequest(
                         data, id: rid, protocol: `protocol`, session: session, peer: peer, timeout: timeout,

@@ -473,6 +473,29 @@ struct HandlerSuite {
         }
     }
 
+    @Test("a path's request from an already cancelled task fails with cancelled", arguments: TransportFactory.all)
+    func requestFromCancelledTask(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        b.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            _ = try await a.request(bytes("warm"), to: b.peerID, protocol: "/echo/1")
+            // The transport itself, so the host's own check before it does not answer first: the
+            // cancellation handler then runs before the request reaches the event loop.
+            let transport = a.transports[0]
+            let peer = b.peerID
+            let task = Task {
+                withUnsafeCurrentTask { $0?.cancel() }
+                return try await transport.request(
+                    ByteBuffer(bytes: [1]), to: peer, protocol: "/echo/1", timeout: .seconds(10))
+            }
+            await #expect {
+                _ = try await task.value
+            } throws: { code($0) == .cancelled }
+        }
+    }
+
     @Test("a handler's reply to a plain send reaches our handler of the protocol", arguments: TransportFactory.all)
     func replyOnOutboundStream(factory: TransportFactory) async throws {
         let a = factory.host()
