@@ -60,6 +60,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private let handlerTasks = InboundTaskSet()
     /// The last request id handed out (ids are unique per transport, taken by the caller).
     private let requestIDs = Atomic<UInt64>(0)
+    /// The last token handed to a send (it finds the send when its caller is cancelled).
+    private let sendTokens = Atomic<UInt64>(0)
 
     /// Requests on this reserved protocol name carry errors back to a requester: the payload is
     /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
@@ -308,10 +310,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let session = try await ensureSession(peer)
         if mode == .unreliable, queueUnreliable(data, protocol: `protocol`, session: session) { return }
         let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            loop.execute {
-                self.startSend(data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, continuation: c)
+        // Cancelling stops the wait for the acknowledgement, not the delivery: the message stays
+        // queued in the session and may still arrive (outcome unknown).
+        let token = sendTokens.add(1, ordering: .relaxed).newValue
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                if Task.isCancelled {
+                    c.resume(throwing: MessageError(.cancelled, "send cancelled"))
+                    return
+                }
+                loop.execute {
+                    self.startSend(
+                        data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, token: token,
+                        continuation: c)
+                }
             }
+        } onCancel: {
+            loop.execute { self.cancelSend(token, session: session) }
         }
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
@@ -542,7 +557,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func startSend(
         _ data: ByteBuffer, protocol name: String, mode: MessagingDeliveryMode, kind: MessagingMessageKind,
-        session: SessionID, continuation: CheckedContinuation<Void, any Error>?
+        session: SessionID, token: UInt64 = 0, continuation: CheckedContinuation<Void, any Error>?
     ) {
         let core = core.value
         guard let index = core.machines.index(forKey: session) else {
@@ -555,7 +570,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: mode, kind: kind, now: .now())
             if mode == .reliable, let continuation {
-                core.pendingSends[session, default: [:]][result.id] = continuation
+                core.pendingSends[session, default: [:]][result.id] = Core.PendingSend(
+                    token: token, continuation: continuation)
             }
             perform(result.actions, session: session)
             scheduleFlush()
@@ -568,6 +584,20 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 logger.debug("unreliable message not sent", metadata: ["protocol": "\(name)", "error": "\(error)"])
             }
         }
+    }
+
+    /// Reliable sends waiting for their acknowledgement, over every session (for tests).
+    package func reliableSendsWaiting() async -> Int {
+        (try? await loop.submit { self.core.value.pendingSends.values.reduce(0) { $0 + $1.count } }.get()) ?? 0
+    }
+
+    /// Fails the reliable send `token` of `session` with `cancelled`, if it still waits (on the loop).
+    private func cancelSend(_ token: UInt64, session: SessionID) {
+        let core = core.value
+        guard let entry = core.pendingSends[session]?.first(where: { $0.value.token == token }) else { return }
+        core.pendingSends[session]?.removeValue(forKey: entry.key)
+        entry.value.continuation.resume(
+            throwing: MessageError(.cancelled, "send cancelled before its acknowledgement; outcome unknown"))
     }
 
     /// Sends the queued unreliable messages (on the loop).
@@ -706,11 +736,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             case .deliver(let inbound):
                 deliver(inbound, session: session)
             case .delivered(let id):
-                core.pendingSends[session]?.removeValue(forKey: id)?.resume()
+                core.pendingSends[session]?.removeValue(forKey: id)?.continuation.resume()
             case .failed(let id, let error):
                 let mapped = Self.map(error)
-                if let c = core.pendingSends[session]?.removeValue(forKey: id) {
-                    c.resume(throwing: mapped)
+                if let send = core.pendingSends[session]?.removeValue(forKey: id) {
+                    send.continuation.resume(throwing: mapped)
                 } else if let rid = core.requests.first(where: { $0.value.session == session && $0.value.sendID == id }
                 )?.key {
                     core.finishRequest(rid, .failure(mapped))
@@ -851,7 +881,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             _ = machine.close()
         }
         let error = MessageError(.connectionClosed, "the datagram session closed (\(reason)); outcome unknown")
-        for (_, c) in core.pendingSends.removeValue(forKey: session) ?? [:] { c.resume(throwing: error) }
+        for (_, send) in core.pendingSends.removeValue(forKey: session) ?? [:] {
+            send.continuation.resume(throwing: error)
+        }
         for rid in core.requests.filter({ $0.value.session == session }).map(\.key) {
             core.finishRequest(rid, .failure(error))
         }
@@ -949,7 +981,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var connections: [SessionID: MessageConnection] = [:]
         var pendingConnects: [SessionID: [ConnectWaiter]] = [:]
         var waitingForPeer: [PeerID: [ConnectWaiter]] = [:]
-        var pendingSends: [SessionID: [MessagingSendID: CheckedContinuation<Void, any Error>]] = [:]
+        /// A reliable send waiting for its acknowledgement; `token` lets a cancelled caller find it.
+        struct PendingSend {
+            let token: UInt64
+            let continuation: CheckedContinuation<Void, any Error>
+        }
+        var pendingSends: [SessionID: [MessagingSendID: PendingSend]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
         /// The requests' timeouts, on one timer.
         let requestDeadlines: RequestDeadlines
@@ -990,7 +1027,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             pendingConnects = [:]
             for (_, list) in waitingForPeer { for c in list { c.resume(throwing: error) } }
             waitingForPeer = [:]
-            for (_, sends) in pendingSends { for (_, c) in sends { c.resume(throwing: error) } }
+            for (_, sends) in pendingSends { for (_, send) in sends { send.continuation.resume(throwing: error) } }
             pendingSends = [:]
             for id in Array(requests.keys) { finishRequest(id, .failure(error)) }
         }

@@ -1,6 +1,7 @@
 import MsgNetCore
 import MsgNetHost
 import MsgNetStreams
+import MsgNetTransportPosix
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -340,6 +341,48 @@ struct HandlerSuite {
             }
             await handled.wait(atLeast: total)
             #expect(sent.value == total)
+        }
+    }
+
+    @Test("cancelling a reliable datagram send that waits for its acknowledgement fails it with cancelled")
+    func cancelWaitingDatagramSend() async throws {
+        let factory = TransportFactory.udp
+        let a = factory.host()
+        // b takes one undelivered message at most; while its handler holds it, b drops later
+        // datagrams before acknowledging them, so a's next reliable send waits for an ack that
+        // does not come (it would fail only at its 10 s deadline, with timedOut).
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        var configuration = DatagramTransportConfiguration()
+        configuration.maxPendingInbound = 1
+        let identity = PrivateKey.generate()
+        let bTransport = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop, configuration: configuration)
+        let b = MessageHost(identity: identity, transports: [bTransport], peerstore: Peerstore())
+        let holding = Signal()
+        let release = Signal()
+        b.setMessageHandler(for: "/slow/1") { _ in
+            holding.fire()
+            await release.wait()
+        }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send([1], to: b.peerID, protocol: "/slow/1")
+            await holding.wait()
+            let sending = Task { try await a.send([2], to: b.peerID, protocol: "/slow/1") }
+            let transport = try #require(a.transports.first as? DatagramMessageTransport)
+            // Cancel once the send waits on the loop (bounded by a count and the test's time limit).
+            var waiting = 0
+            for _ in 0..<100_000 where waiting == 0 {
+                waiting = await transport.reliableSendsWaiting()
+                if waiting == 0 { await Task.yield() }
+            }
+            try #require(waiting == 1)
+            sending.cancel()
+            await #expect {
+                try await sending.value
+            } throws: { code($0) == .cancelled }
+            #expect(await transport.reliableSendsWaiting() == 0)
+            release.fire()
         }
     }
 
