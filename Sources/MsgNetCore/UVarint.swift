@@ -93,13 +93,24 @@ public enum UVarint {
     /// the whole varint is there.
     ///
     /// - Returns: the value, or `nil` when the buffer ends first (nothing is consumed).
+    ///
+    /// Reads the buffer's bytes in place: a one-byte varint (every length and id under 128) is a
+    /// single load, a longer one is decoded from the raw bytes rather than through
+    /// `ByteBufferView`'s generic collection path.
     @inlinable
     public static func read(
         from buffer: inout ByteBuffer,
         maxBytes: Int = UVarint.maxLength
     ) throws(DecodeError) -> UInt64? {
-        let view = buffer.readableBytesView.prefix(Swift.min(maxBytes, maxLength) + 1)
-        guard let (value, length) = try decode(view, maxBytes: maxBytes) else { return nil }
+        let limit = Swift.min(maxBytes, maxLength)
+        if limit >= 1, let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), first & 0x80 == 0 {
+            buffer.moveReaderIndex(forwardBy: 1)
+            return UInt64(first)
+        }
+        let decoded = buffer.withUnsafeReadableBytes { raw in
+            Result { () throws(DecodeError) in try decode(raw.prefix(limit + 1), maxBytes: maxBytes) }
+        }
+        guard let (value, length) = try decoded.get() else { return nil }
         buffer.moveReaderIndex(forwardBy: length)
         return value
     }

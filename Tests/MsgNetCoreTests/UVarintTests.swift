@@ -110,4 +110,43 @@ import Testing
             #expect(try UVarint.read(from: &buffer) == value)
         }
     }
+
+    /// `read(from:)` decodes in place (a one-byte shortcut, then raw bytes); it must agree with
+    /// `decode` over the same bytes on every input: value, bytes consumed, error, and leaving the
+    /// buffer alone when it fails or needs more.
+    @Test func readAgreesWithDecodeOnArbitraryBytes() {
+        var rng = SplitMix64(seed: 0xB17E5)
+        for _ in 0..<20_000 {
+            let count = Int(rng.next() % 12)
+            var bytes: [UInt8] = []
+            for _ in 0..<count {
+                // Mostly continuation bytes, some zeros: non-minimal, long and truncated encodings.
+                switch rng.next() % 4 {
+                case 0: bytes.append(0x80 | UInt8(truncatingIfNeeded: rng.next() & 0x7F))
+                case 1: bytes.append(0)
+                case 2: bytes.append(0x80)
+                default: bytes.append(UInt8(truncatingIfNeeded: rng.next()))
+                }
+            }
+            let maxBytes = Int(rng.next() % 11)
+            let limit = min(maxBytes, UVarint.maxLength)
+            let expected = Result { () throws(UVarint.DecodeError) in
+                try UVarint.decode(bytes.prefix(limit + 1), maxBytes: maxBytes)
+            }
+            var buffer = ByteBuffer(bytes: bytes)
+            let got = Result { () throws(UVarint.DecodeError) in try UVarint.read(from: &buffer, maxBytes: maxBytes) }
+            switch (expected, got) {
+            case (.success(let e?), .success(let g?)):
+                #expect(g == e.value, "\(bytes) max \(maxBytes)")
+                #expect(buffer.readableBytes == bytes.count - e.length, "\(bytes) max \(maxBytes)")
+            case (.success(nil), .success(nil)):
+                #expect(buffer.readableBytes == bytes.count, "\(bytes) max \(maxBytes)")
+            case (.failure(let e), .failure(let g)):
+                #expect(g == e, "\(bytes) max \(maxBytes)")
+                #expect(buffer.readableBytes == bytes.count, "\(bytes) max \(maxBytes)")
+            default:
+                Issue.record("read \(got) but decode \(expected) for \(bytes) max \(maxBytes)")
+            }
+        }
+    }
 }
