@@ -107,11 +107,29 @@ public enum UVarint {
             buffer.moveReaderIndex(forwardBy: 1)
             return UInt64(first)
         }
-        let decoded = buffer.withUnsafeReadableBytes { raw in
-            Result { () throws(DecodeError) in try decode(raw.prefix(limit + 1), maxBytes: maxBytes) }
-        }
-        guard let (value, length) = try decoded.get() else { return nil }
+        guard let (value, length) = try peek(buffer, maxBytes: maxBytes) else { return nil }
         buffer.moveReaderIndex(forwardBy: length)
         return value
+    }
+
+    /// Decodes a varint that starts `offset` bytes into `buffer`'s readable bytes, without moving
+    /// the reader index (from the raw bytes, as ``read(from:maxBytes:)`` does).
+    ///
+    /// - Returns: the value and its length, or `nil` when the readable bytes end before the
+    ///   varint does (an `offset` past the end is `nil` too).
+    @inlinable
+    public static func peek(
+        _ buffer: ByteBuffer,
+        offset: Int = 0,
+        maxBytes: Int = UVarint.maxLength
+    ) throws(DecodeError) -> (value: UInt64, length: Int)? {
+        let limit = Swift.min(maxBytes, maxLength)
+        let decoded = buffer.withUnsafeReadableBytes { raw in
+            Result { () throws(DecodeError) -> (value: UInt64, length: Int)? in
+                guard offset >= 0, offset <= raw.count else { return nil }
+                return try decode(raw[offset...].prefix(limit + 1), maxBytes: maxBytes)
+            }
+        }
+        return try decoded.get()
     }
 }

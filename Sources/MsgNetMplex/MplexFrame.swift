@@ -108,13 +108,12 @@ public struct MplexFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     /// Decodes one frame if the buffer holds a whole one; throws as soon as the prefix is invalid.
     public mutating func decode(buffer: inout ByteBuffer) throws -> MplexFrame? {
-        let view = buffer.readableBytesView
-        guard let (header, headerLength) = try Self.varint(view) else { return nil }
+        guard let (header, headerLength) = try Self.varint(buffer, at: 0) else { return nil }
         guard let flag = MplexFrame.Flag(rawValue: UInt8(truncatingIfNeeded: header & 0x07)) else {
             throw MplexError(.invalidFlag, "frame header \(header) has the undefined flag 7")
         }
         let streamID = header >> 3
-        guard let (length, lengthLength) = try Self.varint(view.dropFirst(headerLength)) else { return nil }
+        guard let (length, lengthLength) = try Self.varint(buffer, at: headerLength) else { return nil }
         if flag == .newStream {
             guard length <= UInt64(maxStreamNameLength) else {
                 throw MplexError(
@@ -146,9 +145,9 @@ public struct MplexFrameDecoder: NIOSingleStepByteToMessageDecoder {
         return nil
     }
 
-    private static func varint(_ bytes: ByteBufferView) throws(MplexError) -> (UInt64, Int)? {
+    private static func varint(_ buffer: ByteBuffer, at offset: Int) throws(MplexError) -> (UInt64, Int)? {
         do {
-            return try UVarint.decode(bytes.prefix(UVarint.maxLength + 1))
+            return try UVarint.peek(buffer, offset: offset)
         } catch {
             switch error {
             case .overflow: throw MplexError(.malformedVarint, "varint longer than \(UVarint.maxLength) bytes")

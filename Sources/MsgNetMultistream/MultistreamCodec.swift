@@ -161,7 +161,7 @@ public struct MultistreamCodec: NIOSingleStepByteToMessageDecoder, Sendable {
     /// The bytes of `body` as a string, or a throw when they are not valid UTF-8.
     static func validatedString(_ body: ByteBuffer) throws(MultistreamError) -> String {
         let bytes = body.readableBytesView
-        if !bytes.allSatisfy({ $0 < 0x80 }) {
+        if !body.withUnsafeReadableBytes({ $0.allSatisfy { $0 < 0x80 } }) {
             var iterator = bytes.makeIterator()
             var decoder = UTF8()
             decoding: while true {
@@ -172,7 +172,7 @@ public struct MultistreamCodec: NIOSingleStepByteToMessageDecoder, Sendable {
                 }
             }
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return body.getString(at: body.readerIndex, length: body.readableBytes) ?? ""
     }
 
     // MARK: NIOSingleStepByteToMessageDecoder

@@ -198,13 +198,16 @@ public struct MultistreamMachine: Sendable {
         guard case .awaitingHeader = state, case .responder(let selector, _, let maxMessages) = role,
             maxMessages > 0, pending.readableBytes == 0
         else { return nil }
-        let view = input.readableBytesView
         let h = Self.headerFrame.count
-        guard view.count > h, view.prefix(h).elementsEqual(Self.headerFrame) else { return nil }
-        let length = Int(view[view.startIndex + h])
-        // A one-byte prefix (so the echo is the canonical encoding), a body and its newline.
-        guard length >= 2, length < 0x80, view.count >= h + 1 + length,
-            view[view.startIndex + h + length] == UInt8(ascii: "\n"),
+        let shape = input.withUnsafeReadableBytes { bytes -> Int? in
+            guard bytes.count > h, bytes.prefix(h).elementsEqual(Self.headerFrame) else { return nil }
+            let length = Int(bytes[h])
+            // A one-byte prefix (so the echo is the canonical encoding), a body and its newline.
+            guard length >= 2, length < 0x80, bytes.count >= h + 1 + length, bytes[h + length] == UInt8(ascii: "\n")
+            else { return nil }
+            return length
+        }
+        guard let length = shape,
             let body = input.getSlice(at: input.readerIndex + h + 1, length: length - 1),
             let proposal = try? MultistreamCodec.validatedString(body),
             proposal != MultistreamCodec.listRequest, selector.select(proposal) != nil

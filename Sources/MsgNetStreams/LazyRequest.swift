@@ -44,7 +44,10 @@ struct LazyReplyParser {
         if machine != nil, let echo = expectedEcho {
             take(&bytes)
             let n = min(buffer.readableBytes, echo.readableBytes)
-            if buffer.readableBytesView.prefix(n).elementsEqual(echo.readableBytesView.prefix(n)) {
+            let matches = buffer.withUnsafeReadableBytes { got in
+                echo.withUnsafeReadableBytes { want in got.prefix(n).elementsEqual(want.prefix(n)) }
+            }
+            if matches {
                 guard n == echo.readableBytes else { return .needMore }
                 buffer.moveReaderIndex(forwardBy: n)
                 machine = nil

@@ -147,6 +147,24 @@ import Testing
             default:
                 Issue.record("read \(got) but decode \(expected) for \(bytes) max \(maxBytes)")
             }
+            // peek at an offset: decode of the bytes from there, the buffer untouched.
+            let offset = Int(rng.next() % UInt64(count + 2))
+            let whole = ByteBuffer(bytes: bytes)
+            let peeked = Result { () throws(UVarint.DecodeError) in
+                try UVarint.peek(whole, offset: offset, maxBytes: maxBytes)
+            }
+            let reference = Result { () throws(UVarint.DecodeError) -> (value: UInt64, length: Int)? in
+                guard offset <= bytes.count else { return nil }
+                return try UVarint.decode(bytes[offset...].prefix(limit + 1), maxBytes: maxBytes)
+            }
+            switch (reference, peeked) {
+            case (.success(let r), .success(let p)):
+                #expect(r?.value == p?.value && r?.length == p?.length, "peek \(bytes) at \(offset) max \(maxBytes)")
+            case (.failure(let r), .failure(let p)):
+                #expect(r == p, "peek \(bytes) at \(offset) max \(maxBytes)")
+            default:
+                Issue.record("peek \(peeked) but decode \(reference) for \(bytes) at \(offset) max \(maxBytes)")
+            }
         }
     }
 }
