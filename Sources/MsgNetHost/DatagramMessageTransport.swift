@@ -48,7 +48,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     let logger: Logger
     private let core: NIOLoopBoundBox<Core>
     private let mirror = NIOLockedValueBox(Mirror())
-    private let handled = NIOLockedValueBox<Set<String>>([])
+    private let handled = HandledProtocols()
     private let inbound: AsyncStream<Inbound>
     private let inboundContinuation: AsyncStream<Inbound>.Continuation
 
@@ -75,7 +75,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     /// Our identify message for the datagram path.
     func identifyMessage(observed: Multiaddr?) -> IdentifyMessage {
-        let protocols = handled.withLockedValue { $0 }.union(Self.builtin).sorted()
+        let protocols = handled.names.union(Self.builtin).sorted()
         return IdentifyMessage(
             protocolVersion: "ipfs/0.1.0",
             agentVersion: "msgnet/0.1.0",
@@ -147,13 +147,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         self.loop = eventLoop
         self.configuration = configuration
         self.logger = logger
-        let handled = self.handled
         let budget = MessagingReassemblyBudget(capacity: configuration.totalReassemblyBytes)
         self.core = NIOLoopBoundBox.makeBoxSendingValue(
             Core(
                 identity: identity, configuration: configuration, budget: budget,
-                requestDeadlines: RequestDeadlines(loop: eventLoop),
-                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } }),
+                requestDeadlines: RequestDeadlines(loop: eventLoop)),
             eventLoop: eventLoop)
         (inbound, inboundContinuation) = AsyncStream.makeStream(of: Inbound.self)
     }
@@ -262,10 +260,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     public var listenAddresses: [Multiaddr] { mirror.withLockedValue { $0.listenAddresses } }
 
     public func setHandledProtocols(_ protocols: Set<String>) {
-        let changed = handled.withLockedValue { old -> Bool in
-            defer { old = protocols }
-            return old != protocols
-        }
+        let changed = handled.set(protocols)
         guard changed, let context = contextBox.withLockedValue({ $0 }) else { return }
         // Identify push to connected peers that support it.
         let peers = connectedPeers.filter { context.peerstore.protocols(for: $0).contains(IdentifyProtocol.pushID) }
@@ -838,10 +833,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private func sessionEstablished(_ e: SessionEstablished<UDPPath>) {
         let core = core.value
         if core.machines[e.localID] == nil {
-            let handled = self.handled
             core.machines[e.localID] = MessagingMachine(
-                limits: configuration.messaging, budget: core.budget,
-                hasHandler: { name in Self.builtin.contains(name) || handled.withLockedValue { $0.contains(name) } })
+                limits: configuration.messaging, budget: core.budget, hasHandler: handled.predicate(on: loop))
             core.sessionPeers[e.localID] = e.remotePeer
         }
         let preferred = core.table.session(with: e.remotePeer)
@@ -1001,16 +994,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
-        let hasHandler: MessagingMachine.HandlerPredicate
 
         init(
             identity: PrivateKey, configuration: DatagramTransportConfiguration, budget: MessagingReassemblyBudget,
-            requestDeadlines: RequestDeadlines, hasHandler: @escaping MessagingMachine.HandlerPredicate
+            requestDeadlines: RequestDeadlines
         ) {
             table = SessionTable(identity: identity, limits: configuration.session)
             self.budget = budget
             self.requestDeadlines = requestDeadlines
-            self.hasHandler = hasHandler
         }
 
         func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
@@ -1119,5 +1110,60 @@ package enum ErrorReply {
         let index = Int(b.readInteger(as: UInt8.self) ?? 0)
         let reason = b.readString(length: min(b.readableBytes, maxReasonBytes)) ?? ""
         return MessageError(codes.indices.contains(index) ? codes[index] : .remoteError, "\(peer): \(reason)")
+    }
+}
+
+/// The protocols this transport has handlers for. Every session's messaging machine asks for
+/// each inbound data frame whether its protocol has a handler; the predicate remembers its last
+/// answer until the set changes, so a stream of requests on one protocol costs an atomic load
+/// and a string comparison per frame instead of a lock and two hashed lookups.
+package final class HandledProtocols: Sendable {
+    private let current = NIOLockedValueBox<Set<String>>([])
+    /// Bumped on every change (after the set is replaced).
+    private let version = Atomic<UInt64>(0)
+
+    /// An empty set.
+    package init() {}
+
+    /// The current set.
+    package var names: Set<String> { current.withLockedValue { $0 } }
+
+    /// Replaces the set; true when it changed.
+    package func set(_ protocols: Set<String>) -> Bool {
+        let changed = current.withLockedValue { old -> Bool in
+            defer { old = protocols }
+            return old != protocols
+        }
+        if changed { version.add(1, ordering: .releasing) }
+        return changed
+    }
+
+    /// Whether `name` is built in or has a handler, without the memo.
+    package func contains(_ name: String) -> Bool {
+        DatagramMessageTransport.builtin.contains(name) || current.withLockedValue { $0.contains(name) }
+    }
+
+    /// The last answer of one predicate (confined to its event loop).
+    private final class Memo {
+        var version = UInt64.max
+        var name = ""
+        var answer = false
+    }
+
+    /// A predicate for machines on `loop` (call it only there). A set changed between the
+    /// version check and the lookup is seen at the next call, as a lookup just before the change
+    /// would have been.
+    package func predicate(on loop: any EventLoop) -> MessagingMachine.HandlerPredicate {
+        let memo = NIOLoopBoundBox.makeBoxSendingValue(Memo(), eventLoop: loop)
+        return { name in
+            let version = self.version.load(ordering: .acquiring)
+            let last = memo.value
+            if last.version == version, last.name == name { return last.answer }
+            let answer = self.contains(name)
+            last.version = version
+            last.name = name
+            last.answer = answer
+            return answer
+        }
     }
 }
