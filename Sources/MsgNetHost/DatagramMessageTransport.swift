@@ -308,21 +308,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         // Cancelling stops the wait for the acknowledgement, not the delivery: the message stays
         // queued in the session and may still arrive (outcome unknown).
         let token = sendTokens.add(1, ordering: .relaxed).newValue
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-                if Task.isCancelled {
-                    c.resume(throwing: MessageError(.cancelled, "send cancelled"))
-                    return
-                }
-                loop.execute {
-                    self.startSend(
-                        data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, token: token,
-                        continuation: c)
-                }
-            }
-        } onCancel: {
-            loop.execute { self.cancelSend(token, session: session) }
-        }
+        try await waitOnLoop(
+            "send",
+            start: { c in
+                self.startSend(
+                    data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, token: token,
+                    continuation: c)
+            },
+            cancel: { self.cancelSend(token, session: session) })
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
@@ -332,27 +325,39 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let session = try await ensureSession(peer)
         // The id is taken here, so cancellation needs no shared box to find the request.
         let rid = requestIDs.add(1, ordering: .relaxed).newValue
-        return try await withTaskCancellationHandler {
-            // Unsafe (unchecked) continuation: `Core.finishRequest` resumes each request once,
-            // after removing it from `requests`.
-            try await withUnsafeThrowingContinuation { (c: UnsafeContinuation<Message, any Error>) in
-                // A task cancelled already (while its session was being set up, say) ran the
-                // cancellation handler at once: that job reaches the loop before the request
-                // and finds nothing to cancel, so the request must not start.
+        return try await waitOnLoop(
+            "request",
+            start: { c in
+                self.startRequest(
+                    data, id: rid, protocol: `protocol`, session: session, peer: peer, timeout: timeout,
+                    continuation: c)
+            },
+            cancel: { self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled"))) })
+    }
+
+    /// Runs `start` on the loop with the caller's continuation and waits until the loop state
+    /// resumes it; cancelling the caller runs `cancel` on the loop.
+    ///
+    /// A task cancelled already (while its session was being set up, say) ran its cancellation
+    /// handler at once: that job reaches the loop before `start` and finds nothing to cancel, so
+    /// `start` does not run and the wait fails with `cancelled`. The continuation is unchecked:
+    /// whatever resumes it (outcome, failure, cancellation, session close) removes it from the
+    /// loop state first, so it is resumed once.
+    private func waitOnLoop<T: Sendable>(
+        _ what: String,
+        start: @escaping @Sendable (UnsafeContinuation<T, any Error>) -> Void,
+        cancel: @escaping @Sendable () -> Void
+    ) async throws -> T {
+        try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (c: UnsafeContinuation<T, any Error>) in
                 if Task.isCancelled {
-                    c.resume(throwing: MessageError(.cancelled, "request cancelled"))
+                    c.resume(throwing: MessageError(.cancelled, "\(what) cancelled"))
                     return
                 }
-                loop.execute {
-                    self.startRequest(
-                        data, id: rid, protocol: `protocol`, session: session, peer: peer, timeout: timeout,
-                        continuation: c)
-                }
+                loop.execute { start(c) }
             }
         } onCancel: {
-            loop.execute {
-                self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled")))
-            }
+            loop.execute(cancel)
         }
     }
 
@@ -381,13 +386,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// otherwise, so `.protocolNotSupported` surfaces here as on the stream path.
     public func openSession(to peer: PeerID, protocol: String) async throws {
         let session = try await ensureSession(peer)
-        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
-            loop.execute {
+        let token = sendTokens.add(1, ordering: .relaxed).newValue
+        try await waitOnLoop(
+            "opening a session",
+            start: { c in
                 self.startSend(
-                    ByteBuffer(), protocol: `protocol`, mode: .reliable, kind: .probe, session: session, continuation: c
-                )
-            }
-        }
+                    ByteBuffer(), protocol: `protocol`, mode: .reliable, kind: .probe, session: session, token: token,
+                    continuation: c)
+            },
+            cancel: { self.cancelSend(token, session: session) })
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
@@ -512,7 +519,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func onDatagram(_ data: ByteBuffer, from path: UDPPath) {
         let core = core.value
-        core.inReadBatch = true
+        if core.readBatch == .none { core.readBatch = .reading }
         // Backpressure: while the host has too many undelivered messages, drop datagrams before
         // they are acknowledged; reliable senders retransmit.
         if core.pendingInbound >= configuration.maxPendingInbound {
@@ -525,8 +532,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Writes what the sockets hold.
     func flushSockets() {
         let core = core.value
-        core.inReadBatch = false
-        core.flushedInBatch = false
+        core.readBatch = .none
         for i in core.dirtySockets { core.sockets[i].flush() }
         core.dirtySockets.removeAll(keepingCapacity: true)
     }
@@ -552,7 +558,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func startSend(
         _ data: ByteBuffer, protocol name: String, mode: MessagingDeliveryMode, kind: MessagingMessageKind,
-        session: SessionID, token: UInt64 = 0, continuation: CheckedContinuation<Void, any Error>?
+        session: SessionID, token: UInt64 = 0, continuation: UnsafeContinuation<Void, any Error>?
     ) {
         let core = core.value
         guard let index = core.machines.index(forKey: session) else {
@@ -691,12 +697,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             case .send(let datagram, let path):
                 guard path.socket >= 0, path.socket < core.sockets.count else { continue }
                 core.sockets[path.socket].write(datagram, to: path.remote)
-                if core.inReadBatch, !core.flushedInBatch {
+                if core.readBatch == .reading {
                     // The first datagram a read batch causes (typically a handler's reply)
                     // leaves at once: a lone request is answered without waiting for the rest of
                     // the batch. Later ones wait for the batch's end and leave together, so a busy
                     // socket makes at most one extra write call per read batch.
-                    core.flushedInBatch = true
+                    core.readBatch = .flushedOnce
                     core.sockets[path.socket].flush()
                 } else {
                     core.dirtySockets.insert(path.socket)
@@ -949,6 +955,16 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         return MessageError(.remoteError, "\(error)")
     }
 
+    /// Where the loop is relative to a socket read batch.
+    enum ReadBatch {
+        /// Not inside one.
+        case none
+        /// Inside one, nothing flushed yet: the first datagram it causes leaves at once.
+        case reading
+        /// Inside one, its first datagram already flushed: later ones wait for its end.
+        case flushedOnce
+    }
+
     /// The event-loop state.
     final class Core {
         struct PendingRequest {
@@ -963,10 +979,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var table: SessionTable<UDPPath>
         var sockets: [any DatagramSocket] = []
         var dirtySockets = Set<Int>()
-        /// A socket read batch is being handled (from its first datagram to its flush).
-        var inReadBatch = false
-        /// The first datagram written during the current read batch has been flushed.
-        var flushedInBatch = false
+        /// Where the loop is relative to a socket read batch (from its first datagram to the
+        /// flush that ends it).
+        var readBatch = ReadBatch.none
         /// Session events happened since the counters were last published (see `countersChanged()`).
         var countersStale = false
         var machines: [SessionID: MessagingMachine] = [:]
@@ -977,7 +992,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// A reliable send waiting for its acknowledgement; `token` lets a cancelled caller find it.
         struct PendingSend {
             let token: UInt64
-            let continuation: CheckedContinuation<Void, any Error>
+            let continuation: UnsafeContinuation<Void, any Error>
         }
         var pendingSends: [SessionID: [MessagingSendID: PendingSend]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
