@@ -344,7 +344,7 @@ struct HandlerSuite {
         }
     }
 
-    @Test("cancelling a reliable datagram send that waits for its acknowledgement fails it with cancelled")
+    @Test("cancelling a reliable datagram send or session opening that waits for its ack fails with cancelled")
     func cancelWaitingDatagramSend() async throws {
         let factory = TransportFactory.udp
         let a = factory.host()
@@ -382,6 +382,20 @@ struct HandlerSuite {
                 try await sending.value
             } throws: { code($0) == .cancelled }
             #expect(await transport.reliableSendsWaiting() == 0)
+
+            // Opening a session waits the same way (its probe goes unacknowledged too).
+            b.setMessageHandler(for: "/other/1") { _ in }
+            let opening = Task { _ = try await a.network.newSession(to: b.peerID, protocol: "/other/1") }
+            waiting = 0
+            for _ in 0..<100_000 where waiting == 0 {
+                waiting = await transport.reliableSendsWaiting()
+                if waiting == 0 { await Task.yield() }
+            }
+            try #require(waiting == 1)
+            opening.cancel()
+            await #expect {
+                try await opening.value
+            } throws: { code($0) == .cancelled }
             release.fire()
         }
     }
