@@ -92,11 +92,11 @@ public enum UVarint {
     /// Reads a varint from `buffer`, moving its reader index past it only when
     /// the whole varint is there.
     ///
-    /// - Returns: the value, or `nil` when the buffer ends first (nothing is consumed).
-    ///
     /// Reads the buffer's bytes in place: a one-byte varint (every length and id under 128) is a
     /// single load, a longer one is decoded from the raw bytes rather than through
     /// `ByteBufferView`'s generic collection path.
+    ///
+    /// - Returns: the value, or `nil` when the buffer ends first (nothing is consumed).
     @inlinable
     public static func read(
         from buffer: inout ByteBuffer,
