@@ -368,34 +368,26 @@ struct HandlerSuite {
             _ = try await introduce(a, to: b, on: factory)
             try await a.send([1], to: b.peerID, protocol: "/slow/1")
             await holding.wait()
-            let sending = Task { try await a.send([2], to: b.peerID, protocol: "/slow/1") }
             let transport = try #require(a.transports.first as? DatagramMessageTransport)
-            // Cancel once the send waits on the loop (bounded by a count and the test's time limit).
-            var waiting = 0
-            for _ in 0..<100_000 where waiting == 0 {
-                waiting = await transport.reliableSendsWaiting()
-                if waiting == 0 { await Task.yield() }
+            // Cancels `waiter` once a send waits on the loop (bounded by a count and the test's
+            // time limit), and expects `cancelled`.
+            func cancelOnceWaiting(_ waiter: Task<Void, any Error>) async throws {
+                var waiting = 0
+                for _ in 0..<100_000 where waiting == 0 {
+                    waiting = await transport.reliableSendsWaiting()
+                    if waiting == 0 { await Task.yield() }
+                }
+                try #require(waiting == 1)
+                waiter.cancel()
+                await #expect {
+                    try await waiter.value
+                } throws: { code($0) == .cancelled }
+                #expect(await transport.reliableSendsWaiting() == 0)
             }
-            try #require(waiting == 1)
-            sending.cancel()
-            await #expect {
-                try await sending.value
-            } throws: { code($0) == .cancelled }
-            #expect(await transport.reliableSendsWaiting() == 0)
-
+            try await cancelOnceWaiting(Task { try await a.send([2], to: b.peerID, protocol: "/slow/1") })
             // Opening a session waits the same way (its probe goes unacknowledged too).
             b.setMessageHandler(for: "/other/1") { _ in }
-            let opening = Task { _ = try await a.network.newSession(to: b.peerID, protocol: "/other/1") }
-            waiting = 0
-            for _ in 0..<100_000 where waiting == 0 {
-                waiting = await transport.reliableSendsWaiting()
-                if waiting == 0 { await Task.yield() }
-            }
-            try #require(waiting == 1)
-            opening.cancel()
-            await #expect {
-                try await opening.value
-            } throws: { code($0) == .cancelled }
+            try await cancelOnceWaiting(Task { _ = try await a.network.newSession(to: b.peerID, protocol: "/other/1") })
             release.fire()
         }
     }
