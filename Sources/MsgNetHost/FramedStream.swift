@@ -96,22 +96,32 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         var waiters: [CheckedContinuation<Void, any Error>] = []
         var error: MessageError?
         var closing = false
+        /// On a request stream: the token of the request being handled and whether it has its reply.
+        var request: (token: UInt64, answered: Bool) = (0, false)
     }
+    /// Whether this is an inbound request stream: one reply per message, given by its handler.
+    let requests: Bool
     private let state = NIOLockedValueBox(State())
 
     /// Called when a send starts waiting for the channel to drain (tests observe backpressure).
     private let onBlocked: (@Sendable () -> Void)?
 
+    /// - Parameters:
+    ///   - protocolID: the message protocol, when it is not the stream's (request streams).
+    ///   - requests: an inbound request stream (see ``requestUnanswered(_:)``).
     init(
         stream: NegotiatedStream,
+        protocolID: String? = nil,
         maxMessageSize: Int,
         highWatermark: Int,
+        requests: Bool = false,
         onBlocked: (@Sendable () -> Void)? = nil
     ) {
         self.stream = stream
         self.onBlocked = onBlocked
+        self.requests = requests
         self.peer = stream.connection.remotePeer
-        self.protocolID = stream.protocolID
+        self.protocolID = protocolID ?? stream.protocolID
         self.maxMessageSize = maxMessageSize
         self.highWatermark = max(1, highWatermark)
         self.lowWatermark = max(1, highWatermark / 2)
@@ -120,13 +130,50 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     /// Whether the channel can still take messages.
     var isUsable: Bool { state.withLockedValue { $0.error == nil && !$0.closing } }
 
-    /// The reply of a handler goes back on this stream.
+    /// The reply of a handler goes back on this stream. On a request stream, only the request
+    /// being handled can be answered, once.
     func reply(_ data: ByteBuffer, token: UInt64) async throws {
         guard data.readableBytes <= maxMessageSize else {
             throw MessageError(
                 .messageTooLarge, "reply of \(data.readableBytes) bytes exceeds the limit of \(maxMessageSize)")
         }
-        try await write(data)
+        guard requests else { return try await write(data) }
+        let accepted = state.withLockedValue { s -> Bool in
+            guard s.request.token == token, !s.request.answered else { return false }
+            s.request.answered = true
+            return true
+        }
+        guard accepted else {
+            throw MessageError(
+                .remoteError, "request \(token) on \(protocolID) from \(peer) was already answered or has ended")
+        }
+        try await write(data, status: RequestStreamStatus.reply)
+    }
+
+    /// Answers the request being handled with an error (a request stream's handler that did not
+    /// reply, threw, or was refused); nothing when it already has its answer.
+    func replyError(_ code: MessageError.Code, _ reason: String) async throws {
+        guard requestUnanswered() else { return }
+        try await write(ErrorReply.encode(code, reason), status: RequestStreamStatus.error)
+    }
+
+    /// The reply token of the next message read (on a request stream, starts its request).
+    func nextRequestToken() -> UInt64 {
+        guard requests else { return 0 }
+        return state.withLockedValue { s in
+            s.request = (s.request.token &+ 1, false)
+            return s.request.token
+        }
+    }
+
+    /// Whether the request being handled on a request stream has no answer yet; it can no
+    /// longer be answered by its handler after this.
+    func requestUnanswered() -> Bool {
+        guard requests else { return false }
+        return state.withLockedValue { s in
+            defer { s.request.answered = true }
+            return !s.request.answered
+        }
     }
 
     /// Queues one framed message if the channel is usable and stays under its high watermark;
@@ -142,12 +189,12 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         return written
     }
 
-    /// Queues one framed message.
-    func write(_ payload: ByteBuffer) async throws {
+    /// Queues one framed message (on a request stream's answer, behind its status byte).
+    func write(_ payload: ByteBuffer, status: UInt8? = nil) async throws {
         let (schedule, wait) = try state.withLockedValue { s throws -> (Bool, Bool) in
             if let error = s.error { throw error }
             if s.closing { throw MessageError(.connectionClosed, "the channel to \(peer) on \(protocolID) is closed") }
-            let schedule = Self.append(payload, to: &s)
+            let schedule = Self.append(payload, status: status, to: &s)
             return (schedule, s.pending.readableBytes + s.unwritten > highWatermark)
         }
         if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
@@ -165,9 +212,15 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
     }
 
-    /// Frames `payload` onto the pending bytes; true when the caller must schedule the flush.
-    private static func append(_ payload: ByteBuffer, to s: inout State) -> Bool {
-        UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
+    /// Frames `payload` (behind `status`, if any) onto the pending bytes; true when the caller
+    /// must schedule the flush.
+    private static func append(_ payload: ByteBuffer, status: UInt8? = nil, to s: inout State) -> Bool {
+        if let status {
+            UVarint.write(UInt64(payload.readableBytes + 1), to: &s.pending)
+            s.pending.writeInteger(status)
+        } else {
+            UVarint.write(UInt64(payload.readableBytes), to: &s.pending)
+        }
         s.pending.writeImmutableBuffer(payload)
         defer { s.flushScheduled = true }
         return !s.flushScheduled
@@ -256,4 +309,12 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             stream.eventLoop.execute { self.stream.resetOnEventLoop() }
         }
     }
+}
+
+/// The first byte of every answer on a request stream (see
+/// ``StreamMessageTransport/RequestStreams``): the handler's reply follows, or an error
+/// (``ErrorReply``: a code byte and a UTF-8 reason).
+enum RequestStreamStatus {
+    static let reply: UInt8 = 0
+    static let error: UInt8 = 1
 }

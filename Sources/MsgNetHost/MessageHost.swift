@@ -273,8 +273,10 @@ public final class MessageHost: Sendable {
     }
 
     /// Sends `data` to `peer` on `protocol` and waits for exactly one reply (the peer's handler
-    /// calls ``Message/reply(_:)``). Over streams each request has its own stream, as in libp2p
-    /// request/response protocols, so concurrent requests do not wait for each other.
+    /// calls ``Message/reply(_:)``). Over streams each request in flight has its own stream, so
+    /// concurrent requests do not wait for each other: a new one per request to a libp2p peer
+    /// (as libp2p request/response protocols expect), a kept-open request stream reused between
+    /// requests to a MsgNet peer (``StreamMessageTransport/RequestStreams``).
     ///
     /// Cancelling the calling task abandons the request (its stream is reset).
     ///

@@ -15,6 +15,10 @@ import NIOCore
 /// - Each request opens its own stream (protocol proposed lazily, together with the request),
 ///   closes its write side after the request and reads exactly one reply, as libp2p
 ///   request/response protocols (identify, kad) do.
+/// - Between MsgNet peers, requests instead use *request streams*
+///   (``Configuration/requestStreams``): a stream negotiated as
+///   ``requestStreamsProtocol`` + the protocol id, kept open after its reply and reused by the
+///   next request to that peer and protocol, so a request costs no stream setup or negotiation.
 /// - Inbound streams are read one message at a time; a handler's reply is written on the stream
 ///   the message came on. While the handler is busy (or its protocol at its concurrency limit)
 ///   the stream is not read, so mplex and then TCP push back on the sender.
@@ -26,12 +30,46 @@ public final class StreamMessageTransport: MessageTransport {
         public var maxStreamsPerPeer = 256
         /// Bytes queued or unwritten on one outbound channel above which sends wait.
         public var writeHighWatermark = 256 * 1024
-        /// The underlying stream host's settings (identify, timeouts, mplex limits).
+        /// The underlying stream host's settings (identify, timeouts, mplex limits, and how many
+        /// idle request streams are kept and for how long).
         public var streamHost = StreamHostConfiguration()
+        /// Whether requests use kept-open request streams (see ``RequestStreams``).
+        public var requestStreams = RequestStreams.whenSupported
 
         /// The defaults.
         public init() {}
     }
+
+    /// Whether requests travel on kept-open *request streams* rather than on a new stream each.
+    ///
+    /// A request stream for protocol `P` is an mplex stream negotiated (lazily, with its first
+    /// request) as ``StreamMessageTransport/requestStreamsProtocol`` followed by `P`, e.g.
+    /// `/msgnet/requests/1.0.0/kv/1.0.0`. The requester writes one framed request, reads one
+    /// framed answer, and may then write the next request on the same stream; it never has more
+    /// than one request in flight on it. The responder reads request after request, hands each
+    /// to `P`'s handler and answers each exactly once: the handler's reply, or an error when the
+    /// handler returned without replying, threw, was removed, or the request was over the rate
+    /// limit (the requester gets `.remoteError`, `.protocolNotSupported` or `.limitExceeded`,
+    /// as on the datagram path, and the stream stays usable). Idle request streams are kept per
+    /// connection and protocol up to ``StreamHostConfiguration/maxIdleRequestStreams`` and for
+    /// ``StreamHostConfiguration/requestStreamIdleTimeout``. Only MsgNet speaks this; protocol
+    /// ids that do not start with `/` always use per-request streams. The bytes are in
+    /// `docs/api.md` ("Request streams").
+    public enum RequestStreams: Sendable, Hashable {
+        /// Serve request streams and announce them in identify (as
+        /// ``StreamMessageTransport/requestStreamsProtocol``); use them for a peer whose identify
+        /// announced them, and per-request streams otherwise (the default).
+        case whenSupported
+        /// Serve request streams and use them for every peer without checking identify: for
+        /// networks of MsgNet nodes only (a libp2p peer answers the proposal with `na`, and the
+        /// request fails with `.protocolNotSupported`).
+        case always
+        /// Neither serve nor use them: every request opens its own stream.
+        case off
+    }
+
+    /// The prefix of request stream protocol ids, and what identify announces for them.
+    public static let requestStreamsProtocol = "/msgnet/requests/1.0.0"
 
     /// The stream host underneath (connections, identify, ping, raw streams).
     public let streamHost: StreamHost
@@ -125,7 +163,41 @@ public final class StreamMessageTransport: MessageTransport {
         self.configuration = configuration
         self.logger = logger
         (work, workContinuation) = AsyncStream.makeStream(of: (@Sendable () async -> Void).self)
+        if configuration.requestStreams != .off {
+            let reader = self.reader
+            let state = self.state
+            streamHost.setStreamHandler(
+                matching: { id in
+                    guard let p = Self.requestedProtocol(id) else { return false }
+                    return state.withLockedValue { $0.handled.contains(p) }
+                },
+                advertised: Self.requestStreamsProtocol,
+                handler: { stream in try await reader.serveRequests(stream) })
+        }
     }
+
+    /// The wire protocol id of `protocolID`'s request streams, or `nil` when it cannot have one
+    /// (it does not start with `/`, or the id would be too long for multistream-select).
+    static func requestStreamID(_ protocolID: String) -> String? {
+        guard protocolID.utf8.first == UInt8(ascii: "/"),
+            requestStreamsProtocol.utf8.count + protocolID.utf8.count <= maxRequestStreamIDLength
+        else { return nil }
+        return requestStreamsProtocol + protocolID
+    }
+
+    /// The message protocol a request stream id names, or `nil` when `id` is not one.
+    static func requestedProtocol(_ id: String) -> String? {
+        let prefix = requestStreamsProtocol.utf8
+        let bytes = id.utf8
+        guard bytes.count > prefix.count, bytes.starts(with: prefix) else { return nil }
+        let rest = bytes.dropFirst(prefix.count)
+        guard rest.first == UInt8(ascii: "/") else { return nil }
+        return String(rest)
+    }
+
+    /// The longest request stream id: fits a multistream-select line (1024 bytes with its
+    /// length prefix and newline).
+    static let maxRequestStreamIDLength = 1000
 
     // MARK: Lifetime
 
@@ -279,7 +351,27 @@ public final class StreamMessageTransport: MessageTransport {
             }
         }
 
-        /// Reads messages on `channel` and hands each to its handler until the stream ends.
+        /// Serves an inbound request stream: each message on it is a request whose handler must
+        /// reply before it returns; one that does not ends the stream.
+        func serveRequests(_ stream: NegotiatedStream) async throws {
+            guard let protocolID = StreamMessageTransport.requestedProtocol(stream.protocolID) else {
+                throw MessageError(.protocolNotSupported, "not a request stream: \(stream.protocolID)")
+            }
+            let peer = stream.connection.remotePeer
+            let context = try state.withLockedValue { s throws in
+                try s.admit(.inbound, peer, limit: configuration.maxStreamsPerPeer)
+            }
+            defer { state.withLockedValue { $0.release(.inbound, peer) } }
+            let channel = StreamChannel(
+                stream: stream, protocolID: protocolID, maxMessageSize: context.maxMessageSize,
+                highWatermark: configuration.writeHighWatermark, requests: true)
+            if await readMessages(on: channel, context: context, inbound: true) {
+                await channel.close()
+            }
+        }
+
+        /// Reads messages on `channel` and hands each to its handler until the stream ends (on a
+        /// request stream, also when a handler returns without replying).
         /// - Returns: whether the stream ended cleanly (otherwise it was reset).
         func readMessages(on channel: StreamChannel, context: MessageTransportContext, inbound: Bool) async -> Bool {
             var reader = FramedReader(maxSize: context.maxMessageSize)
@@ -298,9 +390,21 @@ public final class StreamMessageTransport: MessageTransport {
                     }
                     let message = Message(
                         data: data, from: channel.peer, protocol: channel.protocolID, path: .stream,
-                        replyChannel: channel)
+                        replyChannel: channel, replyToken: channel.nextRequestToken())
                     do {
                         try await context.deliver(message, cache: &cache)
+                        if channel.requests {
+                            try await channel.replyError(
+                                .remoteError, "the handler of \(channel.protocolID) returned without replying")
+                        }
+                    } catch  where channel.requests && !(error is CancellationError) {
+                        // A request stream stays usable: the requester gets the failure as its
+                        // answer, as on the datagram path.
+                        let e = error as? MessageError
+                        let code = e?.code ?? .remoteError
+                        try await channel.replyError(
+                            [.protocolNotSupported, .limitExceeded].contains(code) ? code : .remoteError,
+                            e?.message ?? "the handler of \(channel.protocolID) failed: \(error)")
                     } catch let error as MessageError where error.code == .protocolNotSupported && !inbound {
                         // The peer wrote back on our outbound stream but we have no handler: drop it.
                         logger.debug(
@@ -469,10 +573,13 @@ public final class StreamMessageTransport: MessageTransport {
         frame.reserveCapacity(10 + data.readableBytes)
         UVarint.write(UInt64(data.readableBytes), to: &frame)
         frame.writeImmutableBuffer(data)
-        let reply: ByteBuffer
+        let requestStreamID = useRequestStreams(to: peer) ? Self.requestStreamID(`protocol`) : nil
+        var reply: ByteBuffer
         do {
             reply = try await streamHost.request(
-                to: peer, protocolID: `protocol`, frame: frame, maxReplySize: maxSize, deadline: deadline)
+                to: peer, protocolID: requestStreamID ?? `protocol`, frame: frame,
+                maxReplySize: requestStreamID == nil ? maxSize : maxSize + 1,
+                deadline: deadline, keepStreamOpen: requestStreamID != nil)
         } catch let error as ReplyTooLargeError {
             throw MessageError(.messageTooLarge, "reply from \(peer) on \(`protocol`): \(error)")
         } catch let error as StreamsError where error.code == .protocolViolation {
@@ -481,6 +588,25 @@ public final class StreamMessageTransport: MessageTransport {
             if Task.isCancelled { throw MessageError(.cancelled, "request to \(peer) on \(`protocol`) cancelled") }
             throw MessageError.from(error)
         }
+        if requestStreamID != nil {
+            switch reply.readInteger(as: UInt8.self) {
+            case RequestStreamStatus.reply?:
+                break
+            case RequestStreamStatus.error?:
+                throw ErrorReply.decode(reply, from: peer)
+            default:
+                throw MessageError(.remoteError, "malformed answer from \(peer) on \(`protocol`)'s request stream")
+            }
+        }
         return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
+    }
+
+    /// Whether requests to `peer` go on request streams (``Configuration/requestStreams``).
+    private func useRequestStreams(to peer: PeerID) -> Bool {
+        switch configuration.requestStreams {
+        case .off: return false
+        case .always: return true
+        case .whenSupported: return streamHost.peerstore.protocols(for: peer).contains(Self.requestStreamsProtocol)
+        }
     }
 }

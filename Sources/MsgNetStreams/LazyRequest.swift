@@ -37,8 +37,19 @@ struct LazyReplyParser {
         self.expectedEcho = proposal
     }
 
+    /// A parser for a later reply on a stream whose protocol is already negotiated (a kept
+    /// request stream): one `uvarint(length) || payload` and nothing before it.
+    init(maxSize: Int) {
+        self.machine = nil
+        self.maxSize = maxSize
+        self.expectedEcho = nil
+    }
+
     /// Whether the remote accepted the protocol.
     var negotiated: Bool { machine == nil }
+
+    /// Whether bytes beyond the parsed reply are buffered (on a kept stream, data nobody asked for).
+    var hasBufferedBytes: Bool { buffer.readableBytes > 0 }
 
     mutating func onBytes(_ bytes: inout ByteBuffer) -> Outcome {
         if machine != nil, let echo = expectedEcho {
@@ -105,10 +116,17 @@ struct LazyReplyParser {
 }
 
 extension StreamHost {
-    /// One request on a new stream, run entirely on the connection's event loop: opens a stream,
-    /// proposes `protocolID` lazily together with `frame` (already framed), closes the write side,
-    /// and reads exactly one `uvarint(length) || payload` reply of at most `maxReplySize` bytes.
+    /// One request, run entirely on the connection's event loop: opens a stream, proposes
+    /// `protocolID` lazily together with `frame` (already framed), closes the write side, and
+    /// reads exactly one `uvarint(length) || payload` reply of at most `maxReplySize` bytes.
     /// The calling task hops to the event loop once and back once.
+    ///
+    /// With `keepStreamOpen` the write side stays open and, after a clean reply, the stream goes
+    /// to the connection's pool of idle request streams for `protocolID`; a later request with
+    /// `keepStreamOpen` takes it from there and writes just its frame (no new stream, no
+    /// negotiation). Only for protocols whose responder reads request after request on one stream
+    /// and answers each with exactly one reply (MsgNet's request streams); a libp2p responder that
+    /// closes after one reply would leave the next request unanswered.
     ///
     /// - Throws: `StreamsError` (`.protocolNotSupported`, `.timedOut` at `deadline`,
     ///   `.connectionClosed`, `.protocolViolation` when the peer closes without a reply,
@@ -118,7 +136,8 @@ extension StreamHost {
         protocolID: String,
         frame: ByteBuffer,
         maxReplySize: Int,
-        deadline: NIODeadline
+        deadline: NIODeadline,
+        keepStreamOpen: Bool = false
     ) async throws -> ByteBuffer {
         let record = try await connectionOrDial(peer)
         let muxer = record.connection.muxer
@@ -136,10 +155,20 @@ extension StreamHost {
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
                 exchange.attach(continuation)
-                loop.execute {
-                    Self.startRequest(
-                        exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
-                        machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
+                if keepStreamOpen {
+                    let pool = record.requestStreams
+                    loop.execute {
+                        Self.startKeptRequest(
+                            exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
+                            out: out, proposal: proposal, machine: initialMachine, maxReplySize: maxReplySize,
+                            deadline: deadline)
+                    }
+                } else {
+                    loop.execute {
+                        Self.startRequest(
+                            exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
+                            machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
+                    }
                 }
             }
         } onCancel: {
@@ -221,7 +250,7 @@ extension StreamHost {
 /// One request's outcome, its stream and its deadline. The caller's continuation is attached
 /// before the request starts on the loop; ``finish(_:)`` (on the loop) resumes it once, with the
 /// first outcome (reply, error, timeout or cancellation).
-private final class RequestExchange: Sendable {
+final class RequestExchange: Sendable {
     private struct State {
         var continuation: UnsafeContinuation<ByteBuffer, any Error>?
         /// An outcome that came before the continuation was attached (cancelled at once).

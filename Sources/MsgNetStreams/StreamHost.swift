@@ -46,6 +46,11 @@ public struct StreamHostConfiguration: Sendable {
     public var identifyOnConnect = true
     /// The muxer's limits.
     public var mplex = MplexConfiguration()
+    /// Idle request streams kept open per connection and protocol for later requests (requests
+    /// with `keepStreamOpen`, e.g. MsgNet's request streams); one returned beyond this is closed.
+    public var maxIdleRequestStreams = 16
+    /// A kept request stream idle this long is closed.
+    public var requestStreamIdleTimeout: TimeAmount = .seconds(30)
     /// Where inbound streams are served: by default on their connection's event loop, so a
     /// handler reads, answers and finishes without a thread switch (see ``InboundExecution``).
     public var inboundExecution = InboundExecution.eventLoop
@@ -359,7 +364,10 @@ public final class StreamHost: Sendable {
             )
             infoBox.withLockedValue { $0 = info }
             let record = ConnectionRecord(
-                connection: upgraded, info: info, requestDeadlines: RequestDeadlines(loop: channel.eventLoop))
+                connection: upgraded, info: info, requestDeadlines: RequestDeadlines(loop: channel.eventLoop),
+                requestStreams: RequestStreamPool(
+                    loop: channel.eventLoop, maxIdle: configuration.maxIdleRequestStreams,
+                    idleTimeout: configuration.requestStreamIdleTimeout))
             register(record)
             return record
         }.flatMapErrorThrowing { [self] error in
@@ -568,6 +576,13 @@ public final class StreamHost: Sendable {
         }
     }
 
+    /// Idle kept request streams for `protocolID` on the live connection to `peer` (for tests).
+    package func idleRequestStreams(to peer: PeerID, protocolID: String) async throws -> Int {
+        guard let record = connection(to: peer) else { return 0 }
+        let pool = record.requestStreams
+        return try await pool.loop.submit { pool.idleCount(protocolID) }.get()
+    }
+
     func yieldEvent(_ event: StreamHostEvent) { eventContinuation.yield(event) }
     func enqueue(_ item: @escaping @Sendable () async -> Void) { _ = submit(item) }
     var allConnections: [ConnectionRecord] {
@@ -581,6 +596,8 @@ struct ConnectionRecord: Sendable {
     let info: ConnectionInfo
     /// The timeouts of requests on this connection (see `StreamHost.request`).
     let requestDeadlines: RequestDeadlines
+    /// Request streams kept open between requests (`StreamHost.request(…keepStreamOpen: true)`).
+    let requestStreams: RequestStreamPool
     /// Identifies the connection (its channel) while it lives.
     var id: ObjectIdentifier { ObjectIdentifier(connection.channel) }
 }

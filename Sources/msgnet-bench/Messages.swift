@@ -164,16 +164,25 @@ struct MessagesBench: AsyncParsableCommand {
             "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
     )
     var leg = "both"
+    @Option(
+        help:
+            "How MsgNet requests travel: kept (request streams reused between requests, the default between MsgNet peers) or per-request (a new stream each, as to a libp2p peer)."
+    )
+    var requestStreams = "kept"
 
     func validate() throws {
         guard ["both", "raw", "msgnet"].contains(leg) else {
             throw ValidationError("--leg must be both, raw or msgnet")
         }
+        guard ["kept", "per-request"].contains(requestStreams) else {
+            throw ValidationError("--request-streams must be kept or per-request")
+        }
     }
 
     var commandLine: String {
         "msgnet-bench messages --runs \(runs) --small-count \(smallCount) --large-count \(largeCount) "
-            + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --security \(security)"
+            + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --security \(security) "
+            + "--request-streams \(requestStreams)"
     }
 
     func run() async throws {
@@ -204,6 +213,15 @@ struct MessagesBench: AsyncParsableCommand {
             let address = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             _ = try await client.network.connect(to: address)
             let peer = server.peerID
+            if requestStreams == "kept" {
+                // As with the defaults: identify announces the server's request streams, and
+                // requests use them from then on.
+                let deadline = ContinuousClock.now + .seconds(timeLimit)
+                while !client.peerstore.protocols(for: peer).contains(StreamMessageTransport.requestStreamsProtocol) {
+                    guard ContinuousClock.now < deadline else { throw BenchError("identify did not complete") }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+            }
             // Warm up both sides (streams opened, code paths paged in).
             for _ in 0..<200 {
                 _ = try await client.request(
@@ -275,7 +293,10 @@ struct MessagesBench: AsyncParsableCommand {
         let sec: any SecurityProtocol =
             security == "plaintext" ? PlaintextSecurity(identity: identity) : NoiseSecurity(identity: identity)
         var streamConfig = StreamMessageTransport.Configuration()
-        streamConfig.streamHost.identifyOnConnect = false
+        if requestStreams == "per-request" {
+            streamConfig.requestStreams = .off
+            streamConfig.streamHost.identifyOnConnect = false
+        }
         return MessageHost(
             identity: identity, streamTransports: [TCPTransport(group: loop)],
             security: [sec], streamConfiguration: streamConfig)

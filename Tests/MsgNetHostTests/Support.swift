@@ -23,25 +23,33 @@ struct TransportFactory: Sendable, CustomStringConvertible {
 
     var description: String { name }
     /// Whether the path has streams (and so per-peer stream limits).
-    var hasStreams: Bool { name == "tcp" }
+    var hasStreams: Bool { name.hasPrefix("tcp") }
 
-    /// The stream path: TCP, Noise, mplex.
-    static let tcp = TransportFactory(
-        name: "tcp",
-        listenAddress: { try! Multiaddr("/ip4/127.0.0.1/tcp/0") },
-        make: { identity, configuration, limits, peerstore in
-            var stream = StreamMessageTransport.Configuration()
-            if let n = limits.maxStreamsPerPeer { stream.maxStreamsPerPeer = n }
-            if let e = limits.inboundExecution { stream.streamHost.inboundExecution = e }
-            return MessageHost(
-                identity: identity,
-                streamTransports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
-                configuration: configuration,
-                streamConfiguration: stream,
-                peerstore: peerstore
-            )
-        }
-    )
+    /// The stream path: TCP, Noise, mplex; a new stream per request (as with a libp2p peer).
+    static let tcp = stream(name: "tcp", requestStreams: .off)
+
+    /// The stream path with kept-open request streams between the two MsgNet hosts.
+    static let tcpRequestStreams = stream(name: "tcp-request-streams", requestStreams: .always)
+
+    static func stream(name: String, requestStreams: StreamMessageTransport.RequestStreams) -> TransportFactory {
+        TransportFactory(
+            name: name,
+            listenAddress: { try! Multiaddr("/ip4/127.0.0.1/tcp/0") },
+            make: { identity, configuration, limits, peerstore in
+                var stream = StreamMessageTransport.Configuration()
+                stream.requestStreams = requestStreams
+                if let n = limits.maxStreamsPerPeer { stream.maxStreamsPerPeer = n }
+                if let e = limits.inboundExecution { stream.streamHost.inboundExecution = e }
+                return MessageHost(
+                    identity: identity,
+                    streamTransports: [TCPTransport(group: MultiThreadedEventLoopGroup.singleton)],
+                    configuration: configuration,
+                    streamConfiguration: stream,
+                    peerstore: peerstore
+                )
+            }
+        )
+    }
 
     /// The datagram path: UDP, Noise XX sessions, multipacket frames.
     static let udp = TransportFactory(
@@ -66,7 +74,7 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         }
     )
 
-    static let all: [TransportFactory] = [.tcp, .udp]
+    static let all: [TransportFactory] = [.tcp, .tcpRequestStreams, .udp]
 
     /// Waits until a send of `host` on this path has had to wait for its channel to drain.
     func waitForBlockedSend(_ host: MessageHost) async {

@@ -1,0 +1,241 @@
+import MsgNetCore
+import MsgNetMplex
+import MsgNetMultistream
+import NIOCore
+
+/// One connection's idle request streams, per protocol id: streams that answered a request and
+/// stay open for the next one (see `StreamHost.request(…keepStreamOpen:)`). Confined to the
+/// connection's event loop (every method but `init` runs there).
+///
+/// Bounded: at most `maxIdle` idle streams per protocol (a stream returned beyond that is
+/// closed), and a stream idle for `idleTimeout` is closed by a sweep. Closing a kept stream
+/// closes our write side; the responder then ends the stream from its side.
+final class RequestStreamPool: Sendable {
+    private struct State {
+        var idle: [String: [KeptRequestStream]] = [:]
+        var sweep: Scheduled<Void>?
+    }
+
+    let loop: any EventLoop
+    let maxIdle: Int
+    let idleTimeout: TimeAmount
+    private let state: NIOLoopBoundBox<State>
+
+    /// A pool for streams on `loop`; may be created on any thread.
+    init(loop: any EventLoop, maxIdle: Int, idleTimeout: TimeAmount) {
+        self.loop = loop
+        self.maxIdle = max(0, maxIdle)
+        self.idleTimeout = idleTimeout
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(State(), eventLoop: loop)
+    }
+
+    /// Idle streams for `protocolID` (for tests).
+    func idleCount(_ protocolID: String) -> Int { state.value.idle[protocolID]?.count ?? 0 }
+
+    /// The most recently returned idle stream for `protocolID`, taken out of the pool.
+    func take(_ protocolID: String) -> KeptRequestStream? {
+        guard var streams = state.value.idle[protocolID], let stream = streams.popLast() else { return nil }
+        state.value.idle[protocolID] = streams.isEmpty ? nil : streams
+        return stream
+    }
+
+    /// Returns a stream that just answered a request; closes it instead when the pool is full.
+    func put(_ stream: KeptRequestStream) {
+        var streams = state.value.idle[stream.protocolID] ?? []
+        guard streams.count < maxIdle else {
+            stream.retire()
+            return
+        }
+        stream.idleSince = loop.now
+        streams.append(stream)
+        state.value.idle[stream.protocolID] = streams
+        armSweep()
+    }
+
+    /// Forgets `stream` (it closed or was reset while idle).
+    func remove(_ stream: KeptRequestStream) {
+        guard var streams = state.value.idle[stream.protocolID] else { return }
+        streams.removeAll { $0 === stream }
+        state.value.idle[stream.protocolID] = streams.isEmpty ? nil : streams
+    }
+
+    private func armSweep() {
+        guard state.value.sweep == nil else { return }
+        state.value.sweep = loop.scheduleTask(in: idleTimeout) { [self] in sweep() }
+    }
+
+    /// Closes the streams idle for `idleTimeout` or longer; re-arms while any stay idle.
+    private func sweep() {
+        state.value.sweep = nil
+        let cutoff = loop.now - idleTimeout
+        var expired: [KeptRequestStream] = []
+        for (protocolID, streams) in state.value.idle {
+            let keep = streams.filter { $0.idleSince > cutoff }
+            expired += streams.filter { $0.idleSince <= cutoff }
+            state.value.idle[protocolID] = keep.isEmpty ? nil : keep
+        }
+        for stream in expired { stream.retire() }
+        if !state.value.idle.isEmpty { armSweep() }
+    }
+}
+
+/// A request stream kept open between requests: its stream, its reply parser and the request in
+/// progress, if any. Confined to the stream's event loop.
+final class KeptRequestStream: Sendable {
+    private struct State {
+        var parser: LazyReplyParser
+        var exchange: RequestExchange?
+        /// Reset, failed, closed by either side or retired: never used again.
+        var done = false
+        var idleSince = NIODeadline.distantPast
+    }
+
+    let stream: MplexStream
+    let protocolID: String
+    let peer: PeerID
+    private let pool: RequestStreamPool
+    private let state: NIOLoopBoundBox<State>
+
+    /// Opens a stream for `protocolID` whose first request will carry the lazy proposal.
+    /// On the event loop.
+    init(stream: MplexStream, protocolID: String, peer: PeerID, pool: RequestStreamPool, parser: LazyReplyParser) {
+        self.stream = stream
+        self.protocolID = protocolID
+        self.peer = peer
+        self.pool = pool
+        self.state = NIOLoopBoundBox(State(parser: parser), eventLoop: stream.eventLoop)
+    }
+
+    var idleSince: NIODeadline {
+        get { state.value.idleSince }
+        set { state.value.idleSince = newValue }
+    }
+
+    /// Starts a request on this stream: `bytes` is its frame (with the proposal, on a new stream).
+    func begin(_ exchange: RequestExchange, maxReplySize: Int, write bytes: ByteBuffer, reused: Bool) {
+        if reused { state.value.parser = LazyReplyParser(maxSize: maxReplySize) }
+        state.value.exchange = exchange
+        stream.writeOnEventLoop(bytes, flush: true, promise: nil)
+    }
+
+    /// Installs the inbound handler (once, when the stream is opened).
+    func listen() {
+        stream.setInboundHandler { [self] event in on(event) }
+    }
+
+    /// Ends the stream from our side: closes our write side (the responder then closes its own).
+    func retire() {
+        guard !state.value.done else { return }
+        state.value.done = true
+        stream.closeWriteOnEventLoop(flush: true)
+    }
+
+    private func fail(_ exchange: RequestExchange, _ error: any Error, reset: Bool) {
+        state.value.done = true
+        state.value.exchange = nil
+        exchange.finish(.failure(error))
+        if reset { stream.resetOnEventLoop() }
+    }
+
+    private func on(_ event: MplexStream.InboundEvent) {
+        switch event {
+        case .data(var bytes):
+            guard let exchange = state.value.exchange, !exchange.isFinished else {
+                // Data while idle, or after the request timed out or was cancelled: the stream
+                // is out of step with its requests and cannot be used again.
+                state.value.exchange = nil
+                state.value.done = true
+                pool.remove(self)
+                stream.resetOnEventLoop()
+                return
+            }
+            switch state.value.parser.onBytes(&bytes) {
+            case .needMore:
+                break
+            case .reply(let reply):
+                state.value.exchange = nil
+                if state.value.parser.hasBufferedBytes {
+                    // More than one reply: the reply stands, the stream does not.
+                    state.value.done = true
+                    stream.resetOnEventLoop()
+                } else if !state.value.done {
+                    pool.put(self)
+                }
+                exchange.finish(.success(reply))
+            case .failed(let error):
+                fail(exchange, error, reset: true)
+            }
+        case .remoteClosed:
+            if let exchange = state.value.exchange {
+                let error =
+                    state.value.parser.negotiated
+                    ? StreamsError(.protocolViolation, "\(peer) closed the \(protocolID) stream without replying")
+                    : StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")
+                fail(exchange, error, reset: false)
+            }
+            state.value.done = true
+            pool.remove(self)
+            // Our side too, so the stream ends (idempotent after a retire).
+            stream.closeWriteOnEventLoop(flush: true)
+        case .reset(let error):
+            if let exchange = state.value.exchange {
+                fail(
+                    exchange, StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)"),
+                    reset: false)
+            }
+            state.value.done = true
+            pool.remove(self)
+        }
+    }
+}
+
+extension StreamHost {
+    /// The event-loop part of a request with `keepStreamOpen`: takes an idle stream for
+    /// `protocolID` from the connection's pool (writing just `frame`) or opens one (writing the
+    /// lazy proposal with the frame, `out`), arms the deadline and writes the request.
+    static func startKeptRequest(
+        _ exchange: RequestExchange,
+        pool: RequestStreamPool,
+        muxer: MplexConnection,
+        peer: PeerID,
+        protocolID: String,
+        frame: ByteBuffer,
+        out: ByteBuffer,
+        proposal: ByteBuffer,
+        machine initialMachine: MultistreamMachine,
+        maxReplySize: Int,
+        deadline: NIODeadline
+    ) {
+        if exchange.isFinished { return }  // cancelled before it reached the loop
+        let kept: KeptRequestStream
+        let reused: Bool
+        if let idle = pool.take(protocolID) {
+            kept = idle
+            reused = true
+        } else {
+            let stream: MplexStream
+            do {
+                stream = try muxer.openStreamOnEventLoop(flush: false)
+            } catch let error as MplexError where error.code == .tooManyStreams {
+                exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
+                return
+            } catch {
+                exchange.finish(
+                    .failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
+                return
+            }
+            kept = KeptRequestStream(
+                stream: stream, protocolID: protocolID, peer: peer, pool: pool,
+                parser: LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal))
+            kept.listen()
+            reused = false
+        }
+        let stream = kept.stream
+        exchange.stream = stream
+        exchange.deadlineToken = exchange.deadlines.add(deadline) {
+            exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
+            stream.resetOnEventLoop()
+        }
+        kept.begin(exchange, maxReplySize: maxReplySize, write: reused ? frame : out, reused: reused)
+    }
+}

@@ -1,0 +1,341 @@
+import MsgNetCore
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+
+@testable import MsgNetStreams
+
+/// Requests with `keepStreamOpen`: the stream stays open after its reply, goes to the
+/// connection's pool and carries the next request. The responders here are written by hand so
+/// each test controls exactly what the peer does on the stream.
+@Suite("Kept request streams", .timeLimit(.minutes(2)))
+struct KeptRequestStreamTests {
+    static let proto = "/kept/1"
+
+    /// Counts and lets a test wait for a count.
+    final class Tally: Sendable {
+        private let state = NIOLockedValueBox<(value: Int, waiters: [(Int, CheckedContinuation<Void, Never>)])>((0, []))
+        var value: Int { state.withLockedValue { $0.value } }
+        func add() {
+            let ready = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
+                s.value += 1
+                let ready = s.waiters.filter { $0.0 <= s.value }.map(\.1)
+                s.waiters.removeAll { $0.0 <= s.value }
+                return ready
+            }
+            for c in ready { c.resume() }
+        }
+        func wait(atLeast n: Int) async {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLockedValue { s -> Bool in
+                    if s.value >= n { return true }
+                    s.waiters.append((n, c))
+                    return false
+                }
+                if now { c.resume() }
+            }
+        }
+    }
+
+    static func frame(_ text: String) -> ByteBuffer {
+        var b = ByteBuffer()
+        UVarint.write(UInt64(text.utf8.count), to: &b)
+        b.writeString(text)
+        return b
+    }
+
+    static func request(
+        _ client: StreamHost, _ server: StreamHost, _ text: String, timeout: TimeAmount = .seconds(10),
+        maxReplySize: Int = 1024
+    ) async throws -> String {
+        let reply = try await client.request(
+            to: server.peerID, protocolID: proto, frame: frame(text), maxReplySize: maxReplySize,
+            deadline: .now() + timeout, keepStreamOpen: true)
+        return String(buffer: reply)
+    }
+
+    /// A server whose handler is `serve`, and a client connected to it.
+    static func pair(
+        client configure: (inout StreamHostConfiguration) -> Void = { _ in },
+        serve: @escaping StreamHandler
+    ) async throws -> (StreamHost, StreamHost, Multiaddr) {
+        let server = makeHost { $0.identifyOnConnect = false }
+        let client = makeHost {
+            $0.identifyOnConnect = false
+            configure(&$0)
+        }
+        server.setStreamHandler(proto, handler: serve)
+        return (client, server, try await server.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0")))
+    }
+
+    /// A responder that answers every request on its stream with `re:` + the request, until the
+    /// requester closes; counts streams opened and ended.
+    static func echoing(opened: Tally, ended: Tally) -> StreamHandler {
+        { stream in
+            opened.add()
+            defer { ended.add() }
+            while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+            }
+        }
+    }
+
+    @Test("sequential requests share one stream, which stays in the pool")
+    func sequentialReuse() async throws {
+        let opened = Tally()
+        let ended = Tally()
+        let (client, server, address) = try await Self.pair(serve: Self.echoing(opened: opened, ended: ended))
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            for i in 0..<20 {
+                #expect(try await Self.request(client, server, "q\(i)") == "re:q\(i)")
+            }
+            #expect(opened.value == 1)
+            #expect(ended.value == 0)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 1)
+        }
+    }
+
+    @Test("concurrent requests each get a stream; the pool keeps at most its limit, the rest are closed")
+    func poolBound() async throws {
+        let opened = Tally()
+        let ended = Tally()
+        let arrived = Tally()
+        let (client, server, address) = try await Self.pair(client: { $0.maxIdleRequestStreams = 2 }) { stream in
+            opened.add()
+            defer { ended.add() }
+            while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                // Hold each reply until all eight requests are in: eight streams are needed.
+                arrived.add()
+                await arrived.wait(atLeast: 8)
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<8 {
+                    group.addTask {
+                        let reply = try await Self.request(client, server, "c\(i)")
+                        #expect(reply == "re:c\(i)")
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(opened.value == 8)
+            // Six were closed by the client; their responders saw the end.
+            await ended.wait(atLeast: 6)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 2)
+            // The two kept ones still serve.
+            #expect(try await Self.request(client, server, "after") == "re:after")
+            #expect(opened.value == 8)
+        }
+    }
+
+    @Test("a responder that closes after one reply (as libp2p ones do) gets a new stream per request")
+    func oneShotResponder() async throws {
+        let opened = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            guard let request = try await stream.readLengthPrefixed(maxSize: 1024) else { return }
+            try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            for i in 0..<5 {
+                #expect(try await Self.request(client, server, "o\(i)") == "re:o\(i)")
+            }
+            #expect(opened.value == 5)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 0)
+        }
+    }
+
+    @Test("no reply, then the responder closes: protocol violation; the next request works")
+    func closedWithoutReply() async throws {
+        let (client, server, address) = try await Self.pair { stream in
+            guard let request = try await stream.readLengthPrefixed(maxSize: 1024) else { return }
+            if String(buffer: request) == "ignore" { return }
+            try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+            while let next = try await stream.readLengthPrefixed(maxSize: 1024) {
+                if String(buffer: next) == "ignore" { return }
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: next)))
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "a") == "re:a")
+            // On the kept stream (the second request there), then on a fresh one (the first).
+            for _ in 0..<2 {
+                await #expect {
+                    _ = try await Self.request(client, server, "ignore")
+                } throws: { ($0 as? StreamsError)?.code == .protocolViolation }
+            }
+            #expect(try await Self.request(client, server, "b") == "re:b")
+        }
+    }
+
+    @Test("two replies to one request: the first is the reply; the stream is reset, not reused")
+    func extraReply() async throws {
+        let opened = Tally()
+        let reset = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            do {
+                while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                    var both = Self.frame("re:" + String(buffer: request))
+                    if String(buffer: request) == "twice" { both.writeImmutableBuffer(Self.frame("extra")) }
+                    try await stream.write(both)
+                }
+            } catch {
+                reset.add()
+                throw error
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "one") == "re:one")
+            #expect(try await Self.request(client, server, "twice") == "re:twice")
+            await reset.wait(atLeast: 1)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 0)
+            #expect(try await Self.request(client, server, "three") == "re:three")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("data on an idle kept stream resets it; the next request opens a new one")
+    func unsolicitedData() async throws {
+        let opened = Tally()
+        let reset = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            do {
+                while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                    try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+                    if String(buffer: request) == "then-more" {
+                        try await stream.writeLengthPrefixed(ByteBuffer(string: "unasked"))
+                    }
+                }
+            } catch {
+                reset.add()
+                throw error
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            // The reply and the unasked message may arrive together (then the extra-reply rule
+            // applies) or apart (the idle rule): either way the stream is reset.
+            #expect(try await Self.request(client, server, "then-more") == "re:then-more")
+            await reset.wait(atLeast: 1)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 0)
+            #expect(try await Self.request(client, server, "next") == "re:next")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("a timed-out request resets its kept stream: its late reply never answers a later request")
+    func timeoutResets() async throws {
+        let release = Tally()
+        let opened = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                if String(buffer: request) == "slow" { await release.wait(atLeast: 1) }
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "warm") == "re:warm")
+            await #expect {
+                _ = try await Self.request(client, server, "slow", timeout: .milliseconds(200))
+            } throws: { ($0 as? StreamsError)?.code == .timedOut }
+            release.add()
+            #expect(try await Self.request(client, server, "fast") == "re:fast")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("a cancelled request resets its kept stream, which is not reused")
+    func cancelResets() async throws {
+        let release = Tally()
+        let arrived = Tally()
+        let opened = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                if String(buffer: request) == "hold" {
+                    arrived.add()
+                    await release.wait(atLeast: 1)
+                }
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "warm") == "re:warm")
+            let held = Task { try await Self.request(client, server, "hold") }
+            await arrived.wait(atLeast: 1)
+            held.cancel()
+            await #expect(throws: CancellationError.self) { _ = try await held.value }
+            release.add()
+            #expect(try await Self.request(client, server, "next") == "re:next")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("an oversize reply on a kept stream fails the request and resets the stream")
+    func oversizeReply() async throws {
+        let opened = Tally()
+        let (client, server, address) = try await Self.pair { stream in
+            opened.add()
+            while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                let text = String(buffer: request)
+                let reply = text == "big" ? String(repeating: "x", count: 200) : "re:" + text
+                try await stream.writeLengthPrefixed(ByteBuffer(string: reply))
+            }
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "a", maxReplySize: 100) == "re:a")
+            await #expect {
+                _ = try await Self.request(client, server, "big", maxReplySize: 100)
+            } throws: { ($0 as? ReplyTooLargeError)?.length == 200 }
+            #expect(try await Self.request(client, server, "b", maxReplySize: 100) == "re:b")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("an idle kept stream is closed after the idle timeout")
+    func idleTimeout() async throws {
+        let opened = Tally()
+        let ended = Tally()
+        let (client, server, address) = try await Self.pair(client: {
+            $0.requestStreamIdleTimeout = .milliseconds(50)
+        }) { stream in
+            try await Self.echoing(opened: opened, ended: ended)(stream)
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            #expect(try await Self.request(client, server, "x") == "re:x")
+            // The responder sees the requester's close once the sweep retires the stream.
+            await ended.wait(atLeast: 1)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: Self.proto) == 0)
+            #expect(try await Self.request(client, server, "y") == "re:y")
+            #expect(opened.value == 2)
+        }
+    }
+
+    @Test("a responder that refuses the protocol: not supported, and nothing is pooled")
+    func refused() async throws {
+        let (client, server, address) = try await Self.pair { _ in }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            await #expect {
+                _ = try await client.request(
+                    to: server.peerID, protocolID: "/other/1", frame: Self.frame("x"), maxReplySize: 64,
+                    deadline: .now() + .seconds(10), keepStreamOpen: true)
+            } throws: { ($0 as? StreamsError)?.code == .protocolNotSupported }
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/other/1") == 0)
+        }
+    }
+}
