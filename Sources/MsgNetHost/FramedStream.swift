@@ -147,14 +147,14 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             throw MessageError(
                 .remoteError, "request \(token) on \(protocolID) from \(peer) was already answered or has ended")
         }
-        try await write(data, status: RequestStreamStatus.reply)
+        try await write(data, status: RequestStreamStatus.reply, flushNow: true)
     }
 
     /// Answers the request being handled with an error (a request stream's handler that did not
     /// reply, threw, or was refused); nothing when it already has its answer.
     func replyError(_ code: MessageError.Code, _ reason: String) async throws {
         guard requestUnanswered() else { return }
-        try await write(ErrorReply.encode(code, reason), status: RequestStreamStatus.error)
+        try await write(ErrorReply.encode(code, reason), status: RequestStreamStatus.error, flushNow: true)
     }
 
     /// The reply token of the next message read (on a request stream, starts its request).
@@ -190,14 +190,21 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     }
 
     /// Queues one framed message (on a request stream's answer, behind its status byte).
-    func write(_ payload: ByteBuffer, status: UInt8? = nil) async throws {
+    /// - Parameter flushNow: on the event loop, write and flush at once instead of after the
+    ///   loop's current work (an answer on a request stream: nothing else is coming to coalesce
+    ///   it with, and the requester is waiting).
+    func write(_ payload: ByteBuffer, status: UInt8? = nil, flushNow: Bool = false) async throws {
         let (schedule, wait) = try state.withLockedValue { s throws -> (Bool, Bool) in
             if let error = s.error { throw error }
             if s.closing { throw MessageError(.connectionClosed, "the channel to \(peer) on \(protocolID) is closed") }
             let schedule = Self.append(payload, status: status, to: &s)
             return (schedule, s.pending.readableBytes + s.unwritten > highWatermark)
         }
-        if schedule { stream.eventLoop.execute { self.flushOnLoop() } }
+        if flushNow, stream.eventLoop.inEventLoop {
+            flushOnLoop(now: true)
+        } else if schedule {
+            stream.eventLoop.execute { self.flushOnLoop() }
+        }
         if wait {
             onBlocked?()
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
@@ -226,7 +233,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         return !s.flushScheduled
     }
 
-    private func flushOnLoop() {
+    private func flushOnLoop(now: Bool = false) {
         let buffer = state.withLockedValue { s -> ByteBuffer? in
             s.flushScheduled = false
             guard s.error == nil, s.pending.readableBytes > 0 else { return nil }
@@ -239,6 +246,10 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         let count = buffer.readableBytes
         let promise = stream.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { result in self.written(count, result) }
+        if now {
+            stream.writeOnEventLoop(buffer, flush: true, promise: promise)
+            return
+        }
         // Flushed once this loop pass is done: what else is written meanwhile (a protocol echo,
         // the stream's close, other channels' messages) leaves in the same write.
         stream.writeOnEventLoop(buffer, flush: false, promise: promise)
