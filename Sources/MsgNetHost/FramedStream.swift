@@ -239,17 +239,20 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             guard s.error == nil, s.pending.readableBytes > 0 else { return nil }
             let b = s.pending
             s.pending = ByteBuffer()
-            s.unwritten += b.readableBytes
+            if !now { s.unwritten += b.readableBytes }
             return b
+        }
+        if now, let buffer {
+            // An answer on a request stream: at most one is outstanding (the requester waits for
+            // it before it sends the next request), so it needs no accounting against the high
+            // watermark; a failed write resets the stream, which the next read reports.
+            stream.writeOnEventLoop(buffer, flush: true, promise: nil)
+            return
         }
         guard let buffer else { return }
         let count = buffer.readableBytes
         let promise = stream.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { result in self.written(count, result) }
-        if now {
-            stream.writeOnEventLoop(buffer, flush: true, promise: promise)
-            return
-        }
         // Flushed once this loop pass is done: what else is written meanwhile (a protocol echo,
         // the stream's close, other channels' messages) leaves in the same write.
         stream.writeOnEventLoop(buffer, flush: false, promise: promise)

@@ -50,8 +50,8 @@ public final class StreamMessageTransport: MessageTransport {
     /// to `P`'s handler and answers each exactly once: the handler's reply, or an error when the
     /// handler returned without replying, threw, was removed, or the request was over the rate
     /// limit (the requester gets `.remoteError`, `.protocolNotSupported` or `.limitExceeded`,
-    /// as on the datagram path, and the stream stays usable). Idle request streams are kept per
-    /// connection and protocol up to ``StreamHostConfiguration/maxIdleRequestStreams`` and for
+    /// as on the datagram path, and the stream stays usable). Idle request streams are kept up
+    /// to ``StreamHostConfiguration/maxIdleRequestStreams`` per connection and for
     /// ``StreamHostConfiguration/requestStreamIdleTimeout``. Only MsgNet speaks this; protocol
     /// ids that do not start with `/` always use per-request streams. The bytes are in
     /// `docs/api.md` ("Request streams").

@@ -33,8 +33,22 @@ public final class MplexStream: Sendable {
         var remoteClosed = false
         var localWriteClosed = false
         var error: MplexError?
-        var pendingRead: EventLoopPromise<ByteBuffer?>?
+        var pendingRead: PendingRead?
         var inboundHandler: ((InboundEvent) -> Void)?
+    }
+
+    /// A reader waiting for data: a promise (a read from off the loop) or the continuation of a
+    /// task reading on the loop (resumed directly, without a future in between).
+    private enum PendingRead {
+        case promise(EventLoopPromise<ByteBuffer?>)
+        case continuation(UnsafeContinuation<ByteBuffer?, any Error>)
+
+        func complete(_ result: Result<ByteBuffer?, any Error>) {
+            switch self {
+            case .promise(let promise): promise.completeWith(result)
+            case .continuation(let continuation): continuation.resume(with: result)
+            }
+        }
     }
 
     /// The most bytes one `read()` returns when it merges several buffered chunks.
@@ -125,7 +139,21 @@ public final class MplexStream: Sendable {
     /// Called on ``eventLoop`` (a task running there) with data or the end already buffered,
     /// it returns without suspending.
     public func read() async throws -> ByteBuffer? {
-        if eventLoop.inEventLoop, let ready = readNowOnLoop() { return try ready.get() }
+        if eventLoop.inEventLoop {
+            if let ready = readNowOnLoop() { return try ready.get() }
+            // A task on the loop waits with its own continuation, resumed by the next event.
+            return try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { continuation in
+                    if eventLoop.inEventLoop {
+                        waitOnLoop(continuation)
+                    } else {
+                        eventLoop.execute { self.waitOnLoop(continuation) }
+                    }
+                }
+            } onCancel: {
+                eventLoop.execute { self.cancelRead() }
+            }
+        }
         return try await withTaskCancellationHandler {
             try await onLoop { self.readOnLoop() }.get()
         } onCancel: {
@@ -172,8 +200,19 @@ public final class MplexStream: Sendable {
     private func readOnLoop() -> EventLoopFuture<ByteBuffer?> {
         if let ready = readNowOnLoop() { return eventLoop.makeCompletedFuture(ready) }
         let promise = eventLoop.makePromise(of: ByteBuffer?.self)
-        state.value.pendingRead = promise
+        state.value.pendingRead = .promise(promise)
         return promise.futureResult
+    }
+
+    /// Whether a read is waiting (for tests). On the loop.
+    var isReadPending: Bool { state.value.pendingRead != nil }
+
+    private func waitOnLoop(_ continuation: UnsafeContinuation<ByteBuffer?, any Error>) {
+        if let ready = readNowOnLoop() {
+            continuation.resume(with: ready)
+            return
+        }
+        state.value.pendingRead = .continuation(continuation)
     }
 
     /// The outcome of a read when it is known now (data, the end, an error); `nil` when the read
@@ -205,9 +244,9 @@ public final class MplexStream: Sendable {
     }
 
     private func cancelRead() {
-        if let promise = state.value.pendingRead {
+        if let pending = state.value.pendingRead {
             state.value.pendingRead = nil
-            promise.fail(CancellationError())
+            pending.complete(.failure(CancellationError()))
         }
     }
 
@@ -234,9 +273,9 @@ public final class MplexStream: Sendable {
             inbound(.data(data))
             return data.readableBytes
         }
-        if let promise = state.value.pendingRead {
+        if let pending = state.value.pendingRead {
             state.value.pendingRead = nil
-            promise.succeed(data)
+            pending.complete(.success(data))
             return data.readableBytes
         }
         state.value.buffer.append(data)
@@ -248,9 +287,9 @@ public final class MplexStream: Sendable {
         state.value.remoteClosed = true
         if let inbound = state.value.inboundHandler {
             inbound(.remoteClosed)
-        } else if let promise = state.value.pendingRead {
+        } else if let pending = state.value.pendingRead {
             state.value.pendingRead = nil
-            promise.succeed(nil)
+            pending.complete(.success(nil))
         }
     }
 
@@ -272,9 +311,9 @@ public final class MplexStream: Sendable {
         if let inbound = state.value.inboundHandler {
             state.value.inboundHandler = nil
             inbound(.reset(error))
-        } else if let promise = state.value.pendingRead {
+        } else if let pending = state.value.pendingRead {
             state.value.pendingRead = nil
-            promise.fail(error)
+            pending.complete(.failure(error))
         }
     }
 }

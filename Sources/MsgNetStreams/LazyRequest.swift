@@ -142,33 +142,37 @@ extension StreamHost {
         let record = try await connectionOrDial(peer)
         let muxer = record.connection.muxer
         let loop = muxer.eventLoop
-        var machine = MultistreamMachine.initiator(proposals: [protocolID], optimistic: true)
-        var first = ByteBuffer()
-        for action in machine.start() {
-            if case .send(var bytes) = action { first.writeBuffer(&bytes) }
-        }
-        let proposal = first
-        first.writeImmutableBuffer(frame)
-        let out = first
-        let initialMachine = machine
         let exchange = RequestExchange(deadlines: record.requestDeadlines)
-        return try await withTaskCancellationHandler {
-            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
-                exchange.attach(continuation)
-                if keepStreamOpen {
-                    let pool = record.requestStreams
+        if keepStreamOpen {
+            // The proposal is built on the loop, and only when no idle stream can take the request.
+            let pool = record.requestStreams
+            return try await withTaskCancellationHandler {
+                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
+                    exchange.attach(continuation)
                     loop.execute {
                         Self.startKeptRequest(
                             exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
-                            out: out, proposal: proposal, machine: initialMachine, maxReplySize: maxReplySize,
-                            deadline: deadline)
+                            maxReplySize: maxReplySize, deadline: deadline)
                     }
-                } else {
-                    loop.execute {
-                        Self.startRequest(
-                            exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
-                            machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
-                    }
+                }
+            } onCancel: {
+                loop.execute {
+                    exchange.finish(.failure(CancellationError()))
+                    exchange.stream?.resetOnEventLoop()
+                }
+            }
+        }
+        let (initialMachine, proposal) = Self.lazyProposal(protocolID)
+        var first = proposal
+        first.writeImmutableBuffer(frame)
+        let out = first
+        return try await withTaskCancellationHandler {
+            try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
+                exchange.attach(continuation)
+                loop.execute {
+                    Self.startRequest(
+                        exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
+                        machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
                 }
             }
         } onCancel: {
@@ -177,6 +181,17 @@ extension StreamHost {
                 exchange.stream?.resetOnEventLoop()
             }
         }
+    }
+
+    /// An initiator's multistream machine proposing `protocolID` optimistically, and the bytes it
+    /// sends first (the header and the proposal).
+    static func lazyProposal(_ protocolID: String) -> (MultistreamMachine, ByteBuffer) {
+        var machine = MultistreamMachine.initiator(proposals: [protocolID], optimistic: true)
+        var bytes = ByteBuffer()
+        for action in machine.start() {
+            if case .send(var b) = action { bytes.writeBuffer(&b) }
+        }
+        return (machine, bytes)
     }
 
     /// The event-loop part of ``request(to:protocolID:frame:maxReplySize:deadline:)``: opens the

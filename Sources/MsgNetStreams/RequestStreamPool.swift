@@ -3,16 +3,19 @@ import MsgNetMplex
 import MsgNetMultistream
 import NIOCore
 
-/// One connection's idle request streams, per protocol id: streams that answered a request and
+/// One connection's idle request streams, by protocol id: streams that answered a request and
 /// stay open for the next one (see `StreamHost.request(…keepStreamOpen:)`). Confined to the
 /// connection's event loop (every method but `init` runs there).
 ///
-/// Bounded: at most `maxIdle` idle streams per protocol (a stream returned beyond that is
-/// closed), and a stream idle for `idleTimeout` is closed by a sweep. Closing a kept stream
-/// closes our write side; the responder then ends the stream from its side.
+/// Bounded: at most `maxIdle` idle streams on the connection, over all protocols (a stream
+/// returned beyond that is closed; each idle stream holds a stream slot on both sides and
+/// counts against the responder's per-peer stream limit), and a stream idle for `idleTimeout`
+/// is closed by a sweep. Closing a kept stream closes our write side; the responder then ends
+/// the stream from its side.
 final class RequestStreamPool: Sendable {
     private struct State {
         var idle: [String: [KeptRequestStream]] = [:]
+        var total = 0
         var sweep: Scheduled<Void>?
     }
 
@@ -29,34 +32,40 @@ final class RequestStreamPool: Sendable {
         self.state = NIOLoopBoundBox.makeBoxSendingValue(State(), eventLoop: loop)
     }
 
-    /// Idle streams for `protocolID` (for tests).
-    func idleCount(_ protocolID: String) -> Int { state.value.idle[protocolID]?.count ?? 0 }
+    /// Idle streams for `protocolID`, or on the whole connection when `nil` (for tests).
+    func idleCount(_ protocolID: String?) -> Int {
+        guard let protocolID else { return state.value.total }
+        return state.value.idle[protocolID]?.count ?? 0
+    }
 
     /// The most recently returned idle stream for `protocolID`, taken out of the pool.
     func take(_ protocolID: String) -> KeptRequestStream? {
         guard var streams = state.value.idle[protocolID], let stream = streams.popLast() else { return nil }
         state.value.idle[protocolID] = streams.isEmpty ? nil : streams
+        state.value.total -= 1
         return stream
     }
 
     /// Returns a stream that just answered a request; closes it instead when the pool is full.
     func put(_ stream: KeptRequestStream) {
-        var streams = state.value.idle[stream.protocolID] ?? []
-        guard streams.count < maxIdle else {
+        guard state.value.total < maxIdle else {
             stream.retire()
             return
         }
         stream.idleSince = loop.now
-        streams.append(stream)
-        state.value.idle[stream.protocolID] = streams
+        state.value.idle[stream.protocolID, default: []].append(stream)
+        state.value.total += 1
         armSweep()
     }
 
     /// Forgets `stream` (it closed or was reset while idle).
     func remove(_ stream: KeptRequestStream) {
-        guard var streams = state.value.idle[stream.protocolID] else { return }
-        streams.removeAll { $0 === stream }
+        guard var streams = state.value.idle[stream.protocolID],
+            let index = streams.firstIndex(where: { $0 === stream })
+        else { return }
+        streams.remove(at: index)
         state.value.idle[stream.protocolID] = streams.isEmpty ? nil : streams
+        state.value.total -= 1
     }
 
     private func armSweep() {
@@ -74,6 +83,7 @@ final class RequestStreamPool: Sendable {
             expired += streams.filter { $0.idleSince <= cutoff }
             state.value.idle[protocolID] = keep.isEmpty ? nil : keep
         }
+        state.value.total -= expired.count
         for stream in expired { stream.retire() }
         if !state.value.idle.isEmpty { armSweep() }
     }
@@ -111,9 +121,13 @@ final class KeptRequestStream: Sendable {
         set { state.value.idleSince = newValue }
     }
 
+    /// Prepares a reused stream for the next reply (of at most `maxSize` bytes).
+    func expectReply(maxSize: Int) {
+        state.value.parser = LazyReplyParser(maxSize: maxSize)
+    }
+
     /// Starts a request on this stream: `bytes` is its frame (with the proposal, on a new stream).
-    func begin(_ exchange: RequestExchange, maxReplySize: Int, write bytes: ByteBuffer, reused: Bool) {
-        if reused { state.value.parser = LazyReplyParser(maxSize: maxReplySize) }
+    func begin(_ exchange: RequestExchange, write bytes: ByteBuffer) {
         state.value.exchange = exchange
         stream.writeOnEventLoop(bytes, flush: true, promise: nil)
     }
@@ -192,7 +206,7 @@ final class KeptRequestStream: Sendable {
 extension StreamHost {
     /// The event-loop part of a request with `keepStreamOpen`: takes an idle stream for
     /// `protocolID` from the connection's pool (writing just `frame`) or opens one (writing the
-    /// lazy proposal with the frame, `out`), arms the deadline and writes the request.
+    /// lazy proposal with the frame), arms the deadline and writes the request.
     static func startKeptRequest(
         _ exchange: RequestExchange,
         pool: RequestStreamPool,
@@ -200,18 +214,16 @@ extension StreamHost {
         peer: PeerID,
         protocolID: String,
         frame: ByteBuffer,
-        out: ByteBuffer,
-        proposal: ByteBuffer,
-        machine initialMachine: MultistreamMachine,
         maxReplySize: Int,
         deadline: NIODeadline
     ) {
         if exchange.isFinished { return }  // cancelled before it reached the loop
         let kept: KeptRequestStream
-        let reused: Bool
+        let bytes: ByteBuffer
         if let idle = pool.take(protocolID) {
             kept = idle
-            reused = true
+            bytes = frame
+            kept.expectReply(maxSize: maxReplySize)
         } else {
             let stream: MplexStream
             do {
@@ -224,11 +236,14 @@ extension StreamHost {
                     .failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
                 return
             }
+            let (machine, proposal) = lazyProposal(protocolID)
             kept = KeptRequestStream(
                 stream: stream, protocolID: protocolID, peer: peer, pool: pool,
-                parser: LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal))
+                parser: LazyReplyParser(machine: machine, maxSize: maxReplySize, proposal: proposal))
             kept.listen()
-            reused = false
+            var out = proposal
+            out.writeImmutableBuffer(frame)
+            bytes = out
         }
         let stream = kept.stream
         exchange.stream = stream
@@ -236,6 +251,6 @@ extension StreamHost {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
             stream.resetOnEventLoop()
         }
-        kept.begin(exchange, maxReplySize: maxReplySize, write: reused ? frame : out, reused: reused)
+        kept.begin(exchange, write: bytes)
     }
 }

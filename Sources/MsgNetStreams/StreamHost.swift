@@ -46,9 +46,10 @@ public struct StreamHostConfiguration: Sendable {
     public var identifyOnConnect = true
     /// The muxer's limits.
     public var mplex = MplexConfiguration()
-    /// Idle request streams kept open per connection and protocol for later requests (requests
-    /// with `keepStreamOpen`, e.g. MsgNet's request streams); one returned beyond this is closed.
-    public var maxIdleRequestStreams = 16
+    /// Idle request streams kept open per connection, over all protocols, for later requests
+    /// (requests with `keepStreamOpen`, e.g. MsgNet's request streams); one returned beyond this
+    /// is closed.
+    public var maxIdleRequestStreams = 32
     /// A kept request stream idle this long is closed.
     public var requestStreamIdleTimeout: TimeAmount = .seconds(30)
     /// Where inbound streams are served: by default on their connection's event loop, so a
@@ -576,8 +577,9 @@ public final class StreamHost: Sendable {
         }
     }
 
-    /// Idle kept request streams for `protocolID` on the live connection to `peer` (for tests).
-    package func idleRequestStreams(to peer: PeerID, protocolID: String) async throws -> Int {
+    /// Idle kept request streams for `protocolID` (all protocols when `nil`) on the live
+    /// connection to `peer` (for tests).
+    package func idleRequestStreams(to peer: PeerID, protocolID: String?) async throws -> Int {
         guard let record = connection(to: peer) else { return 0 }
         let pool = record.requestStreams
         return try await pool.loop.submit { pool.idleCount(protocolID) }.get()

@@ -1,3 +1,4 @@
+import MsgNetCore
 import NIOCore
 import NIOEmbedded
 import Synchronization
@@ -37,6 +38,65 @@ import Testing
         try await pair.pump()
         #expect(text(try await streamA.read()) == "after half-close")
         #expect(try await streamA.read() == nil)
+    }
+
+    /// A read from a task running on the stream's event loop waits with the task's own
+    /// continuation (no future): each way it can end is checked while it is waiting.
+    @Test(.timeLimit(.minutes(1))) func readsOnTheLoopEndEveryWay() async throws {
+        let pair = try await AsyncPair()
+        let streamA = try await pair.connectionA.openStream()
+        let streamB = try await pair.pumpUntil(pair.inboundB, hasStreams: 1)
+        let executor = EventLoopTaskExecutor(pair.b.eventLoop)
+        /// Carries bytes over and runs what that queued on B's loop (the testing loop runs work
+        /// queued from itself only when told to).
+        func settle() async throws {
+            try await pair.pump()
+            await pair.b.testingEventLoop.run()
+        }
+        /// Starts a read of `stream` on B's loop and returns once it is waiting.
+        func waitingRead(_ stream: MplexStream) async throws -> Task<ByteBuffer?, any Error> {
+            let task = Task(executorPreference: executor) {
+                #expect(stream.eventLoop.inEventLoop)
+                return try await stream.read()
+            }
+            for _ in 0..<10_000 {
+                await pair.b.testingEventLoop.run()
+                if try await stream.eventLoop.submit({ stream.isReadPending }).get() { return task }
+                await Task.yield()
+            }
+            Issue.record("the read never waited")
+            return task
+        }
+
+        // Data.
+        var read = try await waitingRead(streamB)
+        try await streamA.write(ByteBuffer(string: "one"))
+        try await settle()
+        #expect(text(try await read.value) == "one")
+
+        // Cancellation: CancellationError, and the stream still reads afterwards.
+        read = try await waitingRead(streamB)
+        read.cancel()
+        try await settle()
+        await #expect(throws: CancellationError.self) { _ = try await read.value }
+        read = try await waitingRead(streamB)
+        try await streamA.write(ByteBuffer(string: "two"))
+        try await settle()
+        #expect(text(try await read.value) == "two")
+
+        // EOF.
+        read = try await waitingRead(streamB)
+        try await streamA.closeWrite()
+        try await settle()
+        #expect(try await read.value == nil)
+
+        // Reset, on a second stream.
+        let otherA = try await pair.connectionA.openStream()
+        let otherB = try await pair.pumpUntil(pair.inboundB, hasStreams: 2)
+        read = try await waitingRead(otherB)
+        await otherA.reset()
+        try await settle()
+        #expect(await errorCode(read) == .streamResetByPeer)
     }
 
     @Test func largeWriteArrivesWhole() async throws {

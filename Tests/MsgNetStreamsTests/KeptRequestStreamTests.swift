@@ -132,6 +132,44 @@ struct KeptRequestStreamTests {
         }
     }
 
+    @Test("the idle bound counts the connection's streams over all protocols")
+    func poolBoundAcrossProtocols() async throws {
+        let arrived = Tally()
+        let server = makeHost { $0.identifyOnConnect = false }
+        let client = makeHost {
+            $0.identifyOnConnect = false
+            $0.maxIdleRequestStreams = 3
+        }
+        for p in ["/p/1", "/p/2"] {
+            server.setStreamHandler(p) { stream in
+                while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                    // Four requests in flight at once: four streams.
+                    arrived.add()
+                    await arrived.wait(atLeast: 4)
+                    try await stream.writeLengthPrefixed(request)
+                }
+            }
+        }
+        let address = try await server.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for p in ["/p/1", "/p/2"] {
+                    for i in 0..<2 {
+                        group.addTask {
+                            let reply = try await client.request(
+                                to: server.peerID, protocolID: p, frame: Self.frame("\(i)"), maxReplySize: 64,
+                                deadline: .now() + .seconds(10), keepStreamOpen: true)
+                            #expect(String(buffer: reply) == "\(i)")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: nil) == 3)
+        }
+    }
+
     @Test("a responder that closes after one reply (as libp2p ones do) gets a new stream per request")
     func oneShotResponder() async throws {
         let opened = Tally()
