@@ -143,37 +143,30 @@ extension StreamHost {
         let muxer = record.connection.muxer
         let loop = muxer.eventLoop
         let exchange = RequestExchange(deadlines: record.requestDeadlines)
+        let start: @Sendable () -> Void
         if keepStreamOpen {
             // The proposal is built on the loop, and only when no idle stream can take the request.
             let pool = record.requestStreams
-            return try await withTaskCancellationHandler {
-                try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
-                    exchange.attach(continuation)
-                    loop.execute {
-                        Self.startKeptRequest(
-                            exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
-                            maxReplySize: maxReplySize, deadline: deadline)
-                    }
-                }
-            } onCancel: {
-                loop.execute {
-                    exchange.finish(.failure(CancellationError()))
-                    exchange.stream?.resetOnEventLoop()
-                }
+            start = {
+                Self.startKeptRequest(
+                    exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
+                    maxReplySize: maxReplySize, deadline: deadline)
+            }
+        } else {
+            let (initialMachine, proposal) = Self.lazyProposal(protocolID)
+            var first = proposal
+            first.writeImmutableBuffer(frame)
+            let out = first
+            start = {
+                Self.startRequest(
+                    exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
+                    machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
             }
         }
-        let (initialMachine, proposal) = Self.lazyProposal(protocolID)
-        var first = proposal
-        first.writeImmutableBuffer(frame)
-        let out = first
         return try await withTaskCancellationHandler {
             try await withUnsafeThrowingContinuation { (continuation: UnsafeContinuation<ByteBuffer, any Error>) in
                 exchange.attach(continuation)
-                loop.execute {
-                    Self.startRequest(
-                        exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
-                        machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
-                }
+                loop.execute(start)
             }
         } onCancel: {
             loop.execute {
@@ -181,6 +174,19 @@ extension StreamHost {
                 exchange.stream?.resetOnEventLoop()
             }
         }
+    }
+
+    /// Opens a request's stream on the loop; on failure finishes `exchange` with the error
+    /// (`.limitExceeded` at the muxer's stream limit, else `.connectionClosed`) and returns `nil`.
+    static func openStream(for exchange: RequestExchange, on muxer: MplexConnection, to peer: PeerID) -> MplexStream? {
+        do {
+            return try muxer.openStreamOnEventLoop(flush: false)
+        } catch let error as MplexError where error.code == .tooManyStreams {
+            exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
+        } catch {
+            exchange.finish(.failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
+        }
+        return nil
     }
 
     /// An initiator's multistream machine proposing `protocolID` optimistically, and the bytes it
@@ -209,16 +215,7 @@ extension StreamHost {
     ) {
         let loop = muxer.eventLoop
         if exchange.isFinished { return }  // cancelled before the stream existed
-        let stream: MplexStream
-        do {
-            stream = try muxer.openStreamOnEventLoop(flush: false)
-        } catch let error as MplexError where error.code == .tooManyStreams {
-            exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
-            return
-        } catch {
-            exchange.finish(.failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
-            return
-        }
+        guard let stream = openStream(for: exchange, on: muxer, to: peer) else { return }
         exchange.stream = stream
         exchange.deadlineToken = exchange.deadlines.add(deadline) {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))

@@ -225,17 +225,7 @@ extension StreamHost {
             bytes = frame
             kept.expectReply(maxSize: maxReplySize)
         } else {
-            let stream: MplexStream
-            do {
-                stream = try muxer.openStreamOnEventLoop(flush: false)
-            } catch let error as MplexError where error.code == .tooManyStreams {
-                exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
-                return
-            } catch {
-                exchange.finish(
-                    .failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
-                return
-            }
+            guard let stream = openStream(for: exchange, on: muxer, to: peer) else { return }
             let (machine, proposal) = lazyProposal(protocolID)
             kept = KeptRequestStream(
                 stream: stream, protocolID: protocolID, peer: peer, pool: pool,
