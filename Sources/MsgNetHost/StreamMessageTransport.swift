@@ -61,8 +61,8 @@ public final class StreamMessageTransport: MessageTransport {
         /// announced them, and per-request streams otherwise (the default).
         case whenSupported
         /// Serve request streams and use them for every peer without checking identify: for
-        /// networks of MsgNet nodes only (a libp2p peer answers the proposal with `na`, and the
-        /// request fails with `.protocolNotSupported`).
+        /// networks of MsgNet nodes (a peer without them answers the proposal with `na`, and the
+        /// request is sent again on a stream of its own: one more round trip per request).
         case always
         /// Neither serve nor use them: every request opens its own stream.
         case off
@@ -573,13 +573,22 @@ public final class StreamMessageTransport: MessageTransport {
         frame.reserveCapacity(10 + data.readableBytes)
         UVarint.write(UInt64(data.readableBytes), to: &frame)
         frame.writeImmutableBuffer(data)
-        let requestStreamID = useRequestStreams(to: peer) ? Self.requestStreamID(`protocol`) : nil
+        var requestStreamID = useRequestStreams(to: peer) ? Self.requestStreamID(`protocol`) : nil
         var reply: ByteBuffer
         do {
-            reply = try await streamHost.request(
-                to: peer, protocolID: requestStreamID ?? `protocol`, frame: frame,
-                maxReplySize: requestStreamID == nil ? maxSize : maxSize + 1,
-                deadline: deadline, keepStreamOpen: requestStreamID != nil)
+            do {
+                reply = try await streamHost.request(
+                    to: peer, protocolID: requestStreamID ?? `protocol`, frame: frame,
+                    maxReplySize: requestStreamID == nil ? maxSize : maxSize + 1,
+                    deadline: deadline, keepStreamOpen: requestStreamID != nil)
+            } catch let error as StreamsError where error.code == .protocolNotSupported && requestStreamID != nil {
+                // The peer refused the request stream in negotiation (`na`), so the request was
+                // not handled: ask again on a stream of its own (a peer whose announcement we
+                // knew from an earlier connection, or `.always` to a peer without them).
+                requestStreamID = nil
+                reply = try await streamHost.request(
+                    to: peer, protocolID: `protocol`, frame: frame, maxReplySize: maxSize, deadline: deadline)
+            }
         } catch let error as ReplyTooLargeError {
             throw MessageError(.messageTooLarge, "reply from \(peer) on \(`protocol`): \(error)")
         } catch let error as StreamsError where error.code == .protocolViolation {

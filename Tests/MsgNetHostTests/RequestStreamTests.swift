@@ -73,15 +73,27 @@ struct RequestStreamTests {
         }
     }
 
-    @Test(".always to a peer that does not serve them: not supported")
+    @Test(".always to a peer that does not serve them: refused in negotiation, then sent on a stream of its own")
     func alwaysToOff() async throws {
         let a = Self.host(.always)
         let b = Self.host(.off)
-        b.setMessageHandler(for: "/kv/1") { try await $0.reply($0.data) }
+        let handled = Counter()
+        b.setMessageHandler(for: "/kv/1") {
+            handled.add()
+            try await $0.reply($0.data)
+        }
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: .tcp)
+            for i in 0..<3 {
+                #expect(
+                    String(buffer: try await a.request(bytes("\(i)"), to: b.peerID, protocol: "/kv/1").data) == "\(i)")
+            }
+            // Each request was handled once: the refused proposal carried it to no handler.
+            #expect(handled.value == 3)
+            #expect(try await Self.idle(a, to: b, "/kv/1") == 0)
+            // A protocol the peer does not handle at all is still not supported.
             await #expect {
-                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/kv/1")
+                _ = try await a.request(bytes("x"), to: b.peerID, protocol: "/none/1")
             } throws: { code($0) == .protocolNotSupported }
         }
     }
