@@ -782,9 +782,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             // plain message back on the same protocol.
             let channel = DatagramReplyChannel(
                 transport: self, session: session, protocol: inbound.protocolName, isRequest: isRequest, token: rid)
-            let message = Message(
+            var built = Message(
                 data: inbound.data, from: peer, protocol: inbound.protocolName, path: .datagram,
                 replyChannel: channel, replyToken: rid)
+            if isRequest { built.answerWatch = AnswerWatch() }
+            let message = built
             if !isRequest, configuration.inboundExecution == .eventLoop {
                 // Plain messages of one (session, protocol) channel are handled one after
                 // another by one task, as a stream's messages are: a burst costs one task.

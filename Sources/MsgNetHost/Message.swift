@@ -1,4 +1,5 @@
 import MsgNetCore
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// How a message travels. Choose per send; the stream path is always reliable.
@@ -46,6 +47,9 @@ public struct Message: Sendable {
     public let path: MessagePath?
     private let replyChannel: (any MessageReplyChannel)?
     private let replyToken: UInt64
+    /// Set by a transport on a request whose requester waits for the reply: lets a
+    /// ``MessageHost/messages(for:)`` delivery wait until the consumer has replied.
+    var answerWatch: AnswerWatch?
 
     /// Creates a message. Transports call this; applications normally only receive messages.
     public init(
@@ -78,6 +82,7 @@ public struct Message: Sendable {
             throw MessageError(.remoteError, "a message on \(self.protocol) from \(from) cannot be replied to")
         }
         try await replyChannel.reply(data, token: replyToken)
+        answerWatch?.answered()
     }
 
     /// Sends `bytes` back as the reply (see ``reply(_:)-(ByteBuffer)``).
@@ -89,3 +94,52 @@ public struct Message: Sendable {
 /// Handles inbound messages of one protocol. Runs for each message; messages on one channel
 /// are handled one after another, in order. Throwing closes (resets) the channel the message came on.
 public typealias MessageHandler = @Sendable (Message) async throws -> Void
+
+/// Whether a request has been replied to, for a delivery that hands the request on (an inbox)
+/// and must keep its reply window open until the consumer replies.
+final class AnswerWatch: Sendable {
+    private let state = NIOLockedValueBox<(answered: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    init() {}
+
+    /// The request has its reply.
+    func answered() {
+        let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+            s.answered = true
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// Returns once the request is answered or after `timeout`, whichever comes first.
+    func wait(upTo timeout: TimeAmount) async {
+        if state.withLockedValue({ $0.answered }) { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.waitAnswered() }
+            group.addTask { try? await Task.sleep(nanoseconds: UInt64(max(0, timeout.nanoseconds))) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// One waiter (the delivery); resumed by ``answered()`` or by cancellation.
+    private func waitAnswered() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now = state.withLockedValue { s -> Bool in
+                    if s.answered || Task.isCancelled { return true }
+                    s.waiter = c
+                    return false
+                }
+                if now { c.resume() }
+            }
+        } onCancel: {
+            let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+                defer { s.waiter = nil }
+                return s.waiter
+            }
+            waiter?.resume()
+        }
+    }
+}

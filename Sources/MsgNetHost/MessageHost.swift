@@ -197,13 +197,23 @@ public final class MessageHost: Sendable {
     /// Inbound messages on `protocol` as a bounded `AsyncSequence` (replacing any handler for it).
     /// When ``MessageHostConfiguration/inboxCapacity`` messages wait unread, the channels they
     /// come on stop being read. The sequence ends on ``removeMessageHandler(for:)`` or shutdown.
+    ///
+    /// A request taken from the sequence can be replied to with ``Message/reply(_:)`` while its
+    /// requester waits: its delivery stays open until the reply, for at most
+    /// ``MessageHostConfiguration/defaultRequestTimeout`` (then the requester gets `.remoteError`),
+    /// and counts against ``MessageHostConfiguration/maxConcurrentHandlersPerProtocol`` until
+    /// then. This holds for UDP requests and for request streams; on a per-request stream (a
+    /// request from a libp2p peer, or from a MsgNet peer before identify) the stream still ends
+    /// when the message has been queued, so a later reply fails.
     public func messages(for protocol: String) -> MessageInbox {
         let inbox = MessageInbox(capacity: configuration.inboxCapacity)
         let slot = Slot(
-            handler: { message in
+            handler: { [replyWindow = configuration.defaultRequestTimeout.timeAmount] message in
                 guard await inbox.push(message) else {
                     throw MessageError(.protocolNotSupported, "the inbox of \(message.protocol) is closed")
                 }
+                // A request stays open for its reply until the consumer gives it (bounded).
+                await message.answerWatch?.wait(upTo: replyWindow)
             },
             limit: configuration.maxConcurrentHandlersPerProtocol,
             inbox: inbox)

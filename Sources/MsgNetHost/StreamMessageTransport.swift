@@ -388,9 +388,10 @@ public final class StreamMessageTransport: MessageTransport {
                         guard let next = try await reader.next(from: channel.stream) else { return true }
                         data = next
                     }
-                    let message = Message(
+                    var message = Message(
                         data: data, from: channel.peer, protocol: channel.protocolID, path: .stream,
                         replyChannel: channel, replyToken: channel.nextRequestToken())
+                    if channel.requests { message.answerWatch = AnswerWatch() }
                     do {
                         try await context.deliver(message, cache: &cache)
                         if channel.requests {

@@ -104,7 +104,12 @@ struct HostileTests {
                 for i in 0..<20 {
                     group.addTask {
                         let client = try await RawClient.connect(to: address)
-                        try await client.send(i % 2 == 0 ? [0xFF, 0xFF, 0xFF] : msFrame("/multistream/1.0.0"))
+                        do {
+                            try await client.send(i % 2 == 0 ? [0xFF, 0xFF, 0xFF] : msFrame("/multistream/1.0.0"))
+                        } catch ChannelError.ioOnClosedChannel {
+                            // On a loaded machine the victim's 2 s upgrade timeout can end the
+                            // connection before this write: the server closed it all the same.
+                        }
                         try await client.closedByServer()
                     }
                 }
