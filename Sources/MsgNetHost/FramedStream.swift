@@ -98,6 +98,10 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         var closing = false
         /// On a request stream: the token of the request being handled and whether it has its reply.
         var request: (token: UInt64, answered: Bool) = (0, false)
+        /// Elsewhere: how long the last message an inbox took may still be replied to after the
+        /// peer closed its side, while it has no reply (see ``hold(for:)``).
+        var held: TimeAmount?
+        var heldWaiter: CheckedContinuation<Void, Never>?
     }
     /// Whether this is an inbound request stream: one reply per message, given by its handler.
     let requests: Bool
@@ -137,7 +141,11 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             throw MessageError(
                 .messageTooLarge, "reply of \(data.readableBytes) bytes exceeds the limit of \(maxMessageSize)")
         }
-        guard requests else { return try await write(data) }
+        guard requests else {
+            try await write(data)
+            releaseHeld()
+            return
+        }
         let accepted = state.withLockedValue { s -> Bool in
             guard s.request.token == token, !s.request.answered else { return false }
             s.request.answered = true
@@ -155,6 +163,51 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     func replyError(_ code: MessageError.Code, _ reason: String) async throws {
         guard requestUnanswered() else { return }
         try await write(ErrorReply.encode(code, reason), status: RequestStreamStatus.error, flushNow: true)
+    }
+
+    /// An inbox took the last message read: when the peer closes its side (a per-request
+    /// stream's requester does so right after its request), the stream stays open for that
+    /// message's reply for up to `window` (``waitForHeldReply()``).
+    func hold(for window: TimeAmount) {
+        state.withLockedValue { $0.held = window }
+    }
+
+    /// The held message was replied to, or not handed on after all.
+    func releaseHeld() {
+        let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+            s.held = nil
+            defer { s.heldWaiter = nil }
+            return s.heldWaiter
+        }
+        waiter?.resume()
+    }
+
+    /// Waits until the held message (``hold(for:)``) is replied to, or its window passes.
+    func waitForHeldReply() async {
+        guard let window = state.withLockedValue({ $0.held }) else { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                        let now = self.state.withLockedValue { s -> Bool in
+                            if s.held == nil || Task.isCancelled { return true }
+                            s.heldWaiter = c
+                            return false
+                        }
+                        if now { c.resume() }
+                    }
+                } onCancel: {
+                    let waiter = self.state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+                        defer { s.heldWaiter = nil }
+                        return s.heldWaiter
+                    }
+                    waiter?.resume()
+                }
+            }
+            group.addTask { try? await Task.sleep(nanoseconds: UInt64(max(0, window.nanoseconds))) }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     /// The reply token of the next message read (on a request stream, starts its request).

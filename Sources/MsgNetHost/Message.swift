@@ -68,6 +68,36 @@ public struct Message: Sendable {
         self.replyToken = replyToken
     }
 
+    /// Keeps this message's reply window open while it is handed on (an inbox) rather than
+    /// answered by its handler. Call before handing it on (a reply may come at once); `nil`
+    /// when it has no window to keep.
+    func holdForReply(window: TimeAmount) -> HeldReply? {
+        if let answerWatch { return .request(answerWatch, window) }
+        if let stream = replyChannel as? StreamChannel {
+            stream.hold(for: window)
+            return .stream(stream)
+        }
+        return nil
+    }
+
+    /// A reply window kept open by ``holdForReply(window:)``.
+    enum HeldReply {
+        /// A request: the delivery waits for the reply (bounded).
+        case request(AnswerWatch, TimeAmount)
+        /// A stream message: the stream stays open for the reply after the peer closes its side.
+        case stream(StreamChannel)
+
+        /// Waits for the reply where the delivery must (a request).
+        func wait() async {
+            if case .request(let watch, let window) = self { await watch.wait(upTo: window) }
+        }
+
+        /// The message was not handed on after all.
+        func release() {
+            if case .stream(let channel) = self { channel.releaseHeld() }
+        }
+    }
+
     /// Whether ``reply(_:)`` can reach the sender (false for replies themselves).
     public var canReply: Bool { replyChannel != nil }
 

@@ -202,18 +202,21 @@ public final class MessageHost: Sendable {
     /// requester waits: its delivery stays open until the reply, for at most
     /// ``MessageHostConfiguration/defaultRequestTimeout`` (then the requester gets `.remoteError`),
     /// and counts against ``MessageHostConfiguration/maxConcurrentHandlersPerProtocol`` until
-    /// then. This holds for UDP requests and for request streams; on a per-request stream (a
-    /// request from a libp2p peer, or from a MsgNet peer before identify) the stream still ends
-    /// when the message has been queued, so a later reply fails.
+    /// then. On a per-request stream (a request from a libp2p peer, or from a MsgNet peer
+    /// before identify) the delivery does not wait; the stream stays open for the reply instead,
+    /// for the same time, after the requester has closed its side.
     public func messages(for protocol: String) -> MessageInbox {
         let inbox = MessageInbox(capacity: configuration.inboxCapacity)
         let slot = Slot(
             handler: { [replyWindow = configuration.defaultRequestTimeout.timeAmount] message in
+                // The reply window opens before the consumer can see the message.
+                let held = message.holdForReply(window: replyWindow)
                 guard await inbox.push(message) else {
+                    held?.release()
                     throw MessageError(.protocolNotSupported, "the inbox of \(message.protocol) is closed")
                 }
                 // A request stays open for its reply until the consumer gives it (bounded).
-                await message.answerWatch?.wait(upTo: replyWindow)
+                await held?.wait()
             },
             limit: configuration.maxConcurrentHandlersPerProtocol,
             inbox: inbox)

@@ -383,9 +383,13 @@ public final class StreamMessageTransport: MessageTransport {
                     case .message(let ready):
                         data = ready
                     case .end:
+                        await channel.waitForHeldReply()
                         return true
                     case .wait:
-                        guard let next = try await reader.next(from: channel.stream) else { return true }
+                        guard let next = try await reader.next(from: channel.stream) else {
+                            await channel.waitForHeldReply()
+                            return true
+                        }
                         data = next
                     }
                     var message = Message(

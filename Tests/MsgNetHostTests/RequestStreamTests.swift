@@ -212,11 +212,7 @@ struct RequestStreamTests {
 
 @Suite("Inbox replies", .timeLimit(.minutes(2)))
 struct InboxReplyTests {
-    /// Not on per-request streams (`.tcp`): there the stream ends once the message is queued
-    /// (a known gap, see `MessageHost.messages(for:)`).
-    @Test(
-        "a request taken from messages(for:) can be replied to",
-        arguments: [TransportFactory.tcpRequestStreams, .udp])
+    @Test("a request taken from messages(for:) can be replied to", arguments: TransportFactory.all)
     func inboxReply(factory: TransportFactory) async throws {
         let a = factory.host()
         let b = factory.host()
@@ -241,7 +237,7 @@ struct InboxReplyTests {
 
     @Test(
         "a request the consumer never replies to is answered remoteError after the reply window",
-        arguments: [TransportFactory.tcpRequestStreams, .udp])
+        arguments: TransportFactory.all)
     func inboxNoReply(factory: TransportFactory) async throws {
         let a = factory.host()
         let b = factory.host { $0.defaultRequestTimeout = .milliseconds(100) }
