@@ -98,6 +98,8 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         var closing = false
         /// On a request stream: the token of the request being handled and whether it has its reply.
         var request: (token: UInt64, answered: Bool) = (0, false)
+        /// On a request stream: when the last request arrived (or the stream opened).
+        var lastRequest = NIODeadline.now()
         /// Elsewhere: how long the last message an inbox took may still be replied to after the
         /// peer closed its side, while it has no reply (see ``hold(for:)``).
         var held: TimeAmount?
@@ -215,7 +217,15 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         guard requests else { return 0 }
         return state.withLockedValue { s in
             s.request = (s.request.token &+ 1, false)
+            s.lastRequest = .now()
             return s.request.token
+        }
+    }
+
+    /// On a request stream: whether no request is being handled and none arrived after `cutoff`.
+    func isIdle(since cutoff: NIODeadline) -> Bool {
+        state.withLockedValue { s in
+            (s.request.token == 0 || s.request.answered) && s.lastRequest <= cutoff
         }
     }
 

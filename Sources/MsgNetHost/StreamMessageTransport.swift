@@ -35,6 +35,10 @@ public final class StreamMessageTransport: MessageTransport {
         public var streamHost = StreamHostConfiguration()
         /// Whether requests use kept-open request streams (see ``RequestStreams``).
         public var requestStreams = RequestStreams.whenSupported
+        /// An inbound request stream with no request for this long is reset (a requester keeps
+        /// idle ones for ``StreamHostConfiguration/requestStreamIdleTimeout``, 30 s, and then
+        /// closes them itself; this reclaims the streams of one that does not).
+        public var inboundRequestStreamIdleTimeout: TimeAmount = .seconds(120)
 
         /// The defaults.
         public init() {}
@@ -365,6 +369,13 @@ public final class StreamMessageTransport: MessageTransport {
             let channel = StreamChannel(
                 stream: stream, protocolID: protocolID, maxMessageSize: context.maxMessageSize,
                 highWatermark: configuration.writeHighWatermark, requests: true)
+            let idle = configuration.inboundRequestStreamIdleTimeout
+            let check = stream.eventLoop.scheduleRepeatedTask(initialDelay: idle, delay: idle) { _ in
+                if channel.isIdle(since: .now() - idle) {
+                    channel.reset(MessageError(.timedOut, "no request on the \(protocolID) request stream for \(idle)"))
+                }
+            }
+            defer { check.cancel() }
             if await readMessages(on: channel, context: context, inbound: true) {
                 await channel.close()
             }

@@ -169,6 +169,27 @@ struct RequestStreamTests {
         }
     }
 
+    @Test("the responder resets a request stream left idle past its own timeout; the next request opens a new one")
+    func responderIdleTimeout() async throws {
+        let a = Self.host(.always)
+        let b = TransportFactory.stream(name: "tcp", requestStreams: .always) {
+            $0.inboundRequestStreamIdleTimeout = .milliseconds(100)
+        }.host()
+        b.setMessageHandler(for: "/kv/1") { try await $0.reply($0.data) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: .tcp)
+            #expect(String(buffer: try await a.request(bytes("x"), to: b.peerID, protocol: "/kv/1").data) == "x")
+            // a keeps the stream for 30 s; b gives up on it after 100 ms. Bounded poll: no event
+            // reports a pooled stream's end.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while try await Self.idle(a, to: b, "/kv/1") > 0 {
+                try #require(ContinuousClock.now < deadline, "the idle request stream was not reset in 10 s")
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(String(buffer: try await a.request(bytes("y"), to: b.peerID, protocol: "/kv/1").data) == "y")
+        }
+    }
+
     @Test("request stream ids: built only for ids that start with '/' and fit a multistream line")
     func ids() {
         #expect(StreamMessageTransport.requestStreamID("/kv/1") == "/msgnet/requests/1.0.0/kv/1")

@@ -31,13 +31,17 @@ struct TransportFactory: Sendable, CustomStringConvertible {
     /// The stream path with kept-open request streams between the two MsgNet hosts.
     static let tcpRequestStreams = stream(name: "tcp-request-streams", requestStreams: .always)
 
-    static func stream(name: String, requestStreams: StreamMessageTransport.RequestStreams) -> TransportFactory {
+    static func stream(
+        name: String, requestStreams: StreamMessageTransport.RequestStreams,
+        configure: @escaping @Sendable (inout StreamMessageTransport.Configuration) -> Void = { _ in }
+    ) -> TransportFactory {
         TransportFactory(
             name: name,
             listenAddress: { try! Multiaddr("/ip4/127.0.0.1/tcp/0") },
             make: { identity, configuration, limits, peerstore in
                 var stream = StreamMessageTransport.Configuration()
                 stream.requestStreams = requestStreams
+                configure(&stream)
                 if let n = limits.maxStreamsPerPeer { stream.maxStreamsPerPeer = n }
                 if let e = limits.inboundExecution { stream.streamHost.inboundExecution = e }
                 return MessageHost(
