@@ -596,7 +596,8 @@ public final class StreamMessageTransport: MessageTransport {
                 reply = try await streamHost.request(
                     to: peer, protocolID: requestStreamID ?? `protocol`, frame: frame,
                     maxReplySize: requestStreamID == nil ? maxSize : maxSize + 1,
-                    deadline: deadline, keepStreamOpen: requestStreamID != nil)
+                    deadline: deadline, keepStreamOpen: requestStreamID != nil,
+                    keepIf: requestStreamID == nil ? nil : Self.isSoundAnswer)
             } catch let error as StreamsError where error.code == .protocolNotSupported && requestStreamID != nil {
                 // The peer refused the request stream in negotiation (`na`), so the request was
                 // not handled: ask again on a stream of its own (a peer whose announcement we
@@ -624,6 +625,13 @@ public final class StreamMessageTransport: MessageTransport {
             }
         }
         return Message(data: reply, from: peer, protocol: `protocol`, path: .stream)
+    }
+
+    /// Whether an answer on a request stream starts with a known status (else the stream is not
+    /// kept: it is out of step with this protocol).
+    @Sendable private static func isSoundAnswer(_ answer: ByteBuffer) -> Bool {
+        guard let status = answer.getInteger(at: answer.readerIndex, as: UInt8.self) else { return false }
+        return status == RequestStreamStatus.reply || status == RequestStreamStatus.error
     }
 
     /// Whether requests to `peer` go on request streams (``Configuration/requestStreams``).

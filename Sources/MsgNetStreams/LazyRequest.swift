@@ -126,7 +126,9 @@ extension StreamHost {
     /// `keepStreamOpen` takes it from there and writes just its frame (no new stream, no
     /// negotiation). Only for protocols whose responder reads request after request on one stream
     /// and answers each with exactly one reply (MsgNet's request streams); a libp2p responder that
-    /// closes after one reply would leave the next request unanswered.
+    /// closes after one reply would leave the next request unanswered. `keepIf` judges a reply
+    /// by the caller's protocol: a stream whose reply fails it is reset instead of kept (the
+    /// reply is still returned, for the caller to reject).
     ///
     /// - Throws: `StreamsError` (`.protocolNotSupported`, `.timedOut` at `deadline`,
     ///   `.connectionClosed`, `.protocolViolation` when the peer closes without a reply,
@@ -137,7 +139,8 @@ extension StreamHost {
         frame: ByteBuffer,
         maxReplySize: Int,
         deadline: NIODeadline,
-        keepStreamOpen: Bool = false
+        keepStreamOpen: Bool = false,
+        keepIf replyIsSound: (@Sendable (ByteBuffer) -> Bool)? = nil
     ) async throws -> ByteBuffer {
         let record = try await connectionOrDial(peer)
         let muxer = record.connection.muxer
@@ -150,7 +153,7 @@ extension StreamHost {
             start = {
                 Self.startKeptRequest(
                     exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
-                    maxReplySize: maxReplySize, deadline: deadline)
+                    maxReplySize: maxReplySize, deadline: deadline, keepIf: replyIsSound)
             }
         } else {
             let (initialMachine, proposal) = Self.lazyProposal(protocolID)

@@ -95,6 +95,8 @@ final class KeptRequestStream: Sendable {
     private struct State {
         var parser: LazyReplyParser
         var exchange: RequestExchange?
+        /// The current request's test of its reply before the stream is kept.
+        var keepIf: (@Sendable (ByteBuffer) -> Bool)?
         /// Reset, failed, closed by either side or retired: never used again.
         var done = false
         var idleSince = NIODeadline.distantPast
@@ -127,8 +129,9 @@ final class KeptRequestStream: Sendable {
     }
 
     /// Starts a request on this stream: `bytes` is its frame (with the proposal, on a new stream).
-    func begin(_ exchange: RequestExchange, write bytes: ByteBuffer) {
+    func begin(_ exchange: RequestExchange, write bytes: ByteBuffer, keepIf: (@Sendable (ByteBuffer) -> Bool)?) {
         state.value.exchange = exchange
+        state.value.keepIf = keepIf
         stream.writeOnEventLoop(bytes, flush: true, promise: nil)
     }
 
@@ -168,8 +171,10 @@ final class KeptRequestStream: Sendable {
                 break
             case .reply(let reply):
                 state.value.exchange = nil
-                if state.value.parser.hasBufferedBytes {
-                    // More than one reply: the reply stands, the stream does not.
+                let sound = state.value.keepIf?(reply) ?? true
+                if state.value.parser.hasBufferedBytes || !sound {
+                    // More than one reply, or one the caller's protocol rejects: the reply goes
+                    // to the caller, the stream is not kept.
                     state.value.done = true
                     stream.resetOnEventLoop()
                 } else if !state.value.done {
@@ -215,7 +220,8 @@ extension StreamHost {
         protocolID: String,
         frame: ByteBuffer,
         maxReplySize: Int,
-        deadline: NIODeadline
+        deadline: NIODeadline,
+        keepIf: (@Sendable (ByteBuffer) -> Bool)?
     ) {
         if exchange.isFinished { return }  // cancelled before it reached the loop
         let kept: KeptRequestStream
@@ -241,6 +247,6 @@ extension StreamHost {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
             stream.resetOnEventLoop()
         }
-        kept.begin(exchange, write: bytes)
+        kept.begin(exchange, write: bytes, keepIf: keepIf)
     }
 }

@@ -226,6 +226,10 @@ struct RequestStreamTests {
                 await #expect {
                     _ = try await a.request(bytes(bad), to: b.peerID, protocol: "/bad/1")
                 } throws: { code($0) == .remoteError }
+                // The stream that carried it is not kept.
+                #expect(try await Self.idle(a, to: b, "/bad/1") == 0)
+                #expect(String(buffer: try await a.request(bytes("x"), to: b.peerID, protocol: "/bad/1").data) == "ok")
+                #expect(try await Self.idle(a, to: b, "/bad/1") == 1)
             }
         }
     }
