@@ -190,6 +190,48 @@ struct RequestStreamTests {
         }
     }
 
+    @Test("a requester that pipelines, or sends an oversize or malformed request, on a request stream")
+    func hostileRequester() async throws {
+        let a = Self.host(.off)
+        let b = Self.host(.always)
+        b.setMessageHandler(for: "/kv/1") { try await $0.reply(bytes("re:" + String(buffer: $0.data))) }
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: .tcp)
+            let client = try Self.streamTransport(a).streamHost
+            func frame(_ payload: [UInt8]) -> ByteBuffer {
+                var f = ByteBuffer()
+                UVarint.write(UInt64(payload.count), to: &f)
+                f.writeBytes(payload)
+                return f
+            }
+            // Two requests in one write: answered in order, each with its status byte.
+            let stream = try await client.newStream(to: b.peerID, protocols: [Self.marker + "/kv/1"])
+            var both = frame(Array("p1".utf8))
+            both.writeImmutableBuffer(frame(Array("p2".utf8)))
+            try await stream.write(both)
+            for expected in ["p1", "p2"] {
+                var answer = try #require(try await stream.readLengthPrefixed(maxSize: 64))
+                #expect(answer.readInteger(as: UInt8.self) == 0)
+                #expect(String(buffer: answer) == "re:" + expected)
+            }
+            // A length over the responder's limit, then a malformed varint: each resets its stream.
+            for bad: [UInt8] in [
+                Array(UVarint.encode(UInt64(2 << 20))),
+                [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01],
+            ] {
+                let s = try await client.newStream(to: b.peerID, protocols: [Self.marker + "/kv/1"])
+                try await s.write(bad)
+                await #expect(throws: (any Error).self) { _ = try await s.readLengthPrefixed(maxSize: 64) }
+            }
+            // The responder still serves.
+            let again = try await client.newStream(to: b.peerID, protocols: [Self.marker + "/kv/1"])
+            try await again.write(frame(Array("ok".utf8)))
+            var answer = try #require(try await again.readLengthPrefixed(maxSize: 64))
+            #expect(answer.readInteger(as: UInt8.self) == 0)
+            #expect(String(buffer: answer) == "re:ok")
+        }
+    }
+
     @Test("request stream ids: built only for ids that start with '/' and fit a multistream line")
     func ids() {
         #expect(StreamMessageTransport.requestStreamID("/kv/1") == "/msgnet/requests/1.0.0/kv/1")
