@@ -68,9 +68,15 @@ final class RequestStreamPool: Sendable {
         state.value.total -= 1
     }
 
+    /// Arms the sweep for when the oldest idle stream expires (unless one is armed).
     private func armSweep() {
         guard state.value.sweep == nil else { return }
-        state.value.sweep = loop.scheduleTask(in: idleTimeout) { [self] in sweep() }
+        var oldest: NIODeadline?
+        for streams in state.value.idle.values {
+            for stream in streams where oldest.map({ stream.idleSince < $0 }) ?? true { oldest = stream.idleSince }
+        }
+        guard let oldest else { return }
+        state.value.sweep = loop.scheduleTask(deadline: oldest + idleTimeout) { [self] in sweep() }
     }
 
     /// Closes the streams idle for `idleTimeout` or longer; re-arms while any stay idle.
@@ -85,7 +91,7 @@ final class RequestStreamPool: Sendable {
         }
         state.value.total -= expired.count
         for stream in expired { stream.retire() }
-        if !state.value.idle.isEmpty { armSweep() }
+        armSweep()
     }
 }
 
