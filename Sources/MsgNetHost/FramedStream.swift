@@ -101,12 +101,14 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         /// On a request stream: when the last request arrived (or the stream opened).
         var lastRequest = NIODeadline.now()
         /// Elsewhere: how long the last message an inbox took may still be replied to after the
-        /// peer closed its side, while it has no reply (see ``hold(for:)``).
+        /// peer closed its side (see ``hold(for:)``).
         var held: TimeAmount?
-        var heldWaiter: CheckedContinuation<Void, Never>?
     }
     /// Whether this is an inbound request stream: one reply per message, given by its handler.
     let requests: Bool
+    /// Whether the current request (request streams) or the held message (``hold(for:)``) has
+    /// its reply: what an inbox delivery, or the reader at the stream's end, waits for.
+    let answer = AnswerWatch(answered: true)
     private let state = NIOLockedValueBox(State())
 
     /// Called when a send starts waiting for the channel to drain (tests observe backpressure).
@@ -114,7 +116,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
 
     /// - Parameters:
     ///   - protocolID: the message protocol, when it is not the stream's (request streams).
-    ///   - requests: an inbound request stream (see ``requestUnanswered(_:)``).
+    ///   - requests: an inbound request stream (see ``requestUnanswered()``).
     init(
         stream: NegotiatedStream,
         protocolID: String? = nil,
@@ -145,7 +147,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
         guard requests else {
             try await write(data)
-            releaseHeld()
+            answer.answered()
             return
         }
         let accepted = state.withLockedValue { s -> Bool in
@@ -157,6 +159,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             throw MessageError(
                 .remoteError, "request \(token) on \(protocolID) from \(peer) was already answered or has ended")
         }
+        defer { answer.answered() }
         try await write(data, status: RequestStreamStatus.reply, flushNow: true)
     }
 
@@ -172,49 +175,24 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     /// message's reply for up to `window` (``waitForHeldReply()``).
     func hold(for window: TimeAmount) {
         state.withLockedValue { $0.held = window }
+        answer.reset()
     }
 
-    /// The held message was replied to, or not handed on after all.
+    /// The held message was not handed on after all.
     func releaseHeld() {
-        let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-            s.held = nil
-            defer { s.heldWaiter = nil }
-            return s.heldWaiter
-        }
-        waiter?.resume()
+        answer.answered()
     }
 
     /// Waits until the held message (``hold(for:)``) is replied to, or its window passes.
     func waitForHeldReply() async {
         guard let window = state.withLockedValue({ $0.held }) else { return }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                        let now = self.state.withLockedValue { s -> Bool in
-                            if s.held == nil || Task.isCancelled { return true }
-                            s.heldWaiter = c
-                            return false
-                        }
-                        if now { c.resume() }
-                    }
-                } onCancel: {
-                    let waiter = self.state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-                        defer { s.heldWaiter = nil }
-                        return s.heldWaiter
-                    }
-                    waiter?.resume()
-                }
-            }
-            group.addTask { try? await Task.sleep(nanoseconds: UInt64(max(0, window.nanoseconds))) }
-            await group.next()
-            group.cancelAll()
-        }
+        await answer.wait(upTo: window)
     }
 
     /// The reply token of the next message read (on a request stream, starts its request).
     func nextRequestToken() -> UInt64 {
         guard requests else { return 0 }
+        answer.reset()
         return state.withLockedValue { s in
             s.request = (s.request.token &+ 1, false)
             s.lastRequest = .now()
@@ -233,10 +211,12 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     /// longer be answered by its handler after this.
     func requestUnanswered() -> Bool {
         guard requests else { return false }
-        return state.withLockedValue { s in
+        let unanswered = state.withLockedValue { s in
             defer { s.request.answered = true }
             return !s.request.answered
         }
+        if unanswered { answer.answered() }
+        return unanswered
     }
 
     /// Queues one framed message if the channel is usable and stays under its high watermark;

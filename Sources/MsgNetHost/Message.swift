@@ -47,8 +47,9 @@ public struct Message: Sendable {
     public let path: MessagePath?
     private let replyChannel: (any MessageReplyChannel)?
     private let replyToken: UInt64
-    /// Set by a transport on a request whose requester waits for the reply: lets a
-    /// ``MessageHost/messages(for:)`` delivery wait until the consumer has replied.
+    /// Set by the datagram path on a request: lets a ``MessageHost/messages(for:)`` delivery
+    /// wait until the consumer has replied. (A request stream's channel keeps one for its
+    /// current request.)
     var answerWatch: AnswerWatch?
 
     /// Creates a message. Transports call this; applications normally only receive messages.
@@ -74,6 +75,7 @@ public struct Message: Sendable {
     func holdForReply(window: TimeAmount) -> HeldReply? {
         if let answerWatch { return .request(answerWatch, window) }
         if let stream = replyChannel as? StreamChannel {
+            if stream.requests { return .request(stream.answer, window) }
             stream.hold(for: window)
             return .stream(stream)
         }
@@ -130,7 +132,15 @@ public typealias MessageHandler = @Sendable (Message) async throws -> Void
 final class AnswerWatch: Sendable {
     private let state = NIOLockedValueBox<(answered: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
-    init() {}
+    /// - Parameter answered: whether it starts answered (a channel's watch with nothing held).
+    init(answered: Bool = false) {
+        state.withLockedValue { $0.answered = answered }
+    }
+
+    /// Watches a new request (or held message) of the same channel: not answered yet.
+    func reset() {
+        state.withLockedValue { $0.answered = false }
+    }
 
     /// The request has its reply.
     func answered() {

@@ -403,10 +403,9 @@ public final class StreamMessageTransport: MessageTransport {
                         }
                         data = next
                     }
-                    var message = Message(
+                    let message = Message(
                         data: data, from: channel.peer, protocol: channel.protocolID, path: .stream,
                         replyChannel: channel, replyToken: channel.nextRequestToken())
-                    if channel.requests { message.answerWatch = AnswerWatch() }
                     do {
                         try await context.deliver(message, cache: &cache)
                         if channel.requests {
