@@ -113,4 +113,43 @@ struct LazyReplyParserTests {
             return
         }
     }
+
+    /// The parser of a later reply on a kept request stream (no negotiation before it).
+    @Test("a kept stream's reply: found at every split, extra bytes noticed, bad lengths refused")
+    func negotiatedReply() {
+        let reply = Array("kept".utf8)
+        let bytes = UVarint.encode(UInt64(reply.count)) + reply
+        for split in 0...bytes.count {
+            var parser = LazyReplyParser(maxSize: 64)
+            var results: [ByteBuffer] = []
+            for part in [bytes[..<split], bytes[split...]] where !part.isEmpty {
+                var b = ByteBuffer(bytes: part)
+                if case .reply(let r) = parser.onBytes(&b) { results.append(r) }
+            }
+            #expect(results == [ByteBuffer(bytes: reply)], "split at \(split)")
+            #expect(!parser.hasBufferedBytes)
+        }
+        // A second reply behind the first is left buffered for the caller to see.
+        var twice = LazyReplyParser(maxSize: 64)
+        var b = ByteBuffer(bytes: bytes + bytes)
+        guard case .reply = twice.onBytes(&b) else {
+            Issue.record("no reply")
+            return
+        }
+        #expect(twice.hasBufferedBytes)
+        // Oversize and malformed lengths fail without waiting for a payload.
+        var oversize = LazyReplyParser(maxSize: 3)
+        var big = ByteBuffer(bytes: UVarint.encode(4))
+        guard case .failed(let error) = oversize.onBytes(&big) else {
+            Issue.record("an oversize length was accepted")
+            return
+        }
+        #expect((error as? ReplyTooLargeError)?.length == 4)
+        var malformed = LazyReplyParser(maxSize: 64)
+        var junk = ByteBuffer(bytes: [UInt8](repeating: 0xFF, count: 11))
+        guard case .failed = malformed.onBytes(&junk) else {
+            Issue.record("a malformed length was accepted")
+            return
+        }
+    }
 }
