@@ -164,6 +164,7 @@ let package = Package(
             dependencies: [
                 "MsgNetCore",
                 "MsgNetHost",
+                "MsgNetMultipacket",
                 "MsgNetStreams",
                 "MsgNetTransportPosix",
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -21,7 +21,7 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msgnet-bench",
         abstract: "MsgNet benchmarks against raw-socket baselines.",
-        subcommands: [StreamsBench.self, MessagesBench.self, DatagramsBench.self, AEADBench.self],
+        subcommands: [StreamsBench.self, MessagesBench.self, DatagramsBench.self, AEADBench.self, MachinesBench.self],
         defaultSubcommand: StreamsBench.self
     )
 }

@@ -69,10 +69,24 @@ struct DatagramsBench: AsyncParsableCommand {
     var timeLimit = 10.0
     @Option(help: "Largest unreliable MsgNet message (one datagram payload minus frame overhead).")
     var maxUnreliable = 1158
+    @Flag(help: "Measure only request/reply (for profiling and A/B runs); skips the rates and the 1 MiB message.")
+    var requestsOnly = false
+    @Option(
+        help:
+            "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
+    )
+    var leg = "both"
+
+    func validate() throws {
+        guard ["both", "raw", "msgnet"].contains(leg) else {
+            throw ValidationError("--leg must be both, raw or msgnet")
+        }
+    }
 
     var commandLine: String {
         "msgnet-bench datagrams --runs \(runs) --count \(count) --window \(window) --raw-window \(rawWindow) "
             + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --max-unreliable \(maxUnreliable)"
+            + (requestsOnly ? " --requests-only" : "") + (leg == "both" ? "" : " --leg \(leg)")
     }
 
     static let sizes = [64, 1200]
@@ -111,7 +125,7 @@ struct DatagramsBench: AsyncParsableCommand {
         server.setMessageHandler(for: "/bench/echo/1.0.0") { message in try await message.reply(message.data) }
 
         var series = Series()
-        for size in Self.sizes {
+        for size in requestsOnly ? [] : Self.sizes {
             series.add("rate \(size) B, unreliable (msg/s delivered)")
             series.add("loss \(size) B, unreliable (%)")
             series.add("rate \(size) B, unreliable, \(window) senders (msg/s delivered)")
@@ -136,10 +150,12 @@ struct DatagramsBench: AsyncParsableCommand {
                 let rawFirst = run % 2 == 1
                 for leg in 0..<2 {
                     if (leg == 0) == rawFirst {
+                        if self.leg == "msgnet" { continue }
                         try await rawLeg(
                             &series, sender: senderSocket, sinkPort: sinkSocket.port, sink: rawSink, bytes: rawBytes,
                             client: clientSocket, echoPort: echoSocket.port, replies: replies)
                     } else {
+                        if self.leg == "raw" { continue }
                         try await msgnetLeg(&series, client: client, peer: peer, sink: sink)
                     }
                 }
@@ -173,10 +189,16 @@ struct DatagramsBench: AsyncParsableCommand {
         let p50 =
             series.msgnetMedian("request/reply p50, 1 in flight (µs)")
             / series.rawMedian("request/reply p50, 1 in flight (µs)")
+        guard leg == "both" else {
+            print("Goals: not evaluated (--leg \(leg) measures one side only).")
+            return
+        }
         print("Goals:")
-        goal(
-            "unreliable 64 B rate ≥ 50% of raw-UDP lossless rate (\(fmt(unreliable64 / lossless64 * 100))%)",
-            unreliable64 / lossless64 >= 0.5)
+        if !requestsOnly {
+            goal(
+                "unreliable 64 B rate ≥ 50% of raw-UDP lossless rate (\(fmt(unreliable64 / lossless64 * 100))%)",
+                unreliable64 / lossless64 >= 0.5)
+        }
         goal("request/reply p50 (1 in flight) ≤ 1.5× raw UDP ping-pong (\(fmt(p50))×)", p50 <= 1.5)
     }
 
@@ -211,7 +233,7 @@ struct DatagramsBench: AsyncParsableCommand {
 
     func msgnetLeg(_ series: inout Series, client: MessageHost, peer: PeerID, sink: Arrivals) async throws {
         let clock = ContinuousClock()
-        for size in Self.sizes {
+        for size in requestsOnly ? [] : Self.sizes {
             let payload = ByteBuffer(repeating: 0x5A, count: size)
             // Unreliable: one sender, then `window` concurrent senders; sends return once queued.
             // An unreliable message is one datagram, so the large size is capped at `maxUnreliable`.
@@ -274,6 +296,7 @@ struct DatagramsBench: AsyncParsableCommand {
             series.add("request/reply p99, \(n) in flight (µs)", msgnet: p99)
             series.add("request/reply rate, \(n) in flight (req/s)", msgnet: rps)
         }
+        if requestsOnly { return }
         // One 1 MiB message, reliable: time until the handler has it.
         sink.reset()
         let start = clock.now
@@ -292,7 +315,7 @@ struct DatagramsBench: AsyncParsableCommand {
         client: RawUDPBaseline.Socket, echoPort: Int, replies: PendingReplies
     ) async throws {
         let clock = ContinuousClock()
-        for size in Self.sizes {
+        for size in requestsOnly ? [] : Self.sizes {
             let payload = ByteBuffer(repeating: 0x5A, count: size)
             // Blast: as fast as the socket takes them.
             sink.reset()
@@ -336,6 +359,7 @@ struct DatagramsBench: AsyncParsableCommand {
             series.add("request/reply p99, \(n) in flight (µs)", raw: p99)
             series.add("request/reply rate, \(n) in flight (req/s)", raw: rps)
         }
+        if requestsOnly { return }
         // 1 MiB in 1200 B datagrams, no loss recovery.
         let datagrams = (Self.bigSize + 1199) / 1200
         bytes.reset()
