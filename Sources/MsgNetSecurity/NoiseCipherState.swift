@@ -49,8 +49,7 @@ public struct NoiseCipherState: Sendable {
 
     /// Encrypts the readable bytes of `plaintext` with the current nonce, then advances the nonce.
     public mutating func encrypt(_ plaintext: ByteBuffer, ad: [UInt8] = []) throws(SecurityError) -> ByteBuffer {
-        var output = ByteBuffer()
-        output.reserveCapacity(plaintext.readableBytes + Self.tagLength)
+        var output = ByteBufferAllocator().buffer(capacity: plaintext.readableBytes + Self.tagLength)
         try encrypt(plaintext, ad: ad, into: &output)
         return output
     }
@@ -153,8 +152,8 @@ public struct NoiseCipherState: Sendable {
         guard nonce <= Self.maxNonce else { throw .nonceExhausted }
         guard ciphertext.readableBytes >= Self.tagLength else { throw .decryptFailed }
         let size = ciphertext.readableBytes - Self.tagLength
-        var plaintext = ByteBuffer()
-        plaintext.reserveCapacity(size)
+        // Allocated at its size (an empty buffer grown by `reserveCapacity` is allocated twice).
+        var plaintext = ByteBufferAllocator().buffer(capacity: size)
         var verified = false
         plaintext.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { out in
             verified = ciphertext.withUnsafeReadableBytes { input in

@@ -130,19 +130,24 @@ package struct MessagingMachine: Sendable {
         var currentOffsets: [Int] = []
         let maxPayload: Int
         let allocator: ByteBufferAllocator
+        /// Whether Init frames' transportId offsets are noted (only while probing transports).
+        let recordsOffsets: Bool
 
-        init(maxPayload: Int, allocator: ByteBufferAllocator) {
+        init(maxPayload: Int, allocator: ByteBufferAllocator, recordsOffsets: Bool) {
             self.maxPayload = maxPayload
             self.allocator = allocator
+            self.recordsOffsets = recordsOffsets
         }
 
         var isEmpty: Bool { payloads.isEmpty && current == nil }
 
         mutating func append(_ frame: MultipacketFrame) {
             let length = MultipacketFrameCodec.encodedLength(frame)
-            if let buffer = current, buffer.readableBytes + length > maxPayload { closeCurrent() }
+            if let used = current?.readableBytes, used + length > maxPayload { closeCurrent() }
             if current == nil { current = allocator.buffer(capacity: maxPayload) }
-            if let offset = MultipacketFrameCodec.encode(frame, into: &current!) { currentOffsets.append(offset) }
+            if let offset = MultipacketFrameCodec.encode(frame, into: &current!), recordsOffsets {
+                currentOffsets.append(offset)
+            }
         }
 
         mutating func closeCurrent() {
@@ -285,7 +290,7 @@ package struct MessagingMachine: Sendable {
     package mutating func flush(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
-        var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
+        var builder = makeBuilder()
         finish(now: now, builder: &builder, actions: &actions)
         return actions
     }
@@ -417,7 +422,8 @@ package struct MessagingMachine: Sendable {
             return []
         }
         var actions: [MessagingAction] = []
-        var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
+        actions.reserveCapacity(4)
+        var builder = makeBuilder()
         for frame in frames {
             switch frame {
             case .padding:
@@ -473,7 +479,7 @@ package struct MessagingMachine: Sendable {
     package mutating func onTimer(now: NIODeadline) -> [MessagingAction] {
         guard case .open = state else { return [] }
         var actions: [MessagingAction] = []
-        var builder = PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator)
+        var builder = makeBuilder()
         if let due = ackDeadline, due <= now {
             ackImmediately = true
             ackDeadline = nil
@@ -580,23 +586,28 @@ package struct MessagingMachine: Sendable {
     private mutating func pump(now: NIODeadline, builder: inout PayloadBuilder) {
         var sentAny = false
         while let id = transmitQueue.first {
-            guard var message = messages[id], let entry = outboundProtocols[message.protocolName] else {
+            // Mutated in place through its index: one lookup, no copy of the message out and back.
+            guard let slot = messages.index(forKey: id),
+                let entry = outboundProtocols[messages.values[slot].protocolName]
+            else {
                 transmitQueue.removeFirst()
                 continue
             }
             let first: UInt64
-            if let assigned = message.firstSequence {
+            if let assigned = messages.values[slot].firstSequence {
                 first = assigned
             } else {
                 first = nextReliableSequence
-                message.firstSequence = first
-                nextReliableSequence += UInt64(message.fragmentCount)
+                messages.values[slot].firstSequence = first
+                nextReliableSequence += UInt64(messages.values[slot].fragmentCount)
             }
             let rto = rttEstimator.backedOff(0)
-            while message.nextFragment < message.fragmentCount && inFlight.count < limits.maxInFlightFragments {
-                let index = message.nextFragment
+            let count = messages.values[slot].fragmentCount
+            while messages.values[slot].nextFragment < count && inFlight.count < limits.maxInFlightFragments {
+                let index = messages.values[slot].nextFragment
                 let sequence = first + UInt64(index)
-                let (frame, isInit) = fragmentFrame(message, index: index, sequence: sequence, entry: entry)
+                let (frame, isInit) = fragmentFrame(
+                    messages.values[slot], index: index, sequence: sequence, entry: entry)
                 builder.append(frame)
                 inFlight.append(
                     InFlight(
@@ -610,11 +621,10 @@ package struct MessagingMachine: Sendable {
                         sentAsInit: isInit
                     )
                 )
-                message.nextFragment += 1
+                messages.values[slot].nextFragment += 1
                 sentAny = true
             }
-            messages[id] = message
-            guard message.nextFragment == message.fragmentCount else { break }
+            guard messages.values[slot].nextFragment == count else { break }
             transmitQueue.removeFirst()
         }
         if sentAny { noteWakeup(now + rttEstimator.backedOff(0)) }
@@ -669,20 +679,18 @@ package struct MessagingMachine: Sendable {
                 let delay = min(ackDelay, limits.maxAckDelay)
                 rttEstimator.addSample(sample - delay > .zero ? sample - delay : sample)
             }
-            guard var message = messages[record.id] else { continue }
-            if record.sentAsInit, var entry = outboundProtocols[message.protocolName], entry.epoch == record.epoch,
-                !entry.confirmed
-            {
-                entry.confirmed = true
-                outboundProtocols[message.protocolName] = entry
+            guard let slot = messages.index(forKey: record.id) else { continue }
+            if record.sentAsInit {
+                let name = messages.values[slot].protocolName
+                if var entry = outboundProtocols[name], entry.epoch == record.epoch, !entry.confirmed {
+                    entry.confirmed = true
+                    outboundProtocols[name] = entry
+                }
             }
-            message.acknowledged += 1
-            if message.acknowledged == message.fragmentCount {
-                messages.removeValue(forKey: record.id)
-                queuedBytes -= message.data.readableBytes
+            messages.values[slot].acknowledged += 1
+            if messages.values[slot].acknowledged == messages.values[slot].fragmentCount {
+                queuedBytes -= messages.remove(at: slot).value.data.readableBytes
                 actions.append(.delivered(record.id))
-            } else {
-                messages[record.id] = message
             }
         }
         inFlight.removeLast(inFlight.count - write)
@@ -811,6 +819,10 @@ package struct MessagingMachine: Sendable {
             actions.append(.scheduleWakeup(wakeup))
             wakeupChanged = false
         }
+    }
+
+    private func makeBuilder() -> PayloadBuilder {
+        PayloadBuilder(maxPayload: limits.maxPayload, allocator: allocator, recordsOffsets: !probedTransports.isEmpty)
     }
 
     private mutating func noteWakeup(_ time: NIODeadline) {
@@ -1008,6 +1020,17 @@ package struct MessagingMachine: Sendable {
         let all = received.ranges
         guard !all.isEmpty else { return nil }
         let capacity = max(limits.maxAckRangesPerFrame, 1)
+        var delay: UInt64 = 0
+        if let at = largestReceivedAt { delay = UInt64(max((now - at).nanoseconds, 0) / 1000) }
+        if all.count <= min(Self.ackTopRanges, capacity) {
+            // Every range fits among the leading ones (the usual case: one range): all of them,
+            // highest first, and the recently received numbers are in them.
+            var ack = MultipacketAckFrame(ranges: Array(all.reversed()), ackDelayMicroseconds: delay)
+            while ack.ranges.count > 1 && MultipacketFrameCodec.encodedLength(.ack(ack)) > limits.maxPayload {
+                ack.ranges.removeLast()
+            }
+            return ack
+        }
         var chosen: [Int] = []
         chosen.reserveCapacity(capacity)
         // 1. The highest ranges, unbroken (so gaps between them are real gaps: fast retransmit relies on it).
@@ -1027,10 +1050,7 @@ package struct MessagingMachine: Sendable {
         var ranges: [ClosedRange<UInt64>] = []
         ranges.reserveCapacity(chosen.count)
         for i in chosen { ranges.append(all[i]) }
-        var delay: UInt64 = 0
-        if chosen.first == all.count - 1, let at = largestReceivedAt {
-            delay = UInt64(max((now - at).nanoseconds, 0) / 1000)
-        }
+        if chosen.first != all.count - 1 { delay = 0 }
         var ack = MultipacketAckFrame(ranges: ranges, ackDelayMicroseconds: delay)
         // Only matters for tiny `maxPayload` settings: an Ack must fit one payload.
         while ack.ranges.count > 1 && MultipacketFrameCodec.encodedLength(.ack(ack)) > limits.maxPayload {

@@ -281,6 +281,7 @@ package struct MultipacketFrameCodec: Sendable {
         guard payload.readableBytes > 0 else { throw MessagingError(.malformedFrame, "empty payload") }
         var buffer = payload
         var frames: [MultipacketFrame] = []
+        frames.reserveCapacity(4)  // typically a message and an Ack: one allocation
         while let typeByte = buffer.readInteger(as: UInt8.self) {
             guard let type = MessagingFrameType(rawValue: typeByte) else {
                 throw MessagingError(.unknownFrameType, "frame type 0x\(String(typeByte, radix: 16))")

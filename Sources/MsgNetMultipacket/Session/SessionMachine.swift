@@ -573,8 +573,7 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         guard spendBudget(size, on: target) else { return }
         nextPacketNumber += 1
         let header = SessionTransportHeader(type, destination: remoteID, packetNumber: number)
-        var datagram = ByteBuffer()
-        datagram.reserveCapacity(size)
+        var datagram = ByteBufferAllocator().buffer(capacity: size)
         _ = header.withUnsafeBytes { datagram.writeBytes($0) }
         do {
             try header.withUnsafeBytes { ad in try sender.encrypt(payload, nonce: number, adBytes: ad, into: &datagram)

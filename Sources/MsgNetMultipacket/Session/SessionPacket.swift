@@ -127,8 +127,7 @@ enum SessionPacketCodec {
         paddedTo: Int = 0
     ) -> ByteBuffer {
         let length = SessionHandshakePacket.headerLength + noise.count
-        var buffer = ByteBuffer()
-        buffer.reserveCapacity(max(length, paddedTo))
+        var buffer = ByteBufferAllocator().buffer(capacity: max(length, paddedTo))
         buffer.writeInteger(type.rawValue)
         buffer.writeInteger(destination.rawValue)
         buffer.writeInteger(source.rawValue)

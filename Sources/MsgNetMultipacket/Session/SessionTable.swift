@@ -140,6 +140,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
             return []
         }
         var actions: [SessionAction<Path>] = []
+        actions.reserveCapacity(4)
         switch packet {
         case .handshake(let handshake) where handshake.type == .handshake1:
             let key = InitiationKey(source: handshake.source, ephemeral: handshake.noise)
@@ -159,11 +160,11 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
                 machine.onHandshake(handshake, size: size, from: path, now: now, actions: &actions)
             }
         case .transport(let transport):
-            guard sessions[transport.destination] != nil else {
+            guard let index = sessions.index(forKey: transport.destination) else {
                 ownCounters.unknownSession += 1
                 return []
             }
-            dispatch(transport.destination, now: now, actions: &actions) { machine, actions in
+            dispatch(transport.destination, at: index, now: now, actions: &actions) { machine, actions in
                 machine.onTransport(transport, size: size, from: path, now: now, actions: &actions)
             }
         }
@@ -189,6 +190,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         guard let index = sessions.index(forKey: id) else { throw .unknownSession(id) }
         let before = sessions.values[index].status()
         var actions: [SessionAction<Path>] = []
+        actions.reserveCapacity(4)
         try sessions.values[index].send(payload, now: now, actions: &actions)
         settle(
             id, wasEstablished: before.isEstablished, wasConfirmed: before.confirmed, now: now, actions: &actions)
@@ -273,18 +275,21 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
 
     private mutating func dispatch(
         _ id: SessionID,
+        at known: Dictionary<SessionID, SessionMachine<Path>>.Index? = nil,
         now: NIODeadline,
         schedule: Bool = true,
         actions: inout [SessionAction<Path>],
         _ body: (inout SessionMachine<Path>, inout [SessionAction<Path>]) -> Void
     ) {
-        let index = sessions.index(forKey: id)!
+        let index = known ?? sessions.index(forKey: id)!
         let before = sessions.values[index].status()
         body(&sessions.values[index], &actions)
         settle(
             id,
+            at: index,
             wasEstablished: before.isEstablished,
             wasConfirmed: before.confirmed,
+            wasHalfOpen: before.isHalfOpen,
             now: now,
             schedule: schedule,
             actions: &actions
@@ -292,21 +297,26 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Bookkeeping after any event on session `id`.
+    ///
+    /// `index` is `id`'s index in `sessions` when the caller has it (the machine's event mutated
+    /// only values, so it is still valid); `wasHalfOpen` false skips the half-open bookkeeping.
     private mutating func settle(
         _ id: SessionID,
+        at index: Dictionary<SessionID, SessionMachine<Path>>.Index? = nil,
         wasEstablished: Bool,
         wasConfirmed: Bool,
+        wasHalfOpen: Bool = true,
         now: NIODeadline,
         schedule: Bool = true,
         actions: inout [SessionAction<Path>]
     ) {
-        guard let index = sessions.index(forKey: id) else { return }
+        guard let index = index ?? sessions.index(forKey: id) else { return }
         let machine = sessions.values[index].status()
         if machine.isClosed {
             remove(id)
             return
         }
-        if !machine.isHalfOpen, let path = halfOpen.removeValue(forKey: id) {
+        if wasHalfOpen, !machine.isHalfOpen, let path = halfOpen.removeValue(forKey: id) {
             releaseHalfOpen(path)
         }
         if machine.isEstablished, !wasEstablished, let peer = machine.remotePeer {
