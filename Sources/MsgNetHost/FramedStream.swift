@@ -89,11 +89,15 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     private let highWatermark: Int
     private let lowWatermark: Int
 
+    private typealias Waiter = (id: UInt64, continuation: CheckedContinuation<Void, any Error>)
+
     private struct State {
         var pending = ByteBuffer()
         var flushScheduled = false
         var unwritten = 0
-        var waiters: [CheckedContinuation<Void, any Error>] = []
+        /// Sends waiting for the channel to drain, each with the id its cancellation finds it by.
+        var waiters: [Waiter] = []
+        var lastWaiterID: UInt64 = 0
         var error: MessageError?
         var closing = false
         /// On a request stream: the token of the request being handled and whether it has its reply.
@@ -250,15 +254,41 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
         if wait {
             onBlocked?()
+            try await waitForDrain()
+        }
+    }
+
+    /// Waits until the queued and unwritten bytes are at most the low watermark. Cancelling the
+    /// caller ends the wait with `cancelled`; the message it queued stays queued and may still
+    /// be delivered (outcome unknown), as a cancelled reliable datagram send.
+    private func waitForDrain() async throws {
+        let id = state.withLockedValue { s in
+            s.lastWaiterID &+= 1
+            return s.lastWaiterID
+        }
+        let cancelled = MessageError(
+            .cancelled,
+            "send to \(peer) on \(protocolID) cancelled while waiting for the stream to drain; "
+                + "the message is queued and may still be delivered (outcome unknown)")
+        try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
                 let result = state.withLockedValue { s -> Result<Void, MessageError>? in
                     if let error = s.error { return .failure(error) }
                     if s.pending.readableBytes + s.unwritten <= lowWatermark { return .success(()) }
-                    s.waiters.append(c)
+                    // Checked under the lock: a cancellation that found no waiter has already
+                    // marked the task, so the wait does not start.
+                    if Task.isCancelled { return .failure(cancelled) }
+                    s.waiters.append((id, c))
                     return nil
                 }
                 if let result { c.resume(with: result) }
             }
+        } onCancel: {
+            let waiter = state.withLockedValue { s -> CheckedContinuation<Void, any Error>? in
+                guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiters.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: cancelled)
         }
     }
 
@@ -303,7 +333,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     }
 
     private func written(_ count: Int, _ result: Result<Void, any Error>) {
-        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, any Error>] in
+        let waiters = state.withLockedValue { s -> [Waiter] in
             s.unwritten -= count
             if case .failure(let error) = result, s.error == nil {
                 s.error = MessageError(.connectionClosed, "stream to \(peer) on \(protocolID) failed: \(error)")
@@ -315,19 +345,19 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         }
         let error = state.withLockedValue { $0.error }
         for w in waiters {
-            if let error { w.resume(throwing: error) } else { w.resume() }
+            if let error { w.continuation.resume(throwing: error) } else { w.continuation.resume() }
         }
     }
 
     /// Marks the channel failed: queued and later writes fail with `error`.
     func fail(_ error: MessageError) {
-        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, any Error>] in
+        let waiters = state.withLockedValue { s -> [Waiter] in
             if s.error == nil { s.error = error }
             let w = s.waiters
             s.waiters = []
             return w
         }
-        for w in waiters { w.resume(throwing: error) }
+        for w in waiters { w.continuation.resume(throwing: error) }
     }
 
     /// Writes what is queued, then closes our write side. Off the loop, returns once the close

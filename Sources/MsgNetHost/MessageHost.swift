@@ -249,9 +249,9 @@ public final class MessageHost: Sendable {
     /// Returns once the message is queued on the channel to the peer, like a socket write:
     /// sends wait when too much is queued (backpressure). Messages on one channel arrive in
     /// order. Use ``request(_:to:protocol:timeout:)`` to learn that the peer handled a message.
-    /// On the datagram path a reliable send returns once the peer acknowledged it; cancelling the
-    /// calling task ends that wait with `.cancelled` (outcome unknown: the message may still
-    /// arrive).
+    /// On the datagram path a reliable send returns once the peer acknowledged it. Cancelling the
+    /// calling task ends either wait (for the stream to drain, or for the acknowledgement) with
+    /// `.cancelled`; the outcome is unknown: the message is queued and may still arrive.
     ///
     /// - Throws: ``MessageError``: `.messageTooLarge`, `.dialFailed`, `.protocolNotSupported`,
     ///   `.connectionClosed`, `.limitExceeded`, `.cancelled`.

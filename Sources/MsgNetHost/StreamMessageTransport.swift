@@ -103,7 +103,7 @@ public final class StreamMessageTransport: MessageTransport {
         var requestStreams: [PeerID: Int] = [:]
         var shutdown = false
         var blockedSends = 0
-        var blockedWaiters: [CheckedContinuation<Void, Never>] = []
+        var blockedWaiters: [(after: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
         /// The streams counted against ``Configuration/maxStreamsPerPeer``, per peer.
         enum Counted {
@@ -552,18 +552,23 @@ public final class StreamMessageTransport: MessageTransport {
     private static func noteBlockedSend(_ state: NIOLockedValueBox<State>) {
         let waiters = state.withLockedValue { s in
             s.blockedSends += 1
-            defer { s.blockedWaiters = [] }
-            return s.blockedWaiters
+            let ready = s.blockedWaiters.filter { $0.after < s.blockedSends }.map(\.continuation)
+            s.blockedWaiters.removeAll { $0.after < s.blockedSends }
+            return ready
         }
         for w in waiters { w.resume() }
     }
 
-    /// Waits until some send has had to wait for its channel to drain (backpressure), for tests.
-    package func waitForBlockedSend() async {
+    /// How many times a send has had to wait for its channel to drain (backpressure), for tests.
+    package var blockedSendCount: Int { state.withLockedValue { $0.blockedSends } }
+
+    /// Waits until more than `count` sends have had to wait for their channel to drain
+    /// (backpressure), for tests.
+    package func waitForBlockedSend(after count: Int = 0) async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = state.withLockedValue { s -> Bool in
-                if s.blockedSends > 0 { return true }
-                s.blockedWaiters.append(c)
+                if s.blockedSends > count { return true }
+                s.blockedWaiters.append((count, c))
                 return false
             }
             if now { c.resume() }

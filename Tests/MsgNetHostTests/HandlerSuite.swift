@@ -344,6 +344,56 @@ struct HandlerSuite {
         }
     }
 
+    @Test(
+        "cancelling a stream send that waits for the stream to drain fails with cancelled; its message still arrives",
+        arguments: [TransportFactory.tcp, .tcpRequestStreams])
+    func cancelBlockedStreamSend(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let handled = Counter()
+        let release = Signal()
+        b.setMessageHandler(for: "/bp/1") { _ in
+            await release.wait()
+            handled.add()
+        }
+        let transport = try #require(a.transports.first as? StreamMessageTransport)
+        try await running([a, b]) {
+            _ = try await introduce(a, to: b, on: factory)
+            let sent = Counter()
+            // Sends cancelled while waiting (their messages were queued).
+            var cancelledInWait = 0
+            var conclusive = false
+            // The handler holds the first message, so the buffers between the two fill: within
+            // a bounded number of attempts a send waits for good and only cancelling ends it.
+            // An attempt is inconclusive when its send stopped waiting on its own (the buffers
+            // took its bytes) before the cancellation: the next send then fails at its start.
+            for _ in 0..<50 where !conclusive {
+                let blocked = transport.blockedSendCount
+                let sender = Task {
+                    for _ in 0..<1000 {
+                        try await a.send(ByteBuffer(repeating: 0, count: 64 * 1024), to: b.peerID, protocol: "/bp/1")
+                        sent.add()
+                    }
+                }
+                await transport.waitForBlockedSend(after: blocked)
+                let sentBefore = sent.value
+                sender.cancel()
+                let error = await #expect(throws: MessageError.self) { try await sender.value }
+                #expect(error?.code == .cancelled)
+                let inWait = error?.message.contains("waiting for the stream to drain") ?? false
+                if inWait { cancelledInWait += 1 }
+                conclusive = inWait && sent.value == sentBefore
+            }
+            #expect(conclusive, "no send was cancelled while it waited")
+            release.fire()
+            // Every queued message arrives, the cancelled sends' too, and the stream still works.
+            try await a.send([1], to: b.peerID, protocol: "/bp/1")
+            let expected = sent.value + cancelledInWait + 1
+            await handled.wait(atLeast: expected)
+            #expect(handled.value == expected)
+        }
+    }
+
     @Test("cancelling a reliable datagram send or session opening that waits for its ack fails with cancelled")
     func cancelWaitingDatagramSend() async throws {
         let factory = TransportFactory.udp
