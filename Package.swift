@@ -244,11 +244,18 @@ let package = Package(
             ],
             swiftSettings: tests
         ),
+        // Helpers shared by the test targets (waiting for counts and signals).
+        .target(
+            name: "MsgNetTestSupport",
+            dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
+            path: "Tests/MsgNetTestSupport",
+            swiftSettings: tests
+        ),
         .testTarget(
             name: "MsgNetStreamsTests",
             dependencies: [
                 "MsgNetStreams", "MsgNetCore", "MsgNetTransportPosix", "MsgNetMultistream",
-                "MsgNetSecurity", "MsgNetMplex",
+                "MsgNetSecurity", "MsgNetMplex", "MsgNetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -270,6 +277,7 @@ let package = Package(
             name: "MsgNetHostTests",
             dependencies: [
                 "MsgNetHost", "MsgNetCore", "MsgNetStreams", "MsgNetTransportPosix", "MsgNetSecurity",
+                "MsgNetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

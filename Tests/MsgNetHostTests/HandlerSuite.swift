@@ -1,6 +1,7 @@
 import MsgNetCore
 import MsgNetHost
 import MsgNetStreams
+import MsgNetTestSupport
 import MsgNetTransportPosix
 import NIOConcurrencyHelpers
 import NIOCore

@@ -3,6 +3,7 @@ import Logging
 import MsgNetCore
 import MsgNetHost
 import MsgNetStreams
+import MsgNetTestSupport
 import MsgNetTransportPosix
 import NIOCore
 import NIOPosix

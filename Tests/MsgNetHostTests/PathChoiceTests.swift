@@ -2,6 +2,7 @@ import MsgNetCore
 import MsgNetHost
 import MsgNetSecurity
 import MsgNetStreams
+import MsgNetTestSupport
 import MsgNetTransportPosix
 import NIOConcurrencyHelpers
 import NIOCore

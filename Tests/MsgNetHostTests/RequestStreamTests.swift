@@ -1,5 +1,6 @@
 import MsgNetCore
 import MsgNetStreams
+import MsgNetTestSupport
 import MsgNetTransportPosix
 import NIOConcurrencyHelpers
 import NIOCore

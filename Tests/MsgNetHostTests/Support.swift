@@ -140,58 +140,6 @@ func introduce(_ a: MessageHost, to b: MessageHost, on factory: TransportFactory
     return address
 }
 
-/// A one-shot signal a test can wait for (bounded by the test's time limit).
-final class Signal: Sendable {
-    private let state = NIOLockedValueBox<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    func fire() {
-        let waiters = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
-            s.fired = true
-            let w = s.waiters
-            s.waiters = []
-            return w
-        }
-        for w in waiters { w.resume() }
-    }
-    func wait() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let fired = state.withLockedValue { s -> Bool in
-                if s.fired { return true }
-                s.waiters.append(c)
-                return false
-            }
-            if fired { c.resume() }
-        }
-    }
-}
-
-/// Counts up and lets tests wait for a value.
-final class Counter: Sendable {
-    private let state = NIOLockedValueBox<(value: Int, peak: Int, waiters: [(Int, CheckedContinuation<Void, Never>)])>(
-        (0, 0, []))
-    var value: Int { state.withLockedValue { $0.value } }
-    var peak: Int { state.withLockedValue { $0.peak } }
-    func add(_ n: Int = 1) {
-        let ready = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
-            s.value += n
-            s.peak = max(s.peak, s.value)
-            let ready = s.waiters.filter { $0.0 <= s.value }.map(\.1)
-            s.waiters.removeAll { $0.0 <= s.value }
-            return ready
-        }
-        for c in ready { c.resume() }
-    }
-    func wait(atLeast n: Int) async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let done = state.withLockedValue { s -> Bool in
-                if s.value >= n { return true }
-                s.waiters.append((n, c))
-                return false
-            }
-            if done { c.resume() }
-        }
-    }
-}
-
 /// Collects events until `predicate` matches one; returns it.
 func firstEvent(
     _ host: MessageHost,

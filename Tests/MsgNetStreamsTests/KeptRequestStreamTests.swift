@@ -1,4 +1,5 @@
 import MsgNetCore
+import MsgNetTestSupport
 import NIOConcurrencyHelpers
 import NIOCore
 import Testing
@@ -11,31 +12,6 @@ import Testing
 @Suite("Kept request streams", .timeLimit(.minutes(2)))
 struct KeptRequestStreamTests {
     static let proto = "/kept/1"
-
-    /// Counts and lets a test wait for a count.
-    final class Tally: Sendable {
-        private let state = NIOLockedValueBox<(value: Int, waiters: [(Int, CheckedContinuation<Void, Never>)])>((0, []))
-        var value: Int { state.withLockedValue { $0.value } }
-        func add() {
-            let ready = state.withLockedValue { s -> [CheckedContinuation<Void, Never>] in
-                s.value += 1
-                let ready = s.waiters.filter { $0.0 <= s.value }.map(\.1)
-                s.waiters.removeAll { $0.0 <= s.value }
-                return ready
-            }
-            for c in ready { c.resume() }
-        }
-        func wait(atLeast n: Int) async {
-            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let now = state.withLockedValue { s -> Bool in
-                    if s.value >= n { return true }
-                    s.waiters.append((n, c))
-                    return false
-                }
-                if now { c.resume() }
-            }
-        }
-    }
 
     static func frame(_ text: String) -> ByteBuffer {
         var b = ByteBuffer()
@@ -70,7 +46,7 @@ struct KeptRequestStreamTests {
 
     /// A responder that answers every request on its stream with `re:` + the request, until the
     /// requester closes; counts streams opened and ended.
-    static func echoing(opened: Tally, ended: Tally) -> StreamHandler {
+    static func echoing(opened: Counter, ended: Counter) -> StreamHandler {
         { stream in
             opened.add()
             defer { ended.add() }
@@ -82,8 +58,8 @@ struct KeptRequestStreamTests {
 
     @Test("sequential requests share one stream, which stays in the pool")
     func sequentialReuse() async throws {
-        let opened = Tally()
-        let ended = Tally()
+        let opened = Counter()
+        let ended = Counter()
         let (client, server, address) = try await Self.pair(serve: Self.echoing(opened: opened, ended: ended))
         try await running([client, server]) {
             try await client.connect(to: address)
@@ -98,9 +74,9 @@ struct KeptRequestStreamTests {
 
     @Test("concurrent requests each get a stream; the pool keeps at most its limit, the rest are closed")
     func poolBound() async throws {
-        let opened = Tally()
-        let ended = Tally()
-        let arrived = Tally()
+        let opened = Counter()
+        let ended = Counter()
+        let arrived = Counter()
         let (client, server, address) = try await Self.pair(client: { $0.maxIdleRequestStreams = 2 }) { stream in
             opened.add()
             defer { ended.add() }
@@ -134,7 +110,7 @@ struct KeptRequestStreamTests {
 
     @Test("the idle bound counts the connection's streams over all protocols")
     func poolBoundAcrossProtocols() async throws {
-        let arrived = Tally()
+        let arrived = Counter()
         let server = makeHost { $0.identifyOnConnect = false }
         let client = makeHost {
             $0.identifyOnConnect = false
@@ -172,7 +148,7 @@ struct KeptRequestStreamTests {
 
     @Test("a responder that closes after one reply (as libp2p ones do) gets a new stream per request")
     func oneShotResponder() async throws {
-        let opened = Tally()
+        let opened = Counter()
         let (client, server, address) = try await Self.pair { stream in
             opened.add()
             guard let request = try await stream.readLengthPrefixed(maxSize: 1024) else { return }
@@ -216,8 +192,8 @@ struct KeptRequestStreamTests {
         "data after the answer, in its write (a second reply) or later (on the idle stream): the answer stands, the stream is reset, not reused",
         arguments: [true, false])
     func dataAfterTheAnswer(together: Bool) async throws {
-        let opened = Tally()
-        let reset = Tally()
+        let opened = Counter()
+        let reset = Counter()
         let (client, server, address) = try await Self.pair { stream in
             opened.add()
             do {
@@ -248,8 +224,8 @@ struct KeptRequestStreamTests {
 
     @Test("a timed-out request resets its kept stream: its late reply never answers a later request")
     func timeoutResets() async throws {
-        let release = Tally()
-        let opened = Tally()
+        let release = Counter()
+        let opened = Counter()
         let (client, server, address) = try await Self.pair { stream in
             opened.add()
             while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
@@ -271,9 +247,9 @@ struct KeptRequestStreamTests {
 
     @Test("a cancelled request resets its kept stream, which is not reused")
     func cancelResets() async throws {
-        let release = Tally()
-        let arrived = Tally()
-        let opened = Tally()
+        let release = Counter()
+        let arrived = Counter()
+        let opened = Counter()
         let (client, server, address) = try await Self.pair { stream in
             opened.add()
             while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
@@ -299,7 +275,7 @@ struct KeptRequestStreamTests {
 
     @Test("an oversize reply on a kept stream fails the request and resets the stream")
     func oversizeReply() async throws {
-        let opened = Tally()
+        let opened = Counter()
         let (client, server, address) = try await Self.pair { stream in
             opened.add()
             while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
@@ -321,8 +297,8 @@ struct KeptRequestStreamTests {
 
     @Test("an idle kept stream is closed after the idle timeout")
     func idleTimeout() async throws {
-        let opened = Tally()
-        let ended = Tally()
+        let opened = Counter()
+        let ended = Counter()
         let (client, server, address) = try await Self.pair(client: {
             $0.requestStreamIdleTimeout = .milliseconds(50)
         }) { stream in

@@ -139,10 +139,6 @@ enum SessionPacketCodec {
         }
         return buffer
     }
-
-    static func transportHeader(_ type: SessionPacketType, destination: SessionID, packetNumber: UInt64) -> [UInt8] {
-        SessionTransportHeader(type, destination: destination, packetNumber: packetNumber).withUnsafeBytes { Array($0) }
-    }
 }
 
 /// The 15 header bytes of a transport packet (type, destination id, 48-bit packet number, big

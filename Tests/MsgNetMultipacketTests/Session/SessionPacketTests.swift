@@ -42,8 +42,9 @@ struct SessionPacketTests {
     }
 
     @Test func transportLayoutIsPinned() throws {
-        let header = SessionPacketCodec.transportHeader(
-            .data, destination: SessionID(rawValue: 0x0102_0304_0506_0708), packetNumber: 0xA1A2_A3A4_A5A6)
+        let header = SessionTransportHeader(
+            .data, destination: SessionID(rawValue: 0x0102_0304_0506_0708), packetNumber: 0xA1A2_A3A4_A5A6
+        ).withUnsafeBytes { Array($0) }
         #expect(header == [0x14, 1, 2, 3, 4, 5, 6, 7, 8, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA6])
         var datagram = ByteBuffer(bytes: header)
         datagram.writeRepeatingByte(0x55, count: 20)
