@@ -332,7 +332,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     data, id: rid, protocol: `protocol`, session: session, peer: peer, timeout: timeout,
                     continuation: c)
             },
-            cancel: { self.core.value.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled"))) })
+            cancel: { self.cancelRequest(rid) })
     }
 
     /// Runs `start` on the loop with the caller's continuation and waits until the loop state
@@ -561,6 +561,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         session: SessionID, token: UInt64 = 0, continuation: UnsafeContinuation<Void, any Error>?
     ) {
         let core = core.value
+        if let continuation, core.earlyCancels.claim(send: token) {
+            continuation.resume(throwing: MessageError(.cancelled, "send cancelled before it was queued"))
+            return
+        }
         guard let index = core.machines.index(forKey: session) else {
             continuation?.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return
@@ -595,10 +599,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// Fails the reliable send `token` of `session` with `cancelled`, if it still waits (on the loop).
     private func cancelSend(_ token: UInt64, session: SessionID) {
         let core = core.value
-        guard let entry = core.pendingSends[session]?.first(where: { $0.value.token == token }) else { return }
+        guard let entry = core.pendingSends[session]?.first(where: { $0.value.token == token }) else {
+            core.earlyCancels.note(send: token)
+            return
+        }
         core.pendingSends[session]?.removeValue(forKey: entry.key)
         entry.value.continuation.resume(
             throwing: MessageError(.cancelled, "send cancelled before its acknowledgement; outcome unknown"))
+    }
+
+    /// Fails the request `rid` with `cancelled`, if it still waits (on the loop).
+    private func cancelRequest(_ rid: UInt64) {
+        let core = core.value
+        guard core.requests[rid] != nil else {
+            core.earlyCancels.note(request: rid)
+            return
+        }
+        core.finishRequest(rid, .failure(MessageError(.cancelled, "request cancelled")))
     }
 
     /// Sends the queued unreliable messages (on the loop).
@@ -633,6 +650,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         timeout: TimeAmount, continuation: UnsafeContinuation<Message, any Error>
     ) {
         let core = core.value
+        if core.earlyCancels.claim(request: rid) {
+            continuation.resume(throwing: MessageError(.cancelled, "request cancelled before it was sent"))
+            return
+        }
         guard let index = core.machines.index(forKey: session) else {
             continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
             return
@@ -1008,6 +1029,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// Plain messages waiting for their channel's handler task (see `servePlain`).
         var plainQueues: [ChannelKey: Deque<(Message, DatagramReplyChannel)>] = [:]
         var flushPending = false
+        /// Cancellations that reached the loop before their operation's start job.
+        var earlyCancels = EarlyCancels()
         var unsentUnreliable: UInt64 = 0
         var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
@@ -1039,6 +1062,41 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             pendingSends = [:]
             for id in Array(requests.keys) { finishRequest(id, .failure(error)) }
         }
+    }
+}
+
+/// Cancellations that found nothing to cancel on the loop (event-loop confined).
+///
+/// A caller's operation reaches the loop as a start job; its cancellation as another job. When
+/// the task is cancelled just as it enqueues the start, the cancellation's job can run first:
+/// it is noted here, and the start job claims it and fails with `cancelled` instead of sending.
+/// A note nobody claims (the operation had already finished) expires after ``lifetime``; at most
+/// ``capacity`` are kept.
+struct EarlyCancels {
+    static let lifetime = TimeAmount.seconds(10)
+    static let capacity = 1024
+
+    private var requests: [UInt64: NIODeadline] = [:]
+    private var sends: [UInt64: NIODeadline] = [:]
+
+    /// Entries kept now (for tests).
+    var count: Int { requests.count + sends.count }
+
+    mutating func note(request id: UInt64, now: NIODeadline = .now()) { Self.note(id, in: &requests, now: now) }
+    mutating func note(send token: UInt64, now: NIODeadline = .now()) { Self.note(token, in: &sends, now: now) }
+
+    /// Whether request `id` was cancelled before its start (and forgets it).
+    mutating func claim(request id: UInt64) -> Bool { !requests.isEmpty && requests.removeValue(forKey: id) != nil }
+    /// Whether the send `token` was cancelled before its start (and forgets it).
+    mutating func claim(send token: UInt64) -> Bool { !sends.isEmpty && sends.removeValue(forKey: token) != nil }
+
+    private static func note(_ id: UInt64, in table: inout [UInt64: NIODeadline], now: NIODeadline) {
+        if table.count >= capacity / 2 {
+            let cutoff = now - lifetime
+            table = table.filter { $0.value > cutoff }
+        }
+        guard table.count < capacity else { return }
+        table[id] = now
     }
 }
 
