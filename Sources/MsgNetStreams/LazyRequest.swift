@@ -160,9 +160,11 @@ extension StreamHost {
             var first = proposal
             first.writeImmutableBuffer(frame)
             let out = first
+            let pool = record.requestStreams
             start = {
                 Self.startRequest(
-                    exchange, muxer: muxer, peer: peer, protocolID: protocolID, out: out, proposal: proposal,
+                    exchange, muxer: muxer, pool: pool, peer: peer, protocolID: protocolID, out: out,
+                    proposal: proposal,
                     machine: initialMachine, maxReplySize: maxReplySize, deadline: deadline)
             }
         }
@@ -181,15 +183,30 @@ extension StreamHost {
 
     /// Opens a request's stream on the loop; on failure finishes `exchange` with the error
     /// (`.limitExceeded` at the muxer's stream limit, else `.connectionClosed`) and returns `nil`.
-    static func openStream(for exchange: RequestExchange, on muxer: MplexConnection, to peer: PeerID) -> MplexStream? {
+    static func openStream(
+        for exchange: RequestExchange, on muxer: MplexConnection, to peer: PeerID, evictingFrom pool: RequestStreamPool
+    ) -> MplexStream? {
         do {
-            return try muxer.openStreamOnEventLoop(flush: false)
+            return try openStream(on: muxer, evictingFrom: pool, flush: false)
         } catch let error as MplexError where error.code == .tooManyStreams {
             exchange.finish(.failure(StreamsError(.limitExceeded, "too many streams to \(peer): \(error)")))
         } catch {
             exchange.finish(.failure(StreamsError(.connectionClosed, "cannot open a stream to \(peer): \(error)")))
         }
         return nil
+    }
+
+    /// Opens a stream on the loop; at the muxer's stream limit, makes room by resetting the
+    /// connection's longest-idle request stream (if any) and tries once more.
+    static func openStream(on muxer: MplexConnection, evictingFrom pool: RequestStreamPool, flush: Bool) throws
+        -> MplexStream
+    {
+        do {
+            return try muxer.openStreamOnEventLoop(flush: flush)
+        } catch let error as MplexError where error.code == .tooManyStreams {
+            guard pool.evictOldest() else { throw error }
+            return try muxer.openStreamOnEventLoop(flush: flush)
+        }
     }
 
     /// An initiator's multistream machine proposing `protocolID` optimistically, and the bytes it
@@ -208,6 +225,7 @@ extension StreamHost {
     private static func startRequest(
         _ exchange: RequestExchange,
         muxer: MplexConnection,
+        pool: RequestStreamPool,
         peer: PeerID,
         protocolID: String,
         out: ByteBuffer,
@@ -218,7 +236,7 @@ extension StreamHost {
     ) {
         let loop = muxer.eventLoop
         if exchange.isFinished { return }  // cancelled before the stream existed
-        guard let stream = openStream(for: exchange, on: muxer, to: peer) else { return }
+        guard let stream = openStream(for: exchange, on: muxer, to: peer, evictingFrom: pool) else { return }
         exchange.stream = stream
         exchange.deadlineToken = exchange.deadlines.add(deadline) {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))

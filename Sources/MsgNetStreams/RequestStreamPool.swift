@@ -11,7 +11,8 @@ import NIOCore
 /// returned beyond that is closed; each idle stream holds a stream slot on both sides and
 /// counts against the responder's per-peer stream limit), and a stream idle for `idleTimeout`
 /// is closed by a sweep. Closing a kept stream closes our write side; the responder then ends
-/// the stream from its side.
+/// the stream from its side. When a new stream meets the muxer's stream limit, the stream idle
+/// the longest is reset instead (``evictOldest()``), which frees its slot at once.
 final class RequestStreamPool: Sendable {
     private struct State {
         var idle: [String: [KeptRequestStream]] = [:]
@@ -66,6 +67,19 @@ final class RequestStreamPool: Sendable {
         streams.remove(at: index)
         state.value.idle[stream.protocolID] = streams.isEmpty ? nil : streams
         state.value.total -= 1
+    }
+
+    /// Resets the stream idle the longest, over all protocols, which frees its stream slot at
+    /// once (an open that met the muxer's stream limit can then succeed); false when none is idle.
+    func evictOldest() -> Bool {
+        var oldest: KeptRequestStream?
+        for streams in state.value.idle.values {
+            for stream in streams where oldest.map({ stream.idleSince < $0.idleSince }) ?? true { oldest = stream }
+        }
+        guard let oldest else { return false }
+        remove(oldest)
+        oldest.evict()
+        return true
     }
 
     /// Arms the sweep for when the oldest idle stream expires (unless one is armed).
@@ -153,6 +167,13 @@ final class KeptRequestStream: Sendable {
         stream.closeWriteOnEventLoop(flush: true)
     }
 
+    /// Resets an idle stream taken out of the pool to make room for another stream.
+    func evict() {
+        guard !state.value.done else { return }
+        state.value.done = true
+        stream.resetOnEventLoop()
+    }
+
     private func fail(_ exchange: RequestExchange, _ error: any Error, reset: Bool) {
         state.value.done = true
         state.value.exchange = nil
@@ -237,7 +258,7 @@ extension StreamHost {
             bytes = frame
             kept.expectReply(maxSize: maxReplySize)
         } else {
-            guard let stream = openStream(for: exchange, on: muxer, to: peer) else { return }
+            guard let stream = openStream(for: exchange, on: muxer, to: peer, evictingFrom: pool) else { return }
             let (machine, proposal) = lazyProposal(protocolID)
             kept = KeptRequestStream(
                 stream: stream, protocolID: protocolID, peer: peer, pool: pool,

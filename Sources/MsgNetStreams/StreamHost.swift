@@ -496,8 +496,18 @@ public final class StreamHost: Sendable {
 
     func newStream(on record: ConnectionRecord, protocols: [String]) async throws -> NegotiatedStream {
         let stream: MplexStream
+        let muxer = record.connection.muxer
+        let pool = record.requestStreams
         do {
-            stream = try await record.connection.muxer.openStream()
+            if muxer.eventLoop.inEventLoop {
+                stream = try Self.openStream(on: muxer, evictingFrom: pool, flush: true)
+            } else {
+                stream = try await muxer.eventLoop.submit {
+                    try Self.openStream(on: muxer, evictingFrom: pool, flush: true)
+                }.get()
+            }
+        } catch let error as MplexError where error.code == .tooManyStreams {
+            throw StreamsError(.limitExceeded, "too many streams to \(record.info.remotePeer): \(error)")
         } catch {
             throw StreamsError(.connectionClosed, "cannot open a stream to \(record.info.remotePeer): \(error)")
         }

@@ -146,6 +146,56 @@ struct KeptRequestStreamTests {
         }
     }
 
+    @Test("at the stream limit, a new stream takes the slot of the longest-idle request stream")
+    func evictionAtStreamLimit() async throws {
+        let ended = Counter()
+        let server = makeHost { $0.identifyOnConnect = false }
+        // Three outbound streams at most on the client's connection.
+        let client = makeHost {
+            $0.identifyOnConnect = false
+            $0.mplex.maxConcurrentStreams = 3
+        }
+        let protocols = (1...6).map { "/p/\($0)" }
+        for p in protocols {
+            server.setStreamHandler(p) { stream in
+                defer { ended.add() }
+                while let request = try await stream.readLengthPrefixed(maxSize: 1024) {
+                    try await stream.writeLengthPrefixed(request)
+                }
+            }
+        }
+        let address = try await server.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+        @Sendable func request(_ p: String, keep: Bool = true) async throws -> String {
+            let reply = try await client.request(
+                to: server.peerID, protocolID: p, frame: Self.frame(p), maxReplySize: 64,
+                deadline: .now() + .seconds(10), keepStreamOpen: keep)
+            return String(buffer: reply)
+        }
+        try await running([client, server]) {
+            try await client.connect(to: address)
+            // Three kept streams fill the limit.
+            for p in protocols[0..<3] { #expect(try await request(p) == p) }
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: nil) == 3)
+            // A fourth protocol: /p/1's stream, idle the longest, is reset to make room.
+            #expect(try await request("/p/4") == "/p/4")
+            await ended.wait(atLeast: 1)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/1") == 0)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/4") == 1)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: nil) == 3)
+            // So does any other stream the host opens (/p/2 goes)...
+            let stream = try await client.newStream(to: server.peerID, protocols: ["/p/6"])
+            try await stream.writeLengthPrefixed(ByteBuffer(string: "s"))
+            #expect(try await stream.readLengthPrefixed(maxSize: 64).map { String(buffer: $0) } == "s")
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/2") == 0)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/3") == 1)
+            // ... and a per-request stream (/p/3 goes).
+            #expect(try await request("/p/5", keep: false) == "/p/5")
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/3") == 0)
+            #expect(try await client.idleRequestStreams(to: server.peerID, protocolID: "/p/4") == 1)
+            await stream.reset()
+        }
+    }
+
     @Test("a responder that closes after one reply (as libp2p ones do) gets a new stream per request")
     func oneShotResponder() async throws {
         let opened = Counter()
