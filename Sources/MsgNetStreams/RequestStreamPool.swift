@@ -41,10 +41,15 @@ final class RequestStreamPool: Sendable {
 
     /// The most recently returned idle stream for `protocolID`, taken out of the pool.
     func take(_ protocolID: String) -> KeptRequestStream? {
-        guard var streams = state.value.idle[protocolID], let stream = streams.popLast() else { return nil }
+        guard var streams = state.value.idle[protocolID] else { return nil }
+        var found: KeptRequestStream?
+        while found == nil, let stream = streams.popLast() {
+            state.value.total -= 1
+            // Every way a stream ends takes it out of the pool; checked all the same.
+            if stream.isIdle { found = stream }
+        }
         state.value.idle[protocolID] = streams.isEmpty ? nil : streams
-        state.value.total -= 1
-        return stream
+        return found
     }
 
     /// Returns a stream that just answered a request; closes it instead when the pool is full.
@@ -109,16 +114,13 @@ final class RequestStreamPool: Sendable {
     }
 }
 
-/// A request stream kept open between requests: its stream, its reply parser and the request in
-/// progress, if any. Confined to the stream's event loop.
+/// A request stream kept open between requests: its stream, its machine
+/// (``KeptStreamMachine``, which makes every decision) and the request in progress, if any.
+/// Confined to the stream's event loop.
 final class KeptRequestStream: Sendable {
     private struct State {
-        var parser: LazyReplyParser
+        var machine: KeptStreamMachine
         var exchange: RequestExchange?
-        /// The current request's test of its reply before the stream is kept.
-        var keepIf: (@Sendable (ByteBuffer) -> Bool)?
-        /// Reset, failed, closed by either side or retired: never used again.
-        var done = false
         var idleSince = NIODeadline.distantPast
     }
 
@@ -128,14 +130,14 @@ final class KeptRequestStream: Sendable {
     private let pool: RequestStreamPool
     private let state: NIOLoopBoundBox<State>
 
-    /// Opens a stream for `protocolID` whose first request will carry the lazy proposal.
-    /// On the event loop.
-    init(stream: MplexStream, protocolID: String, peer: PeerID, pool: RequestStreamPool, parser: LazyReplyParser) {
+    /// Wraps a newly opened stream for `protocolID`. On the event loop.
+    init(stream: MplexStream, protocolID: String, peer: PeerID, pool: RequestStreamPool) {
         self.stream = stream
         self.protocolID = protocolID
         self.peer = peer
         self.pool = pool
-        self.state = NIOLoopBoundBox(State(parser: parser), eventLoop: stream.eventLoop)
+        self.state = NIOLoopBoundBox(
+            State(machine: KeptStreamMachine(peer: peer, protocolID: protocolID)), eventLoop: stream.eventLoop)
     }
 
     var idleSince: NIODeadline {
@@ -143,15 +145,17 @@ final class KeptRequestStream: Sendable {
         set { state.value.idleSince = newValue }
     }
 
-    /// Prepares a reused stream for the next reply (of at most `maxSize` bytes).
-    func expectReply(maxSize: Int) {
-        state.value.parser = LazyReplyParser(maxSize: maxSize)
-    }
+    /// Whether the stream can take a request.
+    var isIdle: Bool { state.value.machine.isIdle }
 
-    /// Starts a request on this stream: `bytes` is its frame (with the proposal, on a new stream).
-    func begin(_ exchange: RequestExchange, write bytes: ByteBuffer, keepIf: (@Sendable (ByteBuffer) -> Bool)?) {
+    /// Starts a request on this (idle) stream: writes `bytes` (its frame, behind the proposal on a
+    /// new stream); `parser` reads the reply.
+    func begin(
+        _ exchange: RequestExchange, parser: LazyReplyParser, write bytes: ByteBuffer,
+        keepIf: (@Sendable (ByteBuffer) -> Bool)?
+    ) {
         state.value.exchange = exchange
-        state.value.keepIf = keepIf
+        state.value.machine.onRequest(parser: parser, keepIf: keepIf)
         stream.writeOnEventLoop(bytes, flush: true, promise: nil)
     }
 
@@ -162,75 +166,42 @@ final class KeptRequestStream: Sendable {
 
     /// Ends the stream from our side: closes our write side (the responder then closes its own).
     func retire() {
-        guard !state.value.done else { return }
-        state.value.done = true
-        stream.closeWriteOnEventLoop(flush: true)
+        perform(state.value.machine.retire())
     }
 
     /// Resets an idle stream taken out of the pool to make room for another stream.
     func evict() {
-        guard !state.value.done else { return }
-        state.value.done = true
-        stream.resetOnEventLoop()
-    }
-
-    private func fail(_ exchange: RequestExchange, _ error: any Error, reset: Bool) {
-        state.value.done = true
-        state.value.exchange = nil
-        exchange.finish(.failure(error))
-        if reset { stream.resetOnEventLoop() }
+        perform(state.value.machine.evict())
     }
 
     private func on(_ event: MplexStream.InboundEvent) {
         switch event {
         case .data(var bytes):
-            guard let exchange = state.value.exchange, !exchange.isFinished else {
-                // Data while idle, or after the request timed out or was cancelled: the stream
-                // is out of step with its requests and cannot be used again.
-                state.value.exchange = nil
-                state.value.done = true
-                pool.remove(self)
-                stream.resetOnEventLoop()
-                return
-            }
-            switch state.value.parser.onBytes(&bytes) {
-            case .needMore:
-                break
-            case .reply(let reply):
-                state.value.exchange = nil
-                let sound = state.value.keepIf?(reply) ?? true
-                if state.value.parser.hasBufferedBytes || !sound {
-                    // More than one reply, or one the caller's protocol rejects: the reply goes
-                    // to the caller, the stream is not kept.
-                    state.value.done = true
-                    stream.resetOnEventLoop()
-                } else if !state.value.done {
-                    pool.put(self)
-                }
-                exchange.finish(.success(reply))
-            case .failed(let error):
-                fail(exchange, error, reset: true)
-            }
+            let ended = state.value.exchange?.isFinished ?? true
+            perform(state.value.machine.onData(&bytes, requestEnded: ended))
         case .remoteClosed:
-            if let exchange = state.value.exchange {
-                let error =
-                    state.value.parser.negotiated
-                    ? StreamsError(.protocolViolation, "\(peer) closed the \(protocolID) stream without replying")
-                    : StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")
-                fail(exchange, error, reset: false)
-            }
-            state.value.done = true
-            pool.remove(self)
-            // Our side too, so the stream ends (idempotent after a retire).
-            stream.closeWriteOnEventLoop(flush: true)
+            perform(state.value.machine.onRemoteClosed())
         case .reset(let error):
-            if let exchange = state.value.exchange {
-                fail(
-                    exchange, StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)"),
-                    reset: false)
+            perform(state.value.machine.onReset("\(error)"))
+        }
+    }
+
+    private func perform(_ actions: [KeptStreamMachine.Action]) {
+        for action in actions {
+            switch action {
+            case .finish(let result):
+                let exchange = state.value.exchange
+                state.value.exchange = nil
+                exchange?.finish(result)
+            case .keep:
+                pool.put(self)
+            case .forget:
+                pool.remove(self)
+            case .reset:
+                stream.resetOnEventLoop()
+            case .closeWrite:
+                stream.closeWriteOnEventLoop(flush: true)
             }
-            state.value.done = true
-            pool.remove(self)
         }
     }
 }
@@ -253,17 +224,17 @@ extension StreamHost {
         if exchange.isFinished { return }  // cancelled before it reached the loop
         let kept: KeptRequestStream
         let bytes: ByteBuffer
+        let parser: LazyReplyParser
         if let idle = pool.take(protocolID) {
             kept = idle
             bytes = frame
-            kept.expectReply(maxSize: maxReplySize)
+            parser = LazyReplyParser(maxSize: maxReplySize)
         } else {
             guard let stream = openStream(for: exchange, on: muxer, to: peer, evictingFrom: pool) else { return }
             let (machine, proposal) = lazyProposal(protocolID)
-            kept = KeptRequestStream(
-                stream: stream, protocolID: protocolID, peer: peer, pool: pool,
-                parser: LazyReplyParser(machine: machine, maxSize: maxReplySize, proposal: proposal))
+            kept = KeptRequestStream(stream: stream, protocolID: protocolID, peer: peer, pool: pool)
             kept.listen()
+            parser = LazyReplyParser(machine: machine, maxSize: maxReplySize, proposal: proposal)
             var out = proposal
             out.writeImmutableBuffer(frame)
             bytes = out
@@ -274,6 +245,6 @@ extension StreamHost {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
             stream.resetOnEventLoop()
         }
-        kept.begin(exchange, write: bytes, keepIf: keepIf)
+        kept.begin(exchange, parser: parser, write: bytes, keepIf: keepIf)
     }
 }

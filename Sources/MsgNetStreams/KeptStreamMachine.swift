@@ -1,0 +1,139 @@
+import MsgNetCore
+import NIOCore
+
+/// The requester's decisions on one kept request stream, without I/O: which bytes end the
+/// request in progress and how, whether the stream goes back to its connection's pool, and when
+/// it is reset or closed. ``KeptRequestStream`` drives it on the stream's event loop and carries
+/// out its actions.
+///
+/// A stream is *idle* (in the pool, or just opened), *waiting* for the reply to one request, or
+/// *done* (never used again: reset, failed, closed by either side, retired or evicted).
+struct KeptStreamMachine {
+    /// What the driver does, in order.
+    enum Action {
+        /// The request in progress has its outcome.
+        case finish(Result<ByteBuffer, any Error>)
+        /// Put the stream back in the pool (idle, for the next request on its protocol).
+        case keep
+        /// Take the stream out of the pool, if it is there.
+        case forget
+        /// Reset the stream.
+        case reset
+        /// Close our write side (the responder then ends the stream from its side).
+        case closeWrite
+    }
+
+    private enum State {
+        case idle
+        case waiting(LazyReplyParser, keepIf: (@Sendable (ByteBuffer) -> Bool)?)
+        case done
+    }
+
+    private var state = State.idle
+    let peer: PeerID
+    let protocolID: String
+
+    init(peer: PeerID, protocolID: String) {
+        self.peer = peer
+        self.protocolID = protocolID
+    }
+
+    /// Whether the stream can take a request (it is idle and not done).
+    var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
+    }
+
+    /// Whether the stream will never be used again.
+    var isDone: Bool {
+        if case .done = state { return true }
+        return false
+    }
+
+    /// A request was written: `parser` reads its reply (with the negotiation on a new stream);
+    /// `keepIf` judges the reply before the stream is kept. Only on an idle stream.
+    mutating func onRequest(parser: LazyReplyParser, keepIf: (@Sendable (ByteBuffer) -> Bool)?) {
+        // The pool hands out idle streams only; a request on any other waits for its deadline.
+        assert(isIdle, "a kept request stream carries one request at a time")
+        state = .waiting(parser, keepIf: keepIf)
+    }
+
+    /// Bytes arrived. `requestEnded`: the request in progress already has its outcome from
+    /// elsewhere (its deadline passed, or its caller cancelled), so no reply is expected.
+    mutating func onData(_ bytes: inout ByteBuffer, requestEnded: Bool) -> [Action] {
+        switch state {
+        case .done:
+            return []
+        case .idle:
+            // Data nobody asked for: the stream is out of step with its requests.
+            state = .done
+            return [.forget, .reset]
+        case .waiting(var parser, let keepIf):
+            if requestEnded {
+                state = .done
+                return [.forget, .reset]
+            }
+            switch parser.onBytes(&bytes) {
+            case .needMore:
+                state = .waiting(parser, keepIf: keepIf)
+                return []
+            case .reply(let reply):
+                let sound = keepIf?(reply) ?? true
+                if parser.hasBufferedBytes || !sound {
+                    // More than one reply, or one the caller's protocol rejects: the reply goes
+                    // to the caller, the stream is not kept.
+                    state = .done
+                    return [.reset, .finish(.success(reply))]
+                }
+                state = .idle
+                // Kept before the caller resumes: its next request finds the stream in the pool.
+                return [.keep, .finish(.success(reply))]
+            case .failed(let error):
+                state = .done
+                return [.finish(.failure(error)), .reset]
+            }
+        }
+    }
+
+    /// The responder closed its side.
+    mutating func onRemoteClosed() -> [Action] {
+        var actions: [Action] = []
+        if case .waiting(let parser, _) = state {
+            let error =
+                parser.negotiated
+                ? StreamsError(.protocolViolation, "\(peer) closed the \(protocolID) stream without replying")
+                : StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")
+            actions.append(.finish(.failure(error)))
+        }
+        state = .done
+        // Our side too, so the stream ends (harmless after a retire).
+        actions += [.forget, .closeWrite]
+        return actions
+    }
+
+    /// The stream was reset (by the responder, or by us: a deadline, a cancellation).
+    mutating func onReset(_ reason: String) -> [Action] {
+        var actions: [Action] = []
+        if case .waiting = state {
+            actions.append(
+                .finish(.failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(reason)"))))
+        }
+        state = .done
+        actions.append(.forget)
+        return actions
+    }
+
+    /// The pool is done with an idle stream (full, or idle too long): it ends gracefully.
+    mutating func retire() -> [Action] {
+        guard !isDone else { return [] }
+        state = .done
+        return [.closeWrite]
+    }
+
+    /// The pool takes an idle stream's slot for another stream: it is reset at once.
+    mutating func evict() -> [Action] {
+        guard !isDone else { return [] }
+        state = .done
+        return [.reset]
+    }
+}
