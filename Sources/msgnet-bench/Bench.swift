@@ -26,6 +26,14 @@ struct Bench: AsyncParsableCommand {
     )
 }
 
+/// `--leg` of the comparing commands: which sides they measure.
+enum Leg: String, ExpressibleByArgument, CaseIterable {
+    case both, raw, msgnet
+
+    static let help: ArgumentHelp =
+        "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
+}
+
 /// Where each side of every benchmark runs: the server side (raw baseline and MsgNet alike) on
 /// one event loop, the client side on the other, as two processes would be. Left to round-robin
 /// placement, a raw client could share a thread with its server (a round trip without a thread

@@ -71,22 +71,13 @@ struct DatagramsBench: AsyncParsableCommand {
     var maxUnreliable = 1158
     @Flag(help: "Measure only request/reply (for profiling and A/B runs); skips the rates and the 1 MiB message.")
     var requestsOnly = false
-    @Option(
-        help:
-            "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
-    )
-    var leg = "both"
-
-    func validate() throws {
-        guard ["both", "raw", "msgnet"].contains(leg) else {
-            throw ValidationError("--leg must be both, raw or msgnet")
-        }
-    }
+    @Option(help: Leg.help)
+    var leg = Leg.both
 
     var commandLine: String {
         "msgnet-bench datagrams --runs \(runs) --count \(count) --window \(window) --raw-window \(rawWindow) "
             + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --max-unreliable \(maxUnreliable)"
-            + (requestsOnly ? " --requests-only" : "") + (leg == "both" ? "" : " --leg \(leg)")
+            + (requestsOnly ? " --requests-only" : "") + (leg == .both ? "" : " --leg \(leg)")
     }
 
     static let sizes = [64, 1200]
@@ -150,12 +141,12 @@ struct DatagramsBench: AsyncParsableCommand {
                 let rawFirst = run % 2 == 1
                 for leg in 0..<2 {
                     if (leg == 0) == rawFirst {
-                        if self.leg == "msgnet" { continue }
+                        if self.leg == .msgnet { continue }
                         try await rawLeg(
                             &series, sender: senderSocket, sinkPort: sinkSocket.port, sink: rawSink, bytes: rawBytes,
                             client: clientSocket, echoPort: echoSocket.port, replies: replies)
                     } else {
-                        if self.leg == "raw" { continue }
+                        if self.leg == .raw { continue }
                         try await msgnetLeg(&series, client: client, peer: peer, sink: sink)
                     }
                 }
@@ -189,7 +180,7 @@ struct DatagramsBench: AsyncParsableCommand {
         let p50 =
             series.msgnetMedian("request/reply p50, 1 in flight (µs)")
             / series.rawMedian("request/reply p50, 1 in flight (µs)")
-        guard leg == "both" else {
+        guard leg == .both else {
             print("Goals: not evaluated (--leg \(leg) measures one side only).")
             return
         }

@@ -159,11 +159,8 @@ struct MessagesBench: AsyncParsableCommand {
     var timeLimit = 10.0
     @Option(help: "Security for the MsgNet side: noise or plaintext.")
     var security = "noise"
-    @Option(
-        help:
-            "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
-    )
-    var leg = "both"
+    @Option(help: Leg.help)
+    var leg = Leg.both
     @Option(
         help:
             "How MsgNet requests travel: kept (request streams reused between requests, the default between MsgNet peers) or per-request (a new stream each, as to a libp2p peer)."
@@ -171,9 +168,6 @@ struct MessagesBench: AsyncParsableCommand {
     var requestStreams = "kept"
 
     func validate() throws {
-        guard ["both", "raw", "msgnet"].contains(leg) else {
-            throw ValidationError("--leg must be both, raw or msgnet")
-        }
         guard ["kept", "per-request"].contains(requestStreams) else {
             throw ValidationError("--request-streams must be kept or per-request")
         }
@@ -236,10 +230,10 @@ struct MessagesBench: AsyncParsableCommand {
                 let rawFirst = run % 2 == 1
                 for side in 0..<2 {
                     if (side == 0) == rawFirst {
-                        if leg == "msgnet" { continue }
+                        if leg == .msgnet { continue }
                         try await rawLeg(&series, sender: rawSender, sink: rawSink, requester: rawRequester)
                     } else {
-                        if leg == "raw" { continue }
+                        if leg == .raw { continue }
                         try await msgnetLeg(&series, client: client, peer: peer, sink: sink)
                     }
                 }
@@ -273,7 +267,7 @@ struct MessagesBench: AsyncParsableCommand {
             print(warning)
             print("")
         }
-        guard leg == "both" else {
+        guard leg == .both else {
             print("Goals: not evaluated (--leg \(leg) measures one side only).")
             return
         }
