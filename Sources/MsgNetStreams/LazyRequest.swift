@@ -242,36 +242,23 @@ extension StreamHost {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
             stream.resetOnEventLoop()
         }
-        let parser = NIOLoopBoundBox(
-            LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), eventLoop: loop)
+        var machine = RequestStreamMachine(peer: peer, protocolID: protocolID, mode: .oneShot)
+        machine.onRequest(
+            parser: LazyReplyParser(machine: initialMachine, maxSize: maxReplySize, proposal: proposal), keepIf: nil)
+        let box = NIOLoopBoundBox(machine, eventLoop: loop)
         stream.setInboundHandler { event in
+            let actions: [RequestStreamMachine.Action]
             switch event {
-            case .data(var bytes):
-                switch parser.value.onBytes(&bytes) {
-                case .needMore:
-                    break
-                case .reply(let reply):
-                    exchange.finish(.success(reply))
-                case .failed(let error):
-                    exchange.finish(.failure(error))
-                    stream.resetOnEventLoop()
+            case .data(var bytes): actions = box.value.onData(&bytes, requestEnded: exchange.isFinished)
+            case .remoteClosed: actions = box.value.onRemoteClosed()
+            case .reset(let error): actions = box.value.onReset("\(error)")
+            }
+            for action in actions {
+                switch action {
+                case .finish(let result): exchange.finish(result)
+                case .reset: stream.resetOnEventLoop()
+                case .keep, .forget, .closeWrite: break  // not emitted for a one-shot stream
                 }
-            case .remoteClosed:
-                // The usual end after the reply: no error to build.
-                guard !exchange.isFinished else { return }
-                if parser.value.negotiated {
-                    exchange.finish(
-                        .failure(
-                            StreamsError(
-                                .protocolViolation, "\(peer) closed the \(protocolID) stream without replying")))
-                } else {
-                    exchange.finish(
-                        .failure(StreamsError(.connectionClosed, "\(peer) closed the stream during negotiation")))
-                }
-            case .reset(let error):
-                guard !exchange.isFinished else { return }
-                exchange.finish(
-                    .failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(error)")))
             }
         }
         // The request and our half-close leave in one flush.

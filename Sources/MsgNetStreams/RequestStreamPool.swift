@@ -115,11 +115,11 @@ final class RequestStreamPool: Sendable {
 }
 
 /// A request stream kept open between requests: its stream, its machine
-/// (``KeptStreamMachine``, which makes every decision) and the request in progress, if any.
+/// (``RequestStreamMachine``, which makes every decision) and the request in progress, if any.
 /// Confined to the stream's event loop.
 final class KeptRequestStream: Sendable {
     private struct State {
-        var machine: KeptStreamMachine
+        var machine: RequestStreamMachine
         var exchange: RequestExchange?
         var idleSince = NIODeadline.distantPast
     }
@@ -137,7 +137,7 @@ final class KeptRequestStream: Sendable {
         self.peer = peer
         self.pool = pool
         self.state = NIOLoopBoundBox(
-            State(machine: KeptStreamMachine(peer: peer, protocolID: protocolID)), eventLoop: stream.eventLoop)
+            State(machine: RequestStreamMachine(peer: peer, protocolID: protocolID)), eventLoop: stream.eventLoop)
     }
 
     var idleSince: NIODeadline {
@@ -186,7 +186,7 @@ final class KeptRequestStream: Sendable {
         }
     }
 
-    private func perform(_ actions: [KeptStreamMachine.Action]) {
+    private func perform(_ actions: [RequestStreamMachine.Action]) {
         for action in actions {
             switch action {
             case .finish(let result):

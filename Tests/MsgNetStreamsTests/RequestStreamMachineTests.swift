@@ -7,11 +7,13 @@ import Testing
 
 /// The kept request stream's decisions, driven directly: every event in every state, replies
 /// fed byte by byte.
-@Suite("Kept request stream machine")
-struct KeptStreamMachineTests {
+@Suite("Request stream machine")
+struct RequestStreamMachineTests {
     static let peer = PrivateKey.generate().peerID
 
-    static func machine() -> KeptStreamMachine { KeptStreamMachine(peer: peer, protocolID: "/kv/1") }
+    static func machine(_ mode: RequestStreamMachine.Mode = .kept) -> RequestStreamMachine {
+        RequestStreamMachine(peer: peer, protocolID: "/kv/1", mode: mode)
+    }
 
     static func framed(_ text: String) -> [UInt8] {
         let bytes = Array(text.utf8)
@@ -19,7 +21,7 @@ struct KeptStreamMachineTests {
     }
 
     /// The actions as short strings, for comparison.
-    static func describe(_ actions: [KeptStreamMachine.Action]) -> [String] {
+    static func describe(_ actions: [RequestStreamMachine.Action]) -> [String] {
         actions.map { action in
             switch action {
             case .finish(.success(let reply)): return "reply:\(String(buffer: reply))"
@@ -34,7 +36,7 @@ struct KeptStreamMachineTests {
     }
 
     /// Feeds `bytes` one at a time; returns the actions of each byte that produced any.
-    static func feed(_ m: inout KeptStreamMachine, _ bytes: [UInt8], requestEnded: Bool = false) -> [[String]] {
+    static func feed(_ m: inout RequestStreamMachine, _ bytes: [UInt8], requestEnded: Bool = false) -> [[String]] {
         var out: [[String]] = []
         for byte in bytes {
             var b = ByteBuffer(bytes: [byte])
@@ -152,5 +154,37 @@ struct KeptStreamMachineTests {
         #expect(Self.describe(evicted.evict()) == ["reset"])
         #expect(Self.describe(evicted.retire()).isEmpty)
         #expect(evicted.isDone)
+    }
+
+    @Test("one-shot: the reply finishes the request; nothing after it, nor a close or reset, does anything")
+    func oneShotReply() {
+        var m = Self.machine(.oneShot)
+        let (multistream, proposal) = StreamHost.lazyProposal("/kv/1")
+        m.onRequest(parser: LazyReplyParser(machine: multistream, maxSize: 64, proposal: proposal), keepIf: nil)
+        let echo = Array(proposal.readableBytesView)
+        #expect(Self.feed(&m, echo + Self.framed("hi") + Self.framed("more")) == [["reply:hi"]])
+        #expect(m.isDone)
+        #expect(Self.describe(m.onRemoteClosed()).isEmpty)
+        #expect(Self.describe(m.onReset("late")).isEmpty)
+    }
+
+    @Test("one-shot: a close or reset while waiting fails the request; after a timeout, data is ignored")
+    func oneShotFailures() {
+        var closed = Self.machine(.oneShot)
+        closed.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+        #expect(Self.describe(closed.onRemoteClosed()) == ["error:protocolViolation"])
+
+        var reset = Self.machine(.oneShot)
+        reset.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+        #expect(Self.describe(reset.onReset("by the peer")) == ["error:connectionClosed"])
+
+        var late = Self.machine(.oneShot)
+        late.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+        #expect(Self.feed(&late, Self.framed("x"), requestEnded: true).isEmpty)
+
+        var bad = Self.machine(.oneShot)
+        bad.onRequest(parser: LazyReplyParser(maxSize: 2), keepIf: nil)
+        let actions = Self.feed(&bad, Self.framed("too long"))
+        #expect(actions.count == 1 && actions.first?.last == "reset")
     }
 }

@@ -1,14 +1,25 @@
 import MsgNetCore
 import NIOCore
 
-/// The requester's decisions on one kept request stream, without I/O: which bytes end the
-/// request in progress and how, whether the stream goes back to its connection's pool, and when
-/// it is reset or closed. ``KeptRequestStream`` drives it on the stream's event loop and carries
-/// out its actions.
+/// The requester's decisions on one request stream, without I/O: which bytes end the request in
+/// progress and how, whether a kept stream goes back to its connection's pool, and when the
+/// stream is reset or closed. ``KeptRequestStream`` drives it for kept streams,
+/// `StreamHost.startRequest` for a per-request stream (``Mode/oneShot``), on the stream's event
+/// loop, carrying out its actions.
 ///
 /// A stream is *idle* (in the pool, or just opened), *waiting* for the reply to one request, or
-/// *done* (never used again: reset, failed, closed by either side, retired or evicted).
-struct KeptStreamMachine {
+/// *done* (never used again: reset, failed, closed by either side, retired, evicted, or, one-shot,
+/// answered).
+struct RequestStreamMachine {
+    /// What becomes of a stream after its reply.
+    enum Mode {
+        /// Kept open for the next request (a request stream between MsgNet peers).
+        case kept
+        /// Used for one request: our write side closed with it, the responder closes after its
+        /// reply; nothing after the reply matters (a per-request stream, as libp2p uses).
+        case oneShot
+    }
+
     /// What the driver does, in order.
     enum Action {
         /// The request in progress has its outcome.
@@ -32,10 +43,12 @@ struct KeptStreamMachine {
     private var state = State.idle
     let peer: PeerID
     let protocolID: String
+    let mode: Mode
 
-    init(peer: PeerID, protocolID: String) {
+    init(peer: PeerID, protocolID: String, mode: Mode = .kept) {
         self.peer = peer
         self.protocolID = protocolID
+        self.mode = mode
     }
 
     /// Whether the stream can take a request (it is idle and not done).
@@ -71,13 +84,18 @@ struct KeptStreamMachine {
         case .waiting(var parser, let keepIf):
             if requestEnded {
                 state = .done
-                return [.forget, .reset]
+                // One-shot: whatever ended the request reset the stream already.
+                return mode == .kept ? [.forget, .reset] : []
             }
             switch parser.onBytes(&bytes) {
             case .needMore:
                 state = .waiting(parser, keepIf: keepIf)
                 return []
             case .reply(let reply):
+                if mode == .oneShot {
+                    state = .done
+                    return [.finish(.success(reply))]
+                }
                 let sound = keepIf?(reply) ?? true
                 if parser.hasBufferedBytes || !sound {
                     // More than one reply, or one the caller's protocol rejects: the reply goes
@@ -106,8 +124,9 @@ struct KeptStreamMachine {
             actions.append(.finish(.failure(error)))
         }
         state = .done
-        // Our side too, so the stream ends (harmless after a retire).
-        actions += [.forget, .closeWrite]
+        // Our side too, so the stream ends (harmless after a retire); a one-shot stream closed
+        // its side with the request.
+        if mode == .kept { actions += [.forget, .closeWrite] }
         return actions
     }
 
@@ -119,7 +138,7 @@ struct KeptStreamMachine {
                 .finish(.failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(reason)"))))
         }
         state = .done
-        actions.append(.forget)
+        if mode == .kept { actions.append(.forget) }
         return actions
     }
 
