@@ -21,8 +21,11 @@ struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "msgnet-bench",
         abstract: "MsgNet benchmarks against raw-socket baselines.",
-        subcommands: [StreamsBench.self, MessagesBench.self, DatagramsBench.self, AEADBench.self, MachinesBench.self],
-        defaultSubcommand: StreamsBench.self
+        subcommands: [
+            AllBench.self, StreamsBench.self, MessagesBench.self, DatagramsBench.self, AEADBench.self,
+            MachinesBench.self,
+        ],
+        defaultSubcommand: AllBench.self
     )
 }
 
@@ -51,11 +54,30 @@ struct BenchLoops {
     }
 }
 
+/// Every comparison with its default options (the commands BENCHMARKS.md quotes), one after
+/// another: `streams`, `messages`, `datagrams`, then `aead`.
+struct AllBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "all",
+        abstract: "Runs streams, messages, datagrams and aead, each with its default options."
+    )
+
+    func run() async throws {
+        let streams = try StreamsBench.parse([])
+        try await streams.run()
+        let messages = try MessagesBench.parse([])
+        try await messages.run()
+        let datagrams = try DatagramsBench.parse([])
+        try await datagrams.run()
+        let aead = try AEADBench.parse([])
+        try await aead.run()
+    }
+}
+
 struct StreamsBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "streams",
-        abstract: "Stream path (TCP): echo throughput and ping round trip, MsgNet vs raw TCP.",
-        aliases: ["all"]
+        abstract: "Stream path (TCP): echo throughput and ping round trip, MsgNet vs raw TCP."
     )
 
     @Option(help: "Repetitions of each measurement (the median is reported).")
@@ -70,11 +92,7 @@ struct StreamsBench: AsyncParsableCommand {
     var security = "noise"
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = .error
-            return h
-        }
+        bootstrapBenchLogging()
         let loops = BenchLoops()
         var rawThroughput: [Double] = []
         var msgThroughput: [Double] = []

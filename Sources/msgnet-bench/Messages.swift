@@ -126,12 +126,15 @@ struct Series {
     func msgnetMedian(_ name: String) -> Double { median(msgnet[name] ?? [.nan]) }
 }
 
+/// Errors only, to standard error; once per process (`all` runs several commands).
 func bootstrapBenchLogging() {
-    LoggingSystem.bootstrap { label in
-        var h = StreamLogHandler.standardError(label: label)
-        h.logLevel = .error
-        return h
-    }
+    _ = benchLogging
+}
+
+private let benchLogging: Void = LoggingSystem.bootstrap { label in
+    var h = StreamLogHandler.standardError(label: label)
+    h.logLevel = .error
+    return h
 }
 
 func goal(_ text: String, _ met: Bool) {
