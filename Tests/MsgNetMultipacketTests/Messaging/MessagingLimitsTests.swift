@@ -87,6 +87,59 @@ struct MessagingLimitsTests {
         #expect(b.partialMessageCount == 0)
     }
 
+    /// Reliable one-fragment messages with the given sequence numbers, one payload each; the
+    /// machine's actions.
+    private func receive(_ sequences: [UInt64], on machine: inout MessagingMachine, now: NIODeadline)
+        -> [MessagingAction]
+    {
+        var actions: [MessagingAction] = []
+        for (i, sequence) in sequences.enumerated() {
+            let header = MultipacketMessageHeader(sequence: sequence, reliable: true, kind: .oneWay)
+            let frame: MultipacketFrame =
+                i == 0
+                ? .initiate(
+                    transportId: 0, protocolName: "/a", protocolInt: 1, header: header, data: messagingBytes([1]))
+                : .continuation(protocolInt: 1, header: header, data: messagingBytes([1]))
+            actions += machine.onPayload(payload([frame]), now: now)
+        }
+        return actions
+    }
+
+    @Test("an Ack names every range, highest first, while they fit its leading ranges")
+    func ackOfFewRanges() throws {
+        var b = makeMessagingMachine()
+        // Ranges 0...1, 3...3, 5...7 (gaps at 2 and 4), received out of order.
+        var actions = receive([5, 0, 7, 3, 1, 6], on: &b, now: t0)
+        actions += b.onTimer(now: t0 + .seconds(1))
+        // The last Ack sent covers everything received.
+        let ack = try #require(try acks(actions).last)
+        #expect(ack.ranges == [5...7, 3...3, 0...1])
+    }
+
+    @Test("with more ranges than an Ack leads with, it names the highest ones unbroken, then recent ones")
+    func ackOfManyRanges() throws {
+        var limits = MessagingLimits()
+        limits.maxAckRangesPerFrame = 18
+        var b = makeMessagingMachine(limits)
+        // Forty one-number ranges: 0, 2, 4, …, 78; acknowledged (the first Ack clears "recent").
+        _ = receive((0..<40).map { UInt64($0 * 2) }, on: &b, now: t0)
+        _ = b.onTimer(now: t0 + .seconds(1))
+        // A duplicate of an old number (acknowledged at once): that Ack must name its range too.
+        var actions = receive([10], on: &b, now: t0 + .seconds(2))
+        actions += b.onTimer(now: t0 + .seconds(3))
+        let ack = try #require(try acks(actions).last)
+        #expect(ack.ranges.count == 18)
+        // The sixteen highest, unbroken: 78, 76, …, 48.
+        let highest: [ClosedRange<UInt64>] = (0..<16).map { (i: Int) -> ClosedRange<UInt64> in
+            let n = UInt64(78 - 2 * i)
+            return n...n
+        }
+        #expect(Array(ack.ranges.prefix(16)) == highest)
+        #expect(ack.ranges.contains(10...10))
+        // Highest first throughout.
+        #expect(zip(ack.ranges, ack.ranges.dropFirst()).allSatisfy { $0.lowerBound > $1.upperBound })
+    }
+
     @Test func partialMessageLimitDropsAndCounts() throws {
         var limits = MessagingLimits()
         limits.maxPartialMessages = 4
