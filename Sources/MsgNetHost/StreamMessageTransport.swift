@@ -643,7 +643,7 @@ public final class StreamMessageTransport: MessageTransport {
         switch configuration.requestStreams {
         case .off: return false
         case .always: return true
-        case .whenSupported: return streamHost.peerstore.protocols(for: peer).contains(Self.requestStreamsProtocol)
+        case .whenSupported: return streamHost.peerstore.announces(Self.requestStreamsProtocol, peer: peer)
         }
     }
 }

@@ -148,6 +148,12 @@ public final class Peerstore: Sendable {
         identify(for: peer)?.protocols ?? []
     }
 
+    /// Whether `peer`'s identify announced `protocolID` (checked in place: no copy of its
+    /// identify data, for a check made on every request).
+    public func announces(_ protocolID: String, peer: PeerID) -> Bool {
+        state.withLockedValue { $0[peer]?.identify?.protocols.contains(protocolID) ?? false }
+    }
+
     /// The public key of `peer`: from identify, or inlined in its id (Ed25519).
     public func publicKey(for peer: PeerID) -> PublicKey? {
         identify(for: peer)?.publicKey ?? peer.publicKey

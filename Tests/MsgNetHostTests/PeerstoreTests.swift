@@ -40,6 +40,9 @@ struct PeerstoreTests {
                 peer: peer, publicKey: key.publicKey, protocolVersion: nil, agentVersion: "x",
                 listenAddresses: [a], protocols: ["/p/1"], observedAddress: nil))
         #expect(store.protocols(for: peer) == ["/p/1"])
+        #expect(store.announces("/p/1", peer: peer))
+        #expect(!store.announces("/p/2", peer: peer))
+        #expect(!store.announces("/p/1", peer: PrivateKey.generate().peerID))
         #expect(store.publicKey(for: peer) == key.publicKey)
         #expect(store.addresses(for: peer) == [a])
         clock.advance(.minutes(2))
