@@ -130,12 +130,21 @@ public typealias MessageHandler = @Sendable (Message) async throws -> Void
 /// Whether a request has been replied to, for a delivery that hands the request on (an inbox)
 /// and must keep its reply window open until the consumer replies.
 final class AnswerWatch: Sendable {
-    private let state = NIOLockedValueBox<(answered: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+    private struct State {
+        var answered: Bool
+        /// Waiting tasks, each with the id its cancellation finds it by.
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
+        var lastWaiterID: UInt64 = 0
+    }
+    private let state: NIOLockedValueBox<State>
 
     /// - Parameter answered: whether it starts answered (a channel's watch with nothing held).
     init(answered: Bool = false) {
-        state.withLockedValue { $0.answered = answered }
+        state = NIOLockedValueBox(State(answered: answered))
     }
+
+    /// Tasks waiting now (for tests).
+    var waiting: Int { state.withLockedValue { $0.waiters.count } }
 
     /// Watches a new request (or held message) of the same channel: not answered yet.
     func reset() {
@@ -144,12 +153,12 @@ final class AnswerWatch: Sendable {
 
     /// The request has its reply.
     func answered() {
-        let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
+        let waiters = state.withLockedValue { s in
             s.answered = true
-            defer { s.waiter = nil }
-            return s.waiter
+            defer { s.waiters = [] }
+            return s.waiters
         }
-        waiter?.resume()
+        for waiter in waiters { waiter.continuation.resume() }
     }
 
     /// Returns once the request is answered or after `timeout`, whichever comes first.
@@ -163,21 +172,24 @@ final class AnswerWatch: Sendable {
         }
     }
 
-    /// One waiter (the delivery); resumed by ``answered()`` or by cancellation.
     private func waitAnswered() async {
+        let id = state.withLockedValue { s in
+            s.lastWaiterID &+= 1
+            return s.lastWaiterID
+        }
         await withTaskCancellationHandler {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let now = state.withLockedValue { s -> Bool in
                     if s.answered || Task.isCancelled { return true }
-                    s.waiter = c
+                    s.waiters.append((id, c))
                     return false
                 }
                 if now { c.resume() }
             }
         } onCancel: {
             let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-                defer { s.waiter = nil }
-                return s.waiter
+                guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return s.waiters.remove(at: index).continuation
             }
             waiter?.resume()
         }
