@@ -276,16 +276,13 @@ struct DatagramsBench: AsyncParsableCommand {
         }
         let request = ByteBuffer(repeating: 0x33, count: 64)
         for n in [1, inFlight] {
-            let (p50, p99, rps) = try await measureRequests(
+            try await measureRequests(
                 total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
             ) {
                 let reply = try await client.request(
                     request, to: peer, protocol: "/bench/echo/1.0.0", timeout: .seconds(2))
                 guard reply.data.readableBytes == 64 else { throw BenchError("short reply") }
-            }
-            series.add("request/reply p50, \(n) in flight (µs)", msgnet: p50)
-            series.add("request/reply p99, \(n) in flight (µs)", msgnet: p99)
-            series.add("request/reply rate, \(n) in flight (req/s)", msgnet: rps)
+            }.add(to: &series, inFlight: n, raw: false)
         }
         if requestsOnly { return }
         // One 1 MiB message, reliable: time until the handler has it.
@@ -336,7 +333,7 @@ struct DatagramsBench: AsyncParsableCommand {
         }
         let echoAddress = try SocketAddress(ipAddress: "127.0.0.1", port: echoPort)
         for n in [1, inFlight] {
-            let (p50, p99, rps) = try await measureRequests(
+            try await measureRequests(
                 total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
             ) {
                 let id = replies.nextID()
@@ -345,10 +342,7 @@ struct DatagramsBench: AsyncParsableCommand {
                 request.writeRepeatingByte(0x33, count: 56)
                 let answered = await replies.request(request, id: id, on: client, to: echoAddress)
                 guard answered else { throw BenchError("raw UDP request \(id) lost") }
-            }
-            series.add("request/reply p50, \(n) in flight (µs)", raw: p50)
-            series.add("request/reply p99, \(n) in flight (µs)", raw: p99)
-            series.add("request/reply rate, \(n) in flight (req/s)", raw: rps)
+            }.add(to: &series, inFlight: n, raw: true)
         }
         if requestsOnly { return }
         // 1 MiB in 1200 B datagrams, no loss recovery.

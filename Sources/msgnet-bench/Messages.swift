@@ -65,14 +65,49 @@ final class Arrivals: Sendable {
     }
 }
 
+/// What one request/reply measurement found.
+struct RequestStats {
+    /// Median and 99th-percentile round trip, µs.
+    var p50: Double
+    var p99: Double
+    /// Completed requests per second.
+    var rate: Double
+    /// The process's CPU time (user and system, every thread) per completed request, µs: both
+    /// sides' work, since requester and responder run in this process. Unlike the latencies it
+    /// does not include waiting for wake-ups, so it moves little with how busy the machine is.
+    var cpu: Double
+
+    /// Adds the four rows of a measurement with `inFlight` requests in flight to `series`.
+    func add(to series: inout Series, inFlight n: Int, raw: Bool) {
+        let rows = [
+            ("request/reply p50, \(n) in flight (µs)", p50),
+            ("request/reply p99, \(n) in flight (µs)", p99),
+            ("request/reply rate, \(n) in flight (req/s)", rate),
+            ("request/reply CPU, \(n) in flight (µs per request, both sides)", cpu),
+        ]
+        for (name, value) in rows {
+            if raw { series.add(name, raw: value) } else { series.add(name, msgnet: value) }
+        }
+    }
+}
+
+/// User plus system CPU time of the whole process so far.
+func processCPUTime() -> Duration {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    func duration(_ t: timeval) -> Duration { .seconds(Int64(t.tv_sec)) + .microseconds(Int64(t.tv_usec)) }
+    return duration(usage.ru_utime) + duration(usage.ru_stime)
+}
+
 /// Latencies of requests with `inFlight` outstanding at a time, bounded by `total` and
-/// `deadline`; returns (p50 µs, p99 µs, requests per second).
+/// `deadline`, and the CPU they cost.
 func measureRequests(
     total: Int, inFlight: Int, deadline: ContinuousClock.Instant,
     _ one: @escaping @Sendable () async throws -> Void
-) async throws -> (Double, Double, Double) {
+) async throws -> RequestStats {
     let clock = ContinuousClock()
     let start = clock.now
+    let cpuStart = processCPUTime()
     let per = max(1, total / inFlight)
     let rtts = try await withThrowingTaskGroup(of: [Duration].self) { group in
         for _ in 0..<inFlight {
@@ -92,10 +127,12 @@ func measureRequests(
         for try await r in group { all += r }
         return all
     }
+    let cpu = seconds(processCPUTime() - cpuStart)
     let elapsed = seconds(clock.now - start)
     guard !rtts.isEmpty else { throw BenchError("no request completed") }
     let (p50, p99) = percentiles(rtts)
-    return (p50, p99, Double(rtts.count) / elapsed)
+    return RequestStats(
+        p50: p50, p99: p99, rate: Double(rtts.count) / elapsed, cpu: cpu / Double(rtts.count) * 1_000_000)
 }
 
 /// Measurement series of one benchmark: named values per side, medians at the end.
@@ -331,15 +368,12 @@ struct MessagesBench: AsyncParsableCommand {
             })
         let request = ByteBuffer(repeating: 0x33, count: 64)
         for n in [1, inFlight] {
-            let (p50, p99, rps) = try await measureRequests(
+            try await measureRequests(
                 total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
             ) {
                 let reply = try await client.request(request, to: peer, protocol: "/bench/echo/1.0.0")
                 guard reply.data.readableBytes == 64 else { throw BenchError("short reply") }
-            }
-            series.add("request/reply p50, \(n) in flight (µs)", msgnet: p50)
-            series.add("request/reply p99, \(n) in flight (µs)", msgnet: p99)
-            series.add("request/reply rate, \(n) in flight (req/s)", msgnet: rps)
+            }.add(to: &series, inFlight: n, raw: false)
         }
     }
 
@@ -354,15 +388,12 @@ struct MessagesBench: AsyncParsableCommand {
             raw: try await rate(count: largeCount, size: 1024, sink: sink) { await sender.send($0) })
         let request = ByteBuffer(repeating: 0x33, count: 64)
         for n in [1, inFlight] {
-            let (p50, p99, rps) = try await measureRequests(
+            try await measureRequests(
                 total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
             ) {
                 let reply = try await requester.request(request)
                 guard reply.readableBytes == 64 else { throw BenchError("short reply") }
-            }
-            series.add("request/reply p50, \(n) in flight (µs)", raw: p50)
-            series.add("request/reply p99, \(n) in flight (µs)", raw: p99)
-            series.add("request/reply rate, \(n) in flight (req/s)", raw: rps)
+            }.add(to: &series, inFlight: n, raw: true)
         }
     }
 }
