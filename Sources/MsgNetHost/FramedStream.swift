@@ -100,10 +100,9 @@ final class StreamChannel: MessageReplyChannel, Sendable {
         var lastWaiterID: UInt64 = 0
         var error: MessageError?
         var closing = false
-        /// On a request stream: the token of the request being handled and whether it has its reply.
-        var request: (token: UInt64, answered: Bool) = (0, false)
-        /// On a request stream: when the last request arrived (or the stream opened).
-        var lastRequest = NIODeadline.now()
+        /// On a request stream: which request may be answered, and how (see
+        /// ``RequestResponderMachine``).
+        var responder = RequestResponderMachine(now: .now())
         /// Elsewhere: how long the last message an inbox took may still be replied to after the
         /// peer closed its side (see ``hold(for:)``).
         var held: TimeAmount?
@@ -120,7 +119,7 @@ final class StreamChannel: MessageReplyChannel, Sendable {
 
     /// - Parameters:
     ///   - protocolID: the message protocol, when it is not the stream's (request streams).
-    ///   - requests: an inbound request stream (see ``requestUnanswered()``).
+    ///   - requests: an inbound request stream (see ``RequestResponderMachine``).
     init(
         stream: NegotiatedStream,
         protocolID: String? = nil,
@@ -154,24 +153,21 @@ final class StreamChannel: MessageReplyChannel, Sendable {
             answer.answered()
             return
         }
-        let accepted = state.withLockedValue { s -> Bool in
-            guard s.request.token == token, !s.request.answered else { return false }
-            s.request.answered = true
-            return true
-        }
-        guard accepted else {
+        guard let decision = state.withLockedValue({ $0.responder.onReply(token: token) }) else {
             throw MessageError(
                 .remoteError, "request \(token) on \(protocolID) from \(peer) was already answered or has ended")
         }
         defer { answer.answered() }
-        try await write(data, status: RequestStreamStatus.reply, flushNow: true)
+        try await write(data, status: decision.status, flushNow: true)
     }
 
     /// Answers the request being handled with an error (a request stream's handler that did not
     /// reply, threw, or was refused); nothing when it already has its answer.
     func replyError(_ code: MessageError.Code, _ reason: String) async throws {
-        guard requestUnanswered() else { return }
-        try await write(ErrorReply.encode(code, reason), status: RequestStreamStatus.error, flushNow: true)
+        guard requests, let decision = state.withLockedValue({ $0.responder.onUnanswered() }) else { return }
+        // From here on its handler can no longer reply: the request has this answer.
+        answer.answered()
+        try await write(ErrorReply.encode(code, reason), status: decision.status, flushNow: true)
     }
 
     /// An inbox took the last message read: when the peer closes its side (a per-request
@@ -197,30 +193,12 @@ final class StreamChannel: MessageReplyChannel, Sendable {
     func nextRequestToken() -> UInt64 {
         guard requests else { return 0 }
         answer.reset()
-        return state.withLockedValue { s in
-            s.request = (s.request.token &+ 1, false)
-            s.lastRequest = .now()
-            return s.request.token
-        }
+        return state.withLockedValue { $0.responder.onRequest(now: .now()) }
     }
 
     /// On a request stream: whether no request is being handled and none arrived after `cutoff`.
     func isIdle(since cutoff: NIODeadline) -> Bool {
-        state.withLockedValue { s in
-            (s.request.token == 0 || s.request.answered) && s.lastRequest <= cutoff
-        }
-    }
-
-    /// Whether the request being handled on a request stream has no answer yet; it can no
-    /// longer be answered by its handler after this.
-    func requestUnanswered() -> Bool {
-        guard requests else { return false }
-        let unanswered = state.withLockedValue { s in
-            defer { s.request.answered = true }
-            return !s.request.answered
-        }
-        if unanswered { answer.answered() }
-        return unanswered
+        state.withLockedValue { $0.responder.isIdle(since: cutoff) }
     }
 
     /// Queues one framed message if the channel is usable and stays under its high watermark;
