@@ -336,7 +336,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     /// Runs `start` on the loop with the caller's continuation and waits until the loop state
-    /// resumes it; cancelling the caller runs `cancel` on the loop.
+    /// resumes it; cancelling the caller runs `cancel` on the loop. A caller already on the loop
+    /// (a handler, or a task that prefers the loop as its executor) runs `start` at once, without
+    /// a job queued behind the loop's current work: its datagram leaves within the call.
     ///
     /// A task cancelled already (while its session was being set up, say) ran its cancellation
     /// handler at once: that job reaches the loop before `start` and finds nothing to cancel, so
@@ -354,7 +356,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     c.resume(throwing: MessageError(.cancelled, "\(what) cancelled"))
                     return
                 }
-                loop.execute { start(c) }
+                if loop.inEventLoop {
+                    start(c)
+                } else {
+                    loop.execute { start(c) }
+                }
             }
         } onCancel: {
             loop.execute(cancel)
@@ -671,8 +677,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 deadlineToken: deadlineToken)
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
-            // raw socket write would, rather than after a flush job queued behind it.
-            flushSockets()
+            // raw socket write would, rather than after a flush job queued behind it. (Made by a
+            // handler inside a socket's read batch, it leaves with the batch's writes instead.)
+            if core.readBatch == .none { flushSockets() } else { scheduleFlush() }
         } catch {
             continuation.resume(throwing: Self.map(error))
         }

@@ -37,6 +37,14 @@ enum Leg: String, ExpressibleByArgument, CaseIterable {
         "Sides to measure: both (every quoted figure), or raw or msgnet alone (to profile one side; no ratios)."
 }
 
+/// Where the requesting tasks of the request/reply measurements run (`datagrams --requester`).
+enum Requester: String, ExpressibleByArgument, CaseIterable {
+    /// Swift's global executor: a request hops to the client's event loop, the reply back.
+    case pool
+    /// The client's event loop, as the tasks' preferred executor: no hop either way.
+    case loop
+}
+
 /// Where each side of every benchmark runs: the server side (raw baseline and MsgNet alike) on
 /// one event loop, the client side on the other, as two processes would be. Left to round-robin
 /// placement, a raw client could share a thread with its server (a round trip without a thread

@@ -23,6 +23,12 @@ final class PendingReplies: Sendable {
     {
         let loop = socket.eventLoop
         return await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            // On the loop already (`--requester loop`), as MsgNet's request then is: no hop.
+            if loop.inEventLoop {
+                self.pending.withLock { $0[id] = (c, .now() + .seconds(2)) }
+                socket.write(payload, to: address)
+                return
+            }
             loop.execute {
                 self.pending.withLock { $0[id] = (c, .now() + .seconds(2)) }
                 socket.write(payload, to: address)
@@ -73,11 +79,22 @@ struct DatagramsBench: AsyncParsableCommand {
     var requestsOnly = false
     @Option(help: Leg.help)
     var leg = Leg.both
+    @Option(
+        help:
+            "Where the requesting tasks run, on both legs: pool (Swift's global executor, the default) or loop (the client's event loop as their preferred executor: a request needs no hop to it)."
+    )
+    var requester = Requester.pool
 
     var commandLine: String {
         "msgnet-bench datagrams --runs \(runs) --count \(count) --window \(window) --raw-window \(rawWindow) "
             + "--requests \(requests) --in-flight \(inFlight) --time-limit \(timeLimit) --max-unreliable \(maxUnreliable)"
             + (requestsOnly ? " --requests-only" : "") + (leg == .both ? "" : " --leg \(leg)")
+            + (requester == .pool ? "" : " --requester \(requester)")
+    }
+
+    /// The requesting tasks' preferred executor: the client's event loop with `--requester loop`.
+    var requestExecutor: (any TaskExecutor)? {
+        requester == .loop ? EventLoopTaskExecutor(BenchLoops().client) : nil
     }
 
     static let sizes = [64, 1200]
@@ -277,7 +294,8 @@ struct DatagramsBench: AsyncParsableCommand {
         let request = ByteBuffer(repeating: 0x33, count: 64)
         for n in [1, inFlight] {
             try await measureRequests(
-                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
+                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit),
+                executor: requestExecutor
             ) {
                 let reply = try await client.request(
                     request, to: peer, protocol: "/bench/echo/1.0.0", timeout: .seconds(2))
@@ -334,7 +352,8 @@ struct DatagramsBench: AsyncParsableCommand {
         let echoAddress = try SocketAddress(ipAddress: "127.0.0.1", port: echoPort)
         for n in [1, inFlight] {
             try await measureRequests(
-                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit)
+                total: n == 1 ? requests : requests * 4, inFlight: n, deadline: .now + .seconds(timeLimit),
+                executor: requestExecutor
             ) {
                 let id = replies.nextID()
                 var request = ByteBuffer()

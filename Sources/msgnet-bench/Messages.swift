@@ -100,9 +100,10 @@ func processCPUTime() -> Duration {
 }
 
 /// Latencies of requests with `inFlight` outstanding at a time, bounded by `total` and
-/// `deadline`, and the CPU they cost.
+/// `deadline`, and the CPU they cost. The requesting tasks run on Swift's global executor, or
+/// with `executor` as their preferred executor (the client's event loop, say).
 func measureRequests(
-    total: Int, inFlight: Int, deadline: ContinuousClock.Instant,
+    total: Int, inFlight: Int, deadline: ContinuousClock.Instant, executor: (any TaskExecutor)? = nil,
     _ one: @escaping @Sendable () async throws -> Void
 ) async throws -> RequestStats {
     let clock = ContinuousClock()
@@ -111,7 +112,7 @@ func measureRequests(
     let per = max(1, total / inFlight)
     let rtts = try await withThrowingTaskGroup(of: [Duration].self) { group in
         for _ in 0..<inFlight {
-            group.addTask {
+            group.addTask(executorPreference: executor) {
                 var rtts: [Duration] = []
                 rtts.reserveCapacity(per)
                 for _ in 0..<per {

@@ -612,6 +612,39 @@ struct HandlerSuite {
         }
     }
 
+    /// A handler runs on its transport's event loop, so the requests and sends it makes start on
+    /// the loop at once (no job queued behind the read that delivered its message), back on the
+    /// session the message came on as well as on another.
+    @Test("a handler's own requests and sends, to its requester and to a third peer", arguments: TransportFactory.all)
+    func handlerMakesRequests(factory: TransportFactory) async throws {
+        let a = factory.host()
+        let b = factory.host()
+        let c = factory.host()
+        let logged = Counter()
+        for host in [a, c] {
+            host.setMessageHandler(for: "/kv/1") { try await $0.reply(bytes("re:" + String(buffer: $0.data))) }
+            host.setMessageHandler(for: "/log/1") { _ in logged.add() }
+        }
+        b.setMessageHandler(for: "/fwd/1") { message in
+            let back = try await b.request(message.data, to: message.from, protocol: "/kv/1", timeout: .seconds(10))
+            let onward = try await b.request(back.data, to: c.peerID, protocol: "/kv/1", timeout: .seconds(10))
+            try await b.send(bytes("to a"), to: message.from, protocol: "/log/1")
+            try await b.send(bytes("to c"), to: c.peerID, protocol: "/log/1")
+            try await message.reply(onward.data)
+        }
+        try await running([a, b, c]) {
+            _ = try await introduce(a, to: b, on: factory)
+            _ = try await introduce(b, to: c, on: factory)
+            _ = try await introduce(b, to: a, on: factory)
+            for i in 0..<20 {
+                let reply = try await a.request(bytes("q\(i)"), to: b.peerID, protocol: "/fwd/1", timeout: .seconds(20))
+                #expect(String(buffer: reply.data) == "re:re:q\(i)")
+            }
+            await logged.wait(atLeast: 40)
+            #expect(logged.value == 40)
+        }
+    }
+
     @Test("a throwing handler closes the channel; the requester sees it", arguments: TransportFactory.all)
     func throwingHandler(factory: TransportFactory) async throws {
         struct Boom: Error {}
