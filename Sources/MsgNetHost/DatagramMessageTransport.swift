@@ -777,7 +777,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             case .transportAcknowledged:
                 break
             case .scheduleWakeup(let deadline):
-                core.machineWakeups[session] = deadline
+                core.machineWakeups.set(session, deadline)
                 armTimer()
             }
         }
@@ -916,7 +916,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         for rid in core.requests.filter({ $0.value.session == session }).map(\.key) {
             core.finishRequest(rid, .failure(error))
         }
-        core.machineWakeups[session] = nil
+        core.machineWakeups.set(session, nil)
         core.sessionPeers[session] = nil
         if let peer {
             let preferred = core.table.session(with: peer)
@@ -936,7 +936,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private func armTimer() {
         let core = core.value
         var next = core.tableWakeup
-        for (_, w) in core.machineWakeups where next == nil || w < next! { next = w }
+        if let w = core.machineWakeups.earliest(), next == nil || w < next! { next = w }
         guard let next else { return }
         if let armed = core.timerDeadline, armed <= next { return }
         core.timer?.cancel()
@@ -953,8 +953,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.tableWakeup = nil
             perform(core.table.onTimer(now: now))
         }
-        for (session, w) in core.machineWakeups where w <= now {
-            core.machineWakeups[session] = nil
+        for session in core.machineWakeups.popDue(now: now) {
             guard let index = core.machines.index(forKey: session) else { continue }
             let actions = core.machines.values[index].onTimer(now: now)
             perform(actions, session: session)
@@ -1029,7 +1028,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// The requests' timeouts, on one timer.
         let requestDeadlines: RequestDeadlines
         var tableWakeup: NIODeadline?
-        var machineWakeups: [SessionID: NIODeadline] = [:]
+        /// When each session's messaging machine wants `onTimer`, earliest first.
+        var machineWakeups = DeadlineQueue<SessionID>()
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0

@@ -34,6 +34,11 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     private var ownCounters = SessionCounters()
     private var retiredCounters = SessionCounters()
     private var scheduled: NIODeadline?
+    /// When each session next needs ``onTimer(now:)``, at the latest: a session's entry is moved
+    /// earlier when its machine needs an earlier time, never later (a machine woken early does
+    /// nothing and gets its exact next time then). One timer event costs O(log sessions + due),
+    /// not a scan of every session.
+    private var deadlines = DeadlineQueue<SessionID>()
 
     /// Creates an empty table.
     ///
@@ -202,19 +207,12 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     public mutating func onTimer(now: NIODeadline) -> [SessionAction<Path>] {
         var actions: [SessionAction<Path>] = []
         scheduled = nil
-        let due = sessions.compactMap { id, machine in
-            machine.nextDeadline.map { $0 <= now ? id : nil } ?? nil
-        }
-        for id in due {
+        for id in deadlines.popDue(now: now) where sessions[id] != nil {
             dispatch(id, now: now, schedule: false, actions: &actions) { machine, actions in
                 machine.onTimer(now: now, actions: &actions)
             }
         }
-        var next: NIODeadline?
-        for machine in sessions.values {
-            if let deadline = machine.nextDeadline { next = next.map { min($0, deadline) } ?? deadline }
-        }
-        if let next {
+        if let next = deadlines.earliest() {
             scheduled = next
             actions.append(.scheduleTimer(at: next))
         }
@@ -328,6 +326,9 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
             resolve(peer: peer, newcomer: id, now: now, actions: &actions)
             nextDeadline = sessions[id]?.status().nextDeadline  // resolving may have closed it
         }
+        if let deadline = nextDeadline, deadlines.deadline(of: id).map({ deadline < $0 }) ?? true {
+            deadlines.set(id, deadline)
+        }
         if schedule, let deadline = nextDeadline, scheduled.map({ deadline < $0 }) ?? true {
             scheduled = deadline
             actions.append(.scheduleTimer(at: deadline))
@@ -366,6 +367,7 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
 
     private mutating func remove(_ id: SessionID) {
         guard let machine = sessions.removeValue(forKey: id) else { return }
+        deadlines.set(id, nil)
         retiredCounters.add(machine.counters)
         if let path = halfOpen.removeValue(forKey: id) { releaseHalfOpen(path) }
         if machine.role == .responder, let remote = machine.remoteID {
