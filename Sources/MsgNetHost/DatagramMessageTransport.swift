@@ -27,6 +27,14 @@ public struct DatagramTransportConfiguration: Sendable {
     /// a request is read, handled and answered without a thread switch (see
     /// ``InboundExecution``).
     public var inboundExecution = InboundExecution.eventLoop
+    /// A session that carried no message either way for this long (keep-alives do not count),
+    /// with nothing in progress on it — no request waiting for its reply, no reliable send
+    /// waiting for its acknowledgement, no inbound message being handled — is closed, and the
+    /// peer is told; the next message opens a new session. This keeps the sessions to the peers
+    /// in use: keep-alives alone hold every session while its peer answers, until
+    /// ``SessionLimits/maxSessions`` refuses new ones. `nil`: sessions last while the peer
+    /// answers keep-alives. Checked every quarter of it.
+    public var sessionIdleTimeout: TimeAmount? = .seconds(120)
 
     /// The defaults.
     public init() {}
@@ -86,14 +94,18 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         )
     }
 
-    /// Identifies `peer` over its datagram session and records the answer.
-    private func identify(_ peer: PeerID) async {
+    /// Identifies `peer` over the session just established with it and records the answer;
+    /// nothing when that session has closed meanwhile (identify never opens a session).
+    private func identify(_ peer: PeerID, on session: SessionID) async {
         guard let context = contextBox.withLockedValue({ $0 }) else { return }
         do {
-            let reply = try await request(ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10))
+            let reply = try await request(
+                ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10), on: session)
             let info = try IdentifyProtocol.parse(reply.data, from: peer)
             context.peerstore.setIdentify(info)
             context.emit(.peerIdentified(info))
+        } catch is SessionGone {
+            return
         } catch {
             logger.debug("datagram identify failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
@@ -232,6 +244,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             self.flushSockets()
             core.failAll(MessageError(.cancelled, "the datagram transport is shutting down"))
             core.timer?.cancel()
+            core.idleSweep?.cancel()
+            core.idleSweep = nil
             let sockets = core.sockets
             core.sockets = []
             return sockets
@@ -302,27 +316,36 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     public func send(_ data: ByteBuffer, to peer: PeerID, protocol: String, mode: DeliveryMode) async throws {
-        let session = try await ensureSession(peer)
-        if mode == .unreliable, queueUnreliable(data, protocol: `protocol`, session: session) { return }
-        let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
-        // Cancelling stops the wait for the acknowledgement, not the delivery: the message stays
-        // queued in the session and may still arrive (outcome unknown).
-        let token = sendTokens.add(1, ordering: .relaxed).newValue
-        try await waitOnLoop(
-            "send",
-            start: { c in
-                self.startSend(
-                    data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, token: token,
-                    continuation: c)
-            },
-            cancel: { self.cancelSend(token, session: session) })
+        try await onSession(peer) { session in
+            if mode == .unreliable, queueUnreliable(data, protocol: `protocol`, session: session) { return }
+            let mode: MessagingDeliveryMode = mode == .reliable ? .reliable : .unreliable
+            // Cancelling stops the wait for the acknowledgement, not the delivery: the message
+            // stays queued in the session and may still arrive (outcome unknown).
+            let token = sendTokens.add(1, ordering: .relaxed).newValue
+            try await waitOnLoop(
+                "send",
+                start: { c in
+                    self.startSend(
+                        data, protocol: `protocol`, mode: mode, kind: .oneWay, session: session, token: token,
+                        continuation: c)
+                },
+                cancel: { self.cancelSend(token, session: session) })
+        }
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
     public func request(_ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount) async throws
         -> Message
     {
-        let session = try await ensureSession(peer)
+        try await onSession(peer) { session in
+            try await request(data, to: peer, protocol: `protocol`, timeout: timeout, on: session)
+        }
+    }
+
+    /// A request on one session; throws ``SessionGone`` when the session closed before it.
+    private func request(
+        _ data: ByteBuffer, to peer: PeerID, protocol: String, timeout: TimeAmount, on session: SessionID
+    ) async throws -> Message {
         // The id is taken here, so cancellation needs no shared box to find the request.
         let rid = requestIDs.add(1, ordering: .relaxed).newValue
         return try await waitOnLoop(
@@ -333,6 +356,26 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     continuation: c)
             },
             cancel: { self.cancelRequest(rid) })
+    }
+
+    /// Runs `operation` on the session with `peer`, and again on a new session when the one it
+    /// was given closed before the operation reached it (closed as idle, or superseded; up to
+    /// three attempts in all): nothing was sent then, so going again cannot deliver anything twice.
+    private func onSession<T: Sendable>(
+        _ peer: PeerID, _ operation: (SessionID) async throws -> T
+    ) async throws -> T {
+        for _ in 0..<2 {
+            do {
+                return try await operation(try await ensureSession(peer))
+            } catch is SessionGone {
+                continue
+            }
+        }
+        do {
+            return try await operation(try await ensureSession(peer))
+        } catch is SessionGone {
+            throw MessageError(.connectionClosed, "the datagram session with \(peer) closed before the message left")
+        }
     }
 
     /// Runs `start` on the loop with the caller's continuation and waits until the loop state
@@ -391,16 +434,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// reliable probe that the peer acknowledges when it has a handler and refuses with Reset
     /// otherwise, so `.protocolNotSupported` surfaces here as on the stream path.
     public func openSession(to peer: PeerID, protocol: String) async throws {
-        let session = try await ensureSession(peer)
-        let token = sendTokens.add(1, ordering: .relaxed).newValue
-        try await waitOnLoop(
-            "opening a session",
-            start: { c in
-                self.startSend(
-                    ByteBuffer(), protocol: `protocol`, mode: .reliable, kind: .probe, session: session, token: token,
-                    continuation: c)
-            },
-            cancel: { self.cancelSend(token, session: session) })
+        try await onSession(peer) { session in
+            let token = sendTokens.add(1, ordering: .relaxed).newValue
+            try await waitOnLoop(
+                "opening a session",
+                start: { c in
+                    self.startSend(
+                        ByteBuffer(), protocol: `protocol`, mode: .reliable, kind: .probe, session: session,
+                        token: token, continuation: c)
+                },
+                cancel: { self.cancelSend(token, session: session) })
+        }
         mirror.withLockedValue { _ = $0.protocols[peer, default: []].insert(`protocol`) }
     }
 
@@ -572,7 +616,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return
         }
         guard let index = core.machines.index(forKey: session) else {
-            continuation?.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
+            if let continuation {
+                continuation.resume(throwing: SessionGone())
+            } else {
+                core.unsentUnreliable += 1
+            }
             return
         }
         do {
@@ -580,6 +628,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             // collection in it copy on write, and the optional subscript moves it out and back.
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: mode, kind: kind, now: .now())
+            core.touch(session)
             if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = Core.PendingSend(
                     token: token, continuation: continuation)
@@ -661,7 +710,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return
         }
         guard let index = core.machines.index(forKey: session) else {
-            continuation.resume(throwing: MessageError(.connectionClosed, "the datagram session closed"))
+            continuation.resume(throwing: SessionGone())
             return
         }
         do {
@@ -675,6 +724,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.requests[rid] = Core.PendingRequest(
                 session: session, peer: peer, sendID: result.id, continuation: continuation,
                 deadlineToken: deadlineToken)
+            core.use[session]?.inProgress += 1
+            core.touch(session)
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
             // raw socket write would, rather than after a flush job queued behind it. (Made by a
@@ -711,6 +762,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: kind, now: .now())
+            core.touch(session)
             perform(result.actions, session: session)
             scheduleFlush()
         } catch {
@@ -788,6 +840,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard let peer = core.sessionPeers[session] else { return }
         switch inbound.kind {
         case .reply(let rid):
+            core.touch(session)
             guard let pending = core.requests[rid], pending.peer == peer else { return }
             if inbound.protocolName == Self.errorProtocol {
                 core.finishRequest(rid, .failure(ErrorReply.decode(inbound.data, from: peer)))
@@ -805,7 +858,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 rid = id
                 isRequest = true
             }
-            core.pendingInbound += 1
+            core.inboundStarted(session)
             // A reply to a request travels back as its reply; a reply to a plain message is a
             // plain message back on the same protocol.
             let channel = DatagramReplyChannel(
@@ -827,7 +880,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 let started = handlerTasks.start(on: loop, .eventLoop) { await self.servePlain(key) }
                 if !started {
                     core.plainQueues[key] = nil
-                    core.pendingInbound -= 1
+                    core.inboundFinished(session)
                 }
                 return
             }
@@ -838,12 +891,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)
                 }
                 if self.loop.inEventLoop {
-                    self.core.value.pendingInbound -= 1
+                    self.core.value.inboundFinished(session)
                 } else {
-                    self.loop.execute { self.core.value.pendingInbound -= 1 }
+                    self.loop.execute { self.core.value.inboundFinished(session) }
                 }
             }
-            if !started { core.pendingInbound -= 1 }
+            if !started { core.inboundFinished(session) }
         }
     }
 
@@ -852,7 +905,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private func servePlain(_ key: ChannelKey) async {
         guard let context = contextBox.withLockedValue({ $0 }) else {
             let dropped = core.value.plainQueues.removeValue(forKey: key)?.count ?? 0
-            core.value.pendingInbound -= dropped
+            for _ in 0..<dropped { core.value.inboundFinished(key.session) }
             return
         }
         while true {
@@ -862,7 +915,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 return
             }
             await handle(message, channel: channel, isRequest: false, context: context)
-            self.core.value.pendingInbound -= 1
+            self.core.value.inboundFinished(key.session)
         }
     }
 
@@ -872,6 +925,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.machines[e.localID] = MessagingMachine(
                 limits: configuration.messaging, budget: core.budget, hasHandler: handled.predicate(on: loop))
             core.sessionPeers[e.localID] = e.remotePeer
+            core.use[e.localID] = Core.Use(last: .now())
+            startIdleSweep()
         }
         let preferred = core.table.session(with: e.remotePeer)
         mirror.withLockedValue {
@@ -890,7 +945,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         core.connections[e.localID] = connection
         contextBox.withLockedValue { $0 }?.emit(.connectionOpened(connection))
         let peer = e.remotePeer
-        inboundContinuation.yield(.task { [self] in await identify(peer) })
+        let session = e.localID
+        inboundContinuation.yield(.task { [self] in await identify(peer, on: session) })
     }
 
     private func closed(_ session: SessionID, peer: PeerID?, reason: SessionCloseReason) {
@@ -918,6 +974,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         core.machineWakeups.set(session, nil)
         core.sessionPeers[session] = nil
+        core.use[session] = nil
         if let peer {
             let preferred = core.table.session(with: peer)
             mirror.withLockedValue {
@@ -931,6 +988,39 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         if let connection = core.connections.removeValue(forKey: session) {
             contextBox.withLockedValue { $0 }?.emit(.connectionClosed(connection))
         }
+    }
+
+    /// Starts the idle-session check (on the loop), once.
+    private func startIdleSweep() {
+        let core = core.value
+        guard let idle = configuration.sessionIdleTimeout, core.idleSweep == nil,
+            !mirror.withLockedValue({ $0.shutdown })
+        else { return }
+        let period = TimeAmount.nanoseconds(max(idle.nanoseconds / 4, 1_000_000))
+        core.idleSweep = loop.scheduleRepeatedTask(initialDelay: period, delay: period) { _ in
+            self.sweepIdleSessions(idle: idle)
+        }
+    }
+
+    /// Closes the sessions unused for `idle` with nothing in progress (see
+    /// ``DatagramTransportConfiguration/sessionIdleTimeout``).
+    private func sweepIdleSessions(idle: TimeAmount) {
+        let core = core.value
+        core.idleSweeps += 1
+        let now = NIODeadline.now()
+        let unused = core.use.filter { sid, use in
+            use.inProgress <= 0 && use.last + idle <= now && core.pendingSends[sid]?.isEmpty ?? true
+        }
+        guard !unused.isEmpty else { return }
+        var actions: [SessionAction<UDPPath>] = []
+        for sid in unused.keys { actions += core.table.close(session: sid, now: now) }
+        perform(actions)
+        flushSockets()
+    }
+
+    /// Idle-session checks run so far (for tests).
+    package func idleSweepCount() async -> Int {
+        (try? await loop.submit { self.core.value.idleSweeps }.get()) ?? 0
     }
 
     private func armTimer() {
@@ -1033,6 +1123,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0
+        /// Per session: when a message last went either way, and how many of its requests (ours
+        /// waiting for replies, the peer's being handled) and inbound messages are in progress.
+        struct Use {
+            var last: NIODeadline
+            var inProgress = 0
+        }
+        var use: [SessionID: Use] = [:]
+        /// The idle-session check (see `sweepIdleSessions`), once a session exists.
+        var idleSweep: RepeatedTask?
+        /// Idle checks run so far (for tests).
+        var idleSweeps = 0
         /// Plain messages waiting for their channel's handler task (see `servePlain`).
         var plainQueues: [ChannelKey: Deque<(Message, DatagramReplyChannel)>] = [:]
         var flushPending = false
@@ -1051,9 +1152,36 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             self.requestDeadlines = requestDeadlines
         }
 
+        /// A message went either way on `session`.
+        func touch(_ session: SessionID) {
+            use[session]?.last = .now()
+        }
+
+        /// An inbound message of `session` was handed to a handler.
+        func inboundStarted(_ session: SessionID) {
+            pendingInbound += 1
+            if use[session] != nil {
+                use[session]!.inProgress += 1
+                use[session]!.last = .now()
+            }
+        }
+
+        /// Its handler finished with it.
+        func inboundFinished(_ session: SessionID) {
+            pendingInbound -= 1
+            if use[session] != nil {
+                use[session]!.inProgress -= 1
+                use[session]!.last = .now()
+            }
+        }
+
         func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
             guard let pending = requests.removeValue(forKey: id) else { return }
             requestDeadlines.remove(pending.deadlineToken)
+            if use[pending.session] != nil {
+                use[pending.session]!.inProgress -= 1
+                use[pending.session]!.last = .now()
+            }
             switch result {
             case .success(let m): pending.continuation.resume(returning: m)
             case .failure(let e): pending.continuation.resume(throwing: e)
@@ -1106,6 +1234,10 @@ struct EarlyCancels {
         table[id] = now
     }
 }
+
+/// A send or request found its session closed before reaching it: nothing was sent, so it may
+/// go on a new session (see `DatagramMessageTransport.onSession`).
+struct SessionGone: Error {}
 
 /// A caller waiting for a session; resumed once, by the session or by its deadline.
 /// Event-loop confined.

@@ -1,0 +1,110 @@
+import MsgNetCore
+import MsgNetHost
+import MsgNetStreams
+import MsgNetTestSupport
+import MsgNetTransportPosix
+import NIOCore
+import NIOPosix
+import Testing
+
+/// Datagram sessions that carry no messages close (``DatagramTransportConfiguration/sessionIdleTimeout``),
+/// although keep-alives would hold them; sessions with work in progress stay.
+@Suite("Datagram sessions closed as idle", .timeLimit(.minutes(2)))
+struct DatagramIdleTests {
+    struct Node {
+        let host: MessageHost
+        let transport: DatagramMessageTransport
+    }
+
+    func node(idle: TimeAmount) -> Node {
+        let identity = PrivateKey.generate()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        var configuration = DatagramTransportConfiguration()
+        configuration.sessionIdleTimeout = idle
+        configuration.connectTimeout = .seconds(10)
+        let transport = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop, configuration: configuration)
+        return Node(
+            host: MessageHost(identity: identity, transports: [transport], peerstore: Peerstore()),
+            transport: transport)
+    }
+
+    @Test func anUnusedSessionClosesOnBothSidesAndTheNextRequestOpensANewOne() async throws {
+        // Long enough that a loaded CI machine gets a request from picking its session to sending
+        // on it within it (a session closed in between is replaced, up to three attempts in all).
+        let a = node(idle: .seconds(1))
+        let b = node(idle: .seconds(1))
+        b.host.setMessageHandler(for: "/kv/1") { try await $0.reply(bytes("re:" + String(buffer: $0.data))) }
+        try await running([a.host, b.host]) {
+            let address = try await b.host.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            a.host.peerstore.addAddresses([address], for: b.host.peerID)
+            let first = try await a.host.request(bytes("1"), to: b.host.peerID, protocol: "/kv/1")
+            #expect(String(buffer: first.data) == "re:1")
+            // Keep-alives (every 10 s by default) would hold the session; nothing else goes on it.
+            // Waits for the state, not for close events: on a loaded machine a session can also
+            // close before the request reaches it, which the request survives on a new session.
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(60)
+            while a.host.network.hasSession(with: b.host.peerID) || b.host.network.hasSession(with: a.host.peerID) {
+                guard clock.now < deadline else {
+                    Issue.record("the unused session was still open after 60 s")
+                    return
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            let second = try await a.host.request(bytes("2"), to: b.host.peerID, protocol: "/kv/1")
+            #expect(String(buffer: second.data) == "re:2")
+            let reopened = a.host.network.hasSession(with: b.host.peerID)
+            #expect(reopened)
+        }
+    }
+
+    @Test func aSessionWithARequestInProgressStaysOpen() async throws {
+        let a = node(idle: .seconds(1))
+        let b = node(idle: .seconds(1))
+        let handlerStarted = Counter()
+        let progressed = Signal()
+        let release = Signal()
+        b.host.setMessageHandler(for: "/slow/1") { message in
+            handlerStarted.add()
+            progressed.fire()
+            await release.wait()
+            try await message.reply(bytes("done"))
+        }
+        try await running([a.host, b.host]) {
+            // However the body ends, the handler returns (shutdown waits for it).
+            defer { release.fire() }
+            let address = try await b.host.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            a.host.peerstore.addAddresses([address], for: b.host.peerID)
+            let pending = Task {
+                defer { progressed.fire() }
+                return try await a.host.request(
+                    bytes("x"), to: b.host.peerID, protocol: "/slow/1", timeout: .seconds(60))
+            }
+            // The handler started, or the request failed before reaching it (then fail here).
+            await progressed.wait()
+            if handlerStarted.value != 1 {
+                let outcome = await pending.result
+                Issue.record("the request did not reach its handler: \(outcome)")
+                return
+            }
+            // Six checks on each side (one every 250 ms) after the handler started: a session
+            // without work would have closed by then.
+            let baseA = await a.transport.idleSweepCount()
+            let baseB = await b.transport.idleSweepCount()
+            while true {
+                let sweepsA = await a.transport.idleSweepCount()
+                let sweepsB = await b.transport.idleSweepCount()
+                if sweepsA >= baseA + 6 && sweepsB >= baseB + 6 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let aOpen = a.host.network.hasSession(with: b.host.peerID)
+            let bOpen = b.host.network.hasSession(with: a.host.peerID)
+            #expect(aOpen)
+            #expect(bOpen)
+            release.fire()
+            let reply = try await pending.value
+            #expect(String(buffer: reply.data) == "done")
+        }
+    }
+}
