@@ -69,7 +69,7 @@ struct DeadlineQueueTests {
     /// the dictionary says are due, in deadline order.
     @Test(arguments: [UInt64(1), 2, 3, 4])
     func agreesWithASimpleModel(seed: UInt64) {
-        var random = SplitMix(seed: seed)
+        var random = SplitMix64(seed: seed)
         var queue = DeadlineQueue<Int>()
         var model: [Int: NIODeadline] = [:]
         var now: Int64 = 0
@@ -95,18 +95,5 @@ struct DeadlineQueueTests {
             #expect(queue.earliest() == model.values.min())
             #expect(queue.count == model.count)
         }
-    }
-}
-
-/// A small seeded generator for the model test.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
