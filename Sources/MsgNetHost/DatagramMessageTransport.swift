@@ -628,7 +628,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             // collection in it copy on write, and the optional subscript moves it out and back.
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: mode, kind: kind, now: .now())
-            core.touch(session)
             if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = Core.PendingSend(
                     token: token, continuation: continuation)
@@ -725,7 +724,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 session: session, peer: peer, sendID: result.id, continuation: continuation,
                 deadlineToken: deadlineToken)
             core.use[session]?.inProgress += 1
-            core.touch(session)
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
             // raw socket write would, rather than after a flush job queued behind it. (Made by a
@@ -762,7 +760,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             let result = try core.machines.values[index].send(
                 data, protocol: name, mode: .reliable, kind: kind, now: .now())
-            core.touch(session)
             perform(result.actions, session: session)
             scheduleFlush()
         } catch {
@@ -840,7 +837,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard let peer = core.sessionPeers[session] else { return }
         switch inbound.kind {
         case .reply(let rid):
-            core.touch(session)
             guard let pending = core.requests[rid], pending.peer == peer else { return }
             if inbound.protocolName == Self.errorProtocol {
                 core.finishRequest(rid, .failure(ErrorReply.decode(inbound.data, from: peer)))
@@ -925,7 +921,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             core.machines[e.localID] = MessagingMachine(
                 limits: configuration.messaging, budget: core.budget, hasHandler: handled.predicate(on: loop))
             core.sessionPeers[e.localID] = e.remotePeer
-            core.use[e.localID] = Core.Use(last: .now())
+            core.use[e.localID] = Core.Use(since: .now())
             startIdleSweep()
         }
         let preferred = core.table.session(with: e.remotePeer)
@@ -1009,7 +1005,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         core.idleSweeps += 1
         let now = NIODeadline.now()
         let unused = core.use.filter { sid, use in
-            use.inProgress <= 0 && use.last + idle <= now && core.pendingSends[sid]?.isEmpty ?? true
+            guard use.inProgress <= 0, core.pendingSends[sid]?.isEmpty ?? true else { return false }
+            let index = core.machines.index(forKey: sid)
+            let last = index.flatMap { core.machines.values[$0].lastActivity }.map { max($0, use.since) } ?? use.since
+            return last + idle <= now
         }
         guard !unused.isEmpty else { return }
         var actions: [SessionAction<UDPPath>] = []
@@ -1123,10 +1122,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0
-        /// Per session: when a message last went either way, and how many of its requests (ours
-        /// waiting for replies, the peer's being handled) and inbound messages are in progress.
+        /// Per session: when it was established, and how many of its requests (ours waiting for
+        /// replies) and inbound messages (being handled) are in progress. When a message last
+        /// went either way is its messaging machine's `lastActivity`.
         struct Use {
-            var last: NIODeadline
+            let since: NIODeadline
             var inProgress = 0
         }
         var use: [SessionID: Use] = [:]
@@ -1152,36 +1152,22 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             self.requestDeadlines = requestDeadlines
         }
 
-        /// A message went either way on `session`.
-        func touch(_ session: SessionID) {
-            use[session]?.last = .now()
-        }
-
         /// An inbound message of `session` was handed to a handler.
         func inboundStarted(_ session: SessionID) {
             pendingInbound += 1
-            if use[session] != nil {
-                use[session]!.inProgress += 1
-                use[session]!.last = .now()
-            }
+            use[session]?.inProgress += 1
         }
 
         /// Its handler finished with it.
         func inboundFinished(_ session: SessionID) {
             pendingInbound -= 1
-            if use[session] != nil {
-                use[session]!.inProgress -= 1
-                use[session]!.last = .now()
-            }
+            use[session]?.inProgress -= 1
         }
 
         func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
             guard let pending = requests.removeValue(forKey: id) else { return }
             requestDeadlines.remove(pending.deadlineToken)
-            if use[pending.session] != nil {
-                use[pending.session]!.inProgress -= 1
-                use[pending.session]!.last = .now()
-            }
+            use[pending.session]?.inProgress -= 1
             switch result {
             case .success(let m): pending.continuation.resume(returning: m)
             case .failure(let e): pending.continuation.resume(throwing: e)

@@ -168,6 +168,9 @@ package struct MessagingMachine: Sendable {
     private let allocator = ByteBufferAllocator()
     /// Drop and event counters.
     package private(set) var counters = MessagingCounters()
+    /// When a message was last accepted for sending or a payload last arrived (`nil`: neither
+    /// yet). The transport closes sessions that stay unused (`sessionIdleTimeout`).
+    package private(set) var lastActivity: NIODeadline?
     /// The round-trip estimator (RFC 6298).
     package private(set) var rttEstimator: MessagingRTTEstimator
 
@@ -328,6 +331,7 @@ package struct MessagingMachine: Sendable {
             throw MessagingError(.messageTooLarge, "protocol name too long for a \(limits.maxPayload)-byte payload")
         }
         let id = MessagingSendID(rawValue: nextSendID)
+        lastActivity = now
         switch mode {
         case .unreliable:
             guard length <= room else {
@@ -410,6 +414,7 @@ package struct MessagingMachine: Sendable {
             counters.payloadsAfterClose += 1
             return []
         }
+        lastActivity = now
         let frames: [MultipacketFrame]
         do {
             frames = try codec.decode(payload)

@@ -26,6 +26,28 @@ func messagingFrames(_ payload: ByteBuffer) throws -> [MultipacketFrame] {
 
 @Suite("Messaging machine, back to back")
 struct MessagingMachineTests {
+    /// What the transport's idle-session check reads: the last message accepted or payload
+    /// received; refused sends, timers and payloads after close do not count.
+    @Test func lastActivityIsTheLastMessageEitherWay() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        #expect(a.lastActivity == nil)
+        let sent = try a.send(messagingBytes([1]), protocol: "/chat/1", now: t0)
+        #expect(a.lastActivity == t0)
+        _ = b.onPayload(messagingPayloads(sent.actions)[0], now: t0 + .milliseconds(1))
+        #expect(b.lastActivity == t0 + .milliseconds(1))
+        _ = b.onTimer(now: t0 + .seconds(5))
+        #expect(b.lastActivity == t0 + .milliseconds(1))
+        #expect(throws: MessagingError.self) {
+            try a.send(ByteBuffer(), protocol: "", now: t0 + .seconds(6))
+        }
+        #expect(a.lastActivity == t0)
+        _ = b.close()
+        _ = b.onPayload(messagingPayloads(sent.actions)[0], now: t0 + .seconds(7))
+        #expect(b.lastActivity == t0 + .milliseconds(1))
+    }
+
     @Test func firstMessageUsesInitThenContinuation() throws {
         var a = makeMessagingMachine()
         var b = makeMessagingMachine()
