@@ -4,7 +4,7 @@ and MsgNet side by side, from system-call tracepoints (a diagnostic for BENCHMAR
 "Where the UDP round trip goes"; it makes no claim about the goals, which the bench tool judges).
 
 Each leg runs alone (`--leg raw`, then `--leg msgnet`) with one request in flight, under
-`perf record` of five tracepoints. Every round trip is cut where a system call marks it:
+`perf record` of four syscall tracepoints. Every round trip is cut where a system call marks it:
 
   request hop    client loop enters sendmsg (the request)  -> server loop's recvmmsg returns it
   server         server loop's recvmmsg returns             -> server loop enters sendmsg (reply)
@@ -101,7 +101,8 @@ def cycles(events, server, client):
                 t[7] = time
             continue
         sent = event == "sys_enter_sendmsg"
-        read = event == "sys_exit_recvmmsg" and rest != "0xfffffffffffffff5" and not rest.startswith("0xf")
+        # recvmmsg's return value: datagrams read, or a negative errno (EAGAIN after the last).
+        read = event == "sys_exit_recvmmsg" and 0 < int(rest, 16) < 1 << 63
         if tid == client and sent:
             if state == 4:
                 out.append((t[0], t[1], t[2], t[3], t.get(4), time, t.get(6), t.get(7)))

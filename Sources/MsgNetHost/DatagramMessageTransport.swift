@@ -364,17 +364,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private func onSession<T: Sendable>(
         _ peer: PeerID, _ operation: (SessionID) async throws -> T
     ) async throws -> T {
-        for _ in 0..<2 {
+        var attempts = 0
+        while true {
             do {
                 return try await operation(try await ensureSession(peer))
             } catch is SessionGone {
-                continue
+                attempts += 1
+                guard attempts < 3 else {
+                    throw MessageError(
+                        .connectionClosed, "the datagram session with \(peer) closed before the message left")
+                }
             }
-        }
-        do {
-            return try await operation(try await ensureSession(peer))
-        } catch is SessionGone {
-            throw MessageError(.connectionClosed, "the datagram session with \(peer) closed before the message left")
         }
     }
 

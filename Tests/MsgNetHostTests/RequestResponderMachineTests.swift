@@ -81,9 +81,9 @@ struct RequestResponderMachineTests {
         #expect(!machine.isIdle(since: arrival - .nanoseconds(1)))
         // An error answer settles a request as a reply does.
         let next = machine.onRequest(now: arrival + .seconds(1))
+        #expect(next == token + 1)
         #expect(machine.onUnanswered() == .error)
         #expect(machine.isIdle(since: arrival + .seconds(1)))
         #expect(!machine.isIdle(since: arrival))
-        _ = next
     }
 }
