@@ -27,7 +27,8 @@ public struct DatagramTransportConfiguration: Sendable {
     /// a request is read, handled and answered without a thread switch (see
     /// ``InboundExecution``).
     public var inboundExecution = InboundExecution.eventLoop
-    /// A session that carried no message either way for this long (keep-alives do not count),
+    /// A session on which no message was sent and no messaging payload (acknowledgements
+    /// included) arrived for this long (keep-alives do not count),
     /// with nothing in progress on it — no request waiting for its reply, no reliable send
     /// waiting for its acknowledgement, no inbound message being handled — is closed, and the
     /// peer is told; the next message opens a new session. This keeps the sessions to the peers
