@@ -22,6 +22,9 @@ public struct DatagramTransportConfiguration: Sendable {
     public var totalReassemblyBytes = 64 << 20
     /// How long a send or request waits for a new session before failing with `dialFailed`
     /// (so the host can fall back to another path). The handshake itself may go on.
+    /// `MessageNetwork.connect(to:)` with a UDP address has no other path to fall back to: it
+    /// waits for the handshake to finish or fail, up to ``SessionLimits/handshakeTimeout``, as a
+    /// TCP dial waits for its connection.
     public var connectTimeout: TimeAmount = .seconds(2)
     /// Where handlers of inbound messages start: by default on the transport's event loop, so
     /// a request is read, handled and answered without a thread switch (see
@@ -415,10 +418,13 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard canHandle(address) else { throw MessageError(.dialFailed, "not a UDP address: \(address)") }
         if let peer = address.peerID {
             contextBox.withLockedValue { $0 }?.peerstore.addAddresses([address.withoutPeerID()], for: peer)
-            _ = try await ensureSession(peer, addresses: [address.withoutPeerID()])
+            // An explicit address: nothing to fall back to, so the handshake gets its own time.
+            _ = try await ensureSession(
+                peer, addresses: [address.withoutPeerID()], timeout: configuration.session.handshakeTimeout)
             return peer
         }
-        let session = try await connectSession(expecting: nil, addresses: [address])
+        let session = try await connectSession(
+            expecting: nil, addresses: [address], timeout: configuration.session.handshakeTimeout)
         return try await loop.submit { () -> PeerID in
             guard let peer = self.core.value.sessionPeers[session] else {
                 throw MessageError(.connectionClosed, "session to \(address) closed")
@@ -521,16 +527,23 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     // MARK: Sessions
 
-    private func ensureSession(_ peer: PeerID, addresses: [Multiaddr]? = nil) async throws -> SessionID {
+    /// The session with `peer`, opened when there is none; waiting for a new one fails with
+    /// `dialFailed` after `timeout` (default: ``DatagramTransportConfiguration/connectTimeout``).
+    private func ensureSession(
+        _ peer: PeerID, addresses: [Multiaddr]? = nil, timeout: TimeAmount? = nil
+    ) async throws -> SessionID {
         if let existing = mirror.withLockedValue({ $0.sessions[peer] }) { return existing }
         if let existing = try await loop.submit({ self.core.value.table.session(with: peer) }).get() {
             return existing
         }
         let known = addresses ?? contextBox.withLockedValue({ $0 })?.peerstore.addresses(for: peer) ?? []
-        return try await connectSession(expecting: peer, addresses: known)
+        return try await connectSession(
+            expecting: peer, addresses: known, timeout: timeout ?? configuration.connectTimeout)
     }
 
-    private func connectSession(expecting peer: PeerID?, addresses: [Multiaddr]) async throws -> SessionID {
+    private func connectSession(
+        expecting peer: PeerID?, addresses: [Multiaddr], timeout: TimeAmount
+    ) async throws -> SessionID {
         if mirror.withLockedValue({ $0.shutdown }) {
             throw MessageError(.cancelled, "the datagram transport is shut down")
         }
@@ -538,7 +551,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard !paths.isEmpty else {
             throw MessageError(.dialFailed, "no UDP address known for \(peer.map { "\($0)" } ?? "the peer")")
         }
-        let timeout = configuration.connectTimeout
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<SessionID, any Error>) in
             loop.execute {
                 let core = self.core.value

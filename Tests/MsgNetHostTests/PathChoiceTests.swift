@@ -101,4 +101,20 @@ struct PathChoiceTests {
         }
         #expect(paths.withLockedValue { $0 } == [.stream])
     }
+
+    @Test("connect(to:) an explicit UDP address waits for the handshake, not the fallback deadline")
+    func explicitConnectWaitsForHandshake() async throws {
+        // A deadline no handshake meets: sends to a new peer would fall back at once, but an
+        // explicit address has nothing to fall back to.
+        let a = Self.dualHost(connectTimeout: .nanoseconds(1))
+        let b = Self.dualHost()
+        b.setMessageHandler(for: "/p/1") { message in try await message.reply(message.data) }
+        try await running([a, b]) {
+            let udp = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let peer = try await a.network.connect(to: udp)
+            #expect(peer == b.peerID)
+            let reply = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
+            #expect(reply.path == .datagram)
+        }
+    }
 }
