@@ -699,12 +699,14 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
 
-    /// Flushes the sockets once, after every send already queued on the loop has run. (Inside a
-    /// socket's read batch the batch's own flush usually comes first; this one then finds nothing.
-    /// Relying on it alone would leave writes unflushed if the socket closed mid-read.)
+    /// Flushes the sockets once, after every send already queued on the loop has run, when a
+    /// write waits for a flush. (Inside a socket's read batch the batch's own flush usually comes
+    /// first; this one then finds nothing. Relying on it alone would leave writes unflushed if the
+    /// socket closed mid-read.) Nothing is scheduled when every write has left already, as a
+    /// handler's reply inside a read batch has: it is flushed at once (see `perform`).
     private func scheduleFlush() {
         let core = core.value
-        guard !core.flushPending else { return }
+        guard !core.flushPending, !core.dirtySockets.isEmpty else { return }
         core.flushPending = true
         loop.execute {
             self.core.value.flushPending = false

@@ -60,11 +60,14 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
 
     /// Every counter of the table and its sessions (live and closed). O(sessions).
     public var counters: SessionCounters {
-        var total = ownCounters
-        total.add(retiredCounters)
-        // By index: iterating the values would copy every machine.
-        for index in sessions.values.indices { total.add(sessions.values[index].counters) }
-        return total
+        @_specialize(exported:true,where Path == DatagramPath)
+        get {
+            var total = ownCounters
+            total.add(retiredCounters)
+            // By index: iterating the values would copy every machine.
+            for index in sessions.values.indices { total.add(sessions.values[index].counters) }
+            return total
+        }
     }
 
     /// Sessions in any state.
