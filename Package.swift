@@ -205,11 +205,12 @@ let package = Package(
         ),
 
         // MARK: Tests mirror sources
-        .testTarget(name: "MsgNetControlTests", dependencies: ["MsgNetControl"], swiftSettings: tests),
+        .testTarget(
+            name: "MsgNetControlTests", dependencies: ["MsgNetControl", "MsgNetTestSupport"], swiftSettings: tests),
         .testTarget(
             name: "MsgNetCoreTests",
             dependencies: [
-                "MsgNetCore", .product(name: "NIOCore", package: "swift-nio"),
+                "MsgNetCore", "MsgNetTestSupport", .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
@@ -228,7 +229,7 @@ let package = Package(
         .testTarget(
             name: "MsgNetSecurityTests",
             dependencies: [
-                "MsgNetSecurity", "MsgNetCore", "MsgNetControl",
+                "MsgNetSecurity", "MsgNetCore", "MsgNetControl", "MsgNetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -245,7 +246,7 @@ let package = Package(
             ],
             swiftSettings: tests
         ),
-        // Helpers shared by the test targets (waiting for counts and signals).
+        // Helpers shared by the test targets (waiting for counts and signals, a seeded generator, hex).
         .target(
             name: "MsgNetTestSupport",
             dependencies: [.product(name: "NIOConcurrencyHelpers", package: "swift-nio")],
@@ -268,7 +269,7 @@ let package = Package(
         .testTarget(
             name: "MsgNetMultipacketTests",
             dependencies: [
-                "MsgNetMultipacket", "MsgNetCore", "MsgNetSecurity",
+                "MsgNetMultipacket", "MsgNetCore", "MsgNetSecurity", "MsgNetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
             ],

@@ -1,4 +1,5 @@
 import MsgNetControl
+import MsgNetTestSupport
 import Testing
 
 @testable import MsgNetCore

@@ -1,3 +1,4 @@
+import MsgNetTestSupport
 import Testing
 
 @testable import MsgNetCore

@@ -1,3 +1,4 @@
+import MsgNetTestSupport
 import NIOCore
 import Testing
 

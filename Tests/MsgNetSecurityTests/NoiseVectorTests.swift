@@ -1,6 +1,7 @@
 import Crypto
 import MsgNetControl
 import MsgNetCore
+import MsgNetTestSupport
 import NIOCore
 import Testing
 

@@ -1,21 +1,10 @@
 import Crypto
 import MsgNetControl
 import MsgNetCore
+import MsgNetTestSupport
 import NIOCore
 
 @testable import MsgNetSecurity
-
-/// Hex string → bytes (test vectors).
-func hex(_ string: String) -> [UInt8] {
-    var out: [UInt8] = []
-    var index = string.startIndex
-    while index < string.endIndex {
-        let next = string.index(index, offsetBy: 2)
-        out.append(UInt8(string[index..<next], radix: 16)!)
-        index = next
-    }
-    return out
-}
 
 /// The single `.send` in `actions`, if that is all they hold.
 func sentMessage(_ actions: [NoiseHandshake.Action]) -> [UInt8]? {

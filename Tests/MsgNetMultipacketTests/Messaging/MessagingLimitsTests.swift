@@ -1,3 +1,4 @@
+import MsgNetTestSupport
 import NIOCore
 import Testing
 
@@ -62,7 +63,7 @@ struct MessagingLimitsTests {
 
     @Test func malformedAndUnknownPayloadsAreCountedAndDropped() {
         var b = makeMessagingMachine()
-        var rng = MessagingRNG(seed: 77)
+        var rng = SplitMix64(seed: 77)
         var dropped = 0
         for _ in 0..<3000 {
             var input: [UInt8] = [UInt8(rng.next() % 8)]
@@ -308,7 +309,7 @@ struct MessagingBuildingBlockTests {
 
     @Test func replayWindowSlides() {
         var window = MessagingReplayWindow(size: 128)
-        var rng = MessagingRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         var seen = Set<UInt64>()
         var highest: UInt64 = 0
         for _ in 0..<20_000 {

@@ -1,29 +1,13 @@
+import MsgNetTestSupport
 import NIOCore
 
 @testable import MsgNetMultipacket
-
-/// A tiny seeded PRNG (MessagingRNG) so every "random" test is reproducible.
-struct MessagingRNG: RandomNumberGenerator {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func chance(_ p: Double) -> Bool { Double(next() >> 11) / Double(1 << 53) < p }
-}
 
 func messagingBytes(_ array: [UInt8]) -> ByteBuffer { ByteBuffer(bytes: array) }
 
 /// Deterministic message contents: `length` bytes derived from `tag`.
 func messagingPattern(_ tag: Int, length: Int) -> ByteBuffer {
-    var rng = MessagingRNG(seed: UInt64(tag) &* 7919 &+ 1)
+    var rng = SplitMix64(seed: UInt64(tag) &* 7919 &+ 1)
     var out: [UInt8] = []
     out.reserveCapacity(length)
     while out.count < length {
@@ -52,7 +36,7 @@ enum MessagingOutcome: Hashable {
 struct MessagingLossyLink {
     var machines: [MessagingSide: MessagingMachine]
     var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
-    var rng: MessagingRNG
+    var rng: SplitMix64
     var loss: Double
     var duplicate: Double
     var minDelay: TimeAmount
@@ -77,7 +61,7 @@ struct MessagingLossyLink {
         maxDelay: TimeAmount = .milliseconds(10)
     ) {
         machines = [.a: a, .b: b]
-        rng = MessagingRNG(seed: seed)
+        rng = SplitMix64(seed: seed)
         self.loss = loss
         self.duplicate = duplicate
         self.minDelay = minDelay

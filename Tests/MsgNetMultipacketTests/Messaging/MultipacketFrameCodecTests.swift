@@ -1,3 +1,4 @@
+import MsgNetTestSupport
 import NIOCore
 import Testing
 
@@ -173,7 +174,7 @@ struct MultipacketFrameCodecTests {
     }
 
     @Test func randomInputNeverCrashes() {
-        var rng = MessagingRNG(seed: 0xC0DEC)
+        var rng = SplitMix64(seed: 0xC0DEC)
         var decodedSomething = 0
         for _ in 0..<5000 {
             let length = Int(rng.next() % 64) + 1
@@ -195,7 +196,7 @@ struct MultipacketFrameCodecTests {
     }
 
     @Test func randomFramesRoundTrip() throws {
-        var rng = MessagingRNG(seed: 42)
+        var rng = SplitMix64(seed: 42)
         for _ in 0..<2000 {
             let frame: MultipacketFrame
             let kinds: [MessagingMessageKind] = [.oneWay, .request(id: rng.next() >> 2), .reply(to: rng.next() % 300)]
