@@ -44,6 +44,15 @@ public struct IdentifyInfo: Sendable, Hashable {
 ///
 /// Thread-safe. Time comes from the injected `now` function, so tests can expire addresses
 /// without waiting. Persistence: save ``snapshot()`` and ``restore(_:)`` it on the next start.
+///
+/// **Bounded.** Every peer that opens a session is identified, and peer ids cost nothing to
+/// make, so the store keeps at most ``maxPeers`` peers. When a write takes it past that, it
+/// forgets peers down to seven eighths of the bound (amortized: one pass per `maxPeers / 8` new
+/// peers), counted in ``evictedPeers``. Forgotten first: peers without a permanent address
+/// (what the application gave us or we dialed) before those with one; among those, peers with
+/// no unexpired address; then the least recently written (an address added, identify stored,
+/// a latency recorded — reads do not count). The peer just written is never forgotten by its
+/// own write.
 public final class Peerstore: Sendable {
     /// How long an address stays known.
     public enum AddressTTL: Sendable, Hashable {
@@ -63,28 +72,75 @@ public final class Peerstore: Sendable {
         var addresses: [Address] = []
         var identify: IdentifyInfo?
         var latency: TimeAmount?
+        /// The store's write sequence number when this entry was last written.
+        var written: UInt64 = 0
     }
-    private let state = NIOLockedValueBox<[PeerID: Entry]>([:])
+
+    /// The entries and the bookkeeping of the bound.
+    private struct Entries {
+        var peers: [PeerID: Entry] = [:]
+        /// Incremented by every write (orders entries for eviction).
+        var sequence: UInt64 = 0
+        var evicted = 0
+
+        /// The entry of `peer` (created if new), marked as just written.
+        mutating func write(_ peer: PeerID, _ body: (inout Entry) -> Void) {
+            sequence += 1
+            var entry = peers.removeValue(forKey: peer) ?? Entry()
+            body(&entry)
+            entry.written = sequence
+            peers[peer] = entry
+        }
+
+        /// Forgets peers down to 7/8 of `limit` when there are more than `limit`, never `keep`.
+        mutating func trim(to limit: Int, keep: PeerID, now: NIODeadline) {
+            guard peers.count > limit else { return }
+            let target = max(1, limit - limit / 8)
+            // Rank: no permanent address first, then no live address, then least recently written.
+            let ranked = peers.filter { $0.key != keep }.map { peer, entry in
+                let permanent = entry.addresses.contains { $0.expires == nil }
+                let live = permanent || entry.addresses.contains { $0.expires.map { $0 > now } ?? true }
+                return (peer: peer, rank: (permanent ? 1 : 0, live ? 1 : 0, entry.written))
+            }.sorted { $0.rank < $1.rank }
+            for victim in ranked.prefix(peers.count - target) {
+                peers.removeValue(forKey: victim.peer)
+                evicted += 1
+            }
+        }
+    }
+
+    private let state = NIOLockedValueBox(Entries())
     private let now: @Sendable () -> NIODeadline
     /// At most this many addresses are kept per peer (oldest dropped first).
     public let maxAddressesPerPeer: Int
+    /// At most this many peers are kept (see the type's documentation for which are forgotten).
+    public let maxPeers: Int
     /// The TTL of addresses learned from identify.
     public let identifyAddressTTL: AddressTTL
 
     /// Creates an empty peerstore.
     /// - Parameters:
     ///   - maxAddressesPerPeer: addresses kept per peer.
+    ///   - maxPeers: peers kept (at least 1).
     ///   - identifyAddressTTL: how long addresses a peer announced in identify are kept.
     ///   - now: the clock (inject one in tests).
     public init(
         maxAddressesPerPeer: Int = 32,
+        maxPeers: Int = 10_000,
         identifyAddressTTL: AddressTTL = .duration(.hours(1)),
         now: @escaping @Sendable () -> NIODeadline = { NIODeadline.now() }
     ) {
         self.maxAddressesPerPeer = maxAddressesPerPeer
+        self.maxPeers = max(1, maxPeers)
         self.identifyAddressTTL = identifyAddressTTL
         self.now = now
     }
+
+    /// How many peers the store knows something about.
+    public var count: Int { state.withLockedValue { $0.peers.count } }
+
+    /// How many peers were forgotten to keep the store within ``maxPeers``.
+    public var evictedPeers: Int { state.withLockedValue { $0.evicted } }
 
     /// Records addresses for `peer` (without `/p2p`). A known address gets the later of its old
     /// and new expiry.
@@ -95,39 +151,41 @@ public final class Peerstore: Sendable {
         case .permanent: expires = nil
         case .duration(let amount): expires = current + amount
         }
+        let maxAddresses = maxAddressesPerPeer
         state.withLockedValue { all in
-            var entry = all[peer] ?? Entry()
-            entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
-            for a in addresses.map({ $0.withoutPeerID() }) {
-                if let i = entry.addresses.firstIndex(where: { $0.address == a }) {
-                    if let old = entry.addresses[i].expires {
-                        entry.addresses[i].expires = expires.map { max($0, old) }
+            all.write(peer) { entry in
+                entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
+                for a in addresses.map({ $0.withoutPeerID() }) {
+                    if let i = entry.addresses.firstIndex(where: { $0.address == a }) {
+                        if let old = entry.addresses[i].expires {
+                            entry.addresses[i].expires = expires.map { max($0, old) }
+                        }
+                    } else {
+                        entry.addresses.append(Address(address: a, expires: expires))
                     }
-                } else {
-                    entry.addresses.append(Address(address: a, expires: expires))
+                }
+                if entry.addresses.count > maxAddresses {
+                    entry.addresses.removeFirst(entry.addresses.count - maxAddresses)
                 }
             }
-            if entry.addresses.count > maxAddressesPerPeer {
-                entry.addresses.removeFirst(entry.addresses.count - maxAddressesPerPeer)
-            }
-            all[peer] = entry
+            all.trim(to: maxPeers, keep: peer, now: current)
         }
     }
 
     /// Forgets `addresses` of `peer`.
     public func removeAddresses(_ addresses: [Multiaddr], for peer: PeerID) {
         let remove = Set(addresses.map { $0.withoutPeerID() })
-        state.withLockedValue { $0[peer]?.addresses.removeAll { remove.contains($0.address) } }
+        state.withLockedValue { $0.peers[peer]?.addresses.removeAll { remove.contains($0.address) } }
     }
 
     /// Known, unexpired addresses of `peer`.
     public func addresses(for peer: PeerID) -> [Multiaddr] {
         let current = now()
         return state.withLockedValue { all in
-            guard var entry = all[peer] else { return [] }
+            guard var entry = all.peers[peer] else { return [] }
             let before = entry.addresses.count
             entry.addresses.removeAll { $0.expires.map { $0 <= current } ?? false }
-            if entry.addresses.count != before { all[peer] = entry }
+            if entry.addresses.count != before { all.peers[peer] = entry }
             return entry.addresses.map(\.address)
         }
     }
@@ -135,12 +193,16 @@ public final class Peerstore: Sendable {
     /// Stores an identify result; its listen addresses get ``identifyAddressTTL``.
     public func setIdentify(_ info: IdentifyInfo) {
         addAddresses(info.listenAddresses, for: info.peer, ttl: identifyAddressTTL)
-        state.withLockedValue { $0[info.peer, default: Entry()].identify = info }
+        let current = now()
+        state.withLockedValue { all in
+            all.write(info.peer) { $0.identify = info }
+            all.trim(to: maxPeers, keep: info.peer, now: current)
+        }
     }
 
     /// The last identify result for `peer`.
     public func identify(for peer: PeerID) -> IdentifyInfo? {
-        state.withLockedValue { $0[peer]?.identify }
+        state.withLockedValue { $0.peers[peer]?.identify }
     }
 
     /// The protocols `peer` announced, if identified.
@@ -151,7 +213,7 @@ public final class Peerstore: Sendable {
     /// Whether `peer`'s identify announced `protocolID` (checked in place: no copy of its
     /// identify data, for a check made on every request).
     public func announces(_ protocolID: String, peer: PeerID) -> Bool {
-        state.withLockedValue { $0[peer]?.identify?.protocols.contains(protocolID) ?? false }
+        state.withLockedValue { $0.peers[peer]?.identify?.protocols.contains(protocolID) ?? false }
     }
 
     /// The public key of `peer`: from identify, or inlined in its id (Ed25519).
@@ -162,21 +224,23 @@ public final class Peerstore: Sendable {
     /// Records a round-trip time to `peer`; the stored latency is a moving average
     /// (new samples weigh 1/8).
     public func recordLatency(_ rtt: TimeAmount, for peer: PeerID) {
+        let current = now()
         state.withLockedValue { all in
-            let old = all[peer]?.latency
-            all[peer, default: Entry()].latency =
-                old.map { .nanoseconds(($0.nanoseconds * 7 + rtt.nanoseconds) / 8) } ?? rtt
+            all.write(peer) { entry in
+                entry.latency = entry.latency.map { .nanoseconds(($0.nanoseconds * 7 + rtt.nanoseconds) / 8) } ?? rtt
+            }
+            all.trim(to: maxPeers, keep: peer, now: current)
         }
     }
 
     /// The smoothed round-trip time to `peer`, when measured.
     public func latency(for peer: PeerID) -> TimeAmount? {
-        state.withLockedValue { $0[peer]?.latency }
+        state.withLockedValue { $0.peers[peer]?.latency }
     }
 
     /// Every peer we know something about.
     public var peers: [PeerID] {
-        state.withLockedValue { Array($0.keys) }
+        state.withLockedValue { Array($0.peers.keys) }
     }
 
     // MARK: Persistence
@@ -221,7 +285,7 @@ public final class Peerstore: Sendable {
     public func snapshot() -> [Record] {
         let current = now()
         return state.withLockedValue { all in
-            all.map { peer, entry in
+            all.peers.map { peer, entry in
                 Record(
                     peer: peer,
                     addresses: entry.addresses.compactMap { a in
@@ -240,9 +304,13 @@ public final class Peerstore: Sendable {
     public func restore(_ records: [Record]) {
         for record in records {
             for a in record.addresses { addAddresses([a.address], for: record.peer, ttl: a.ttl) }
+            let current = now()
             state.withLockedValue { all in
-                if let identify = record.identify { all[record.peer, default: Entry()].identify = identify }
-                if let latency = record.latency { all[record.peer, default: Entry()].latency = latency }
+                all.write(record.peer) { entry in
+                    if let identify = record.identify { entry.identify = identify }
+                    if let latency = record.latency { entry.latency = latency }
+                }
+                all.trim(to: maxPeers, keep: record.peer, now: current)
             }
         }
     }

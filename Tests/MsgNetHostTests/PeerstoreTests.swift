@@ -82,6 +82,70 @@ struct PeerstoreTests {
         #expect(restored.addresses(for: peer) == [a2])
     }
 
+    @Test("a flood of identified peers keeps the store within maxPeers; dialed peers stay")
+    func boundedByMaxPeers() throws {
+        let clock = ManualClock()
+        let store = Peerstore(maxPeers: 64, identifyAddressTTL: .duration(.minutes(1)), now: clock.now)
+        // Peers the application gave addresses for (permanent) outlive any flood.
+        let dialed = (0..<8).map { _ in PrivateKey.generate().peerID }
+        for (i, peer) in dialed.enumerated() {
+            store.addAddresses([try Multiaddr("/ip4/10.0.1.\(i)/udp/1")], for: peer)
+        }
+        var flood: [PeerID] = []
+        for i in 0..<1000 {
+            let key = PrivateKey.generate()
+            flood.append(key.peerID)
+            store.setIdentify(
+                IdentifyInfo(
+                    peer: key.peerID, publicKey: key.publicKey, protocolVersion: nil, agentVersion: nil,
+                    listenAddresses: [try Multiaddr("/ip4/10.1.\(i / 256).\(i % 256)/udp/1")],
+                    protocols: ["/p/1"], observedAddress: nil))
+            #expect(store.count <= 64)
+            // The peer just written is never the one forgotten.
+            #expect(store.announces("/p/1", peer: key.peerID))
+        }
+        #expect(store.evictedPeers == 8 + 1000 - store.count)
+        for peer in dialed { #expect(store.addresses(for: peer).count == 1) }
+        // The survivors of the flood are its latest peers, oldest forgotten first.
+        let kept = Set(store.peers)
+        let survivors = flood.filter { kept.contains($0) }
+        #expect(survivors == Array(flood.suffix(survivors.count)))
+        #expect(survivors.count == store.count - dialed.count)
+    }
+
+    @Test("when the store is full, a peer with no live address goes before one with a live address")
+    func evictsExpiredFirst() throws {
+        let clock = ManualClock()
+        let store = Peerstore(maxPeers: 8, now: clock.now)
+        let stale = PrivateKey.generate().peerID
+        let fresh = (0..<7).map { _ in PrivateKey.generate().peerID }
+        // Written last but expired: it goes before the older peers whose addresses still live.
+        for (i, peer) in fresh.enumerated() {
+            store.addAddresses([try Multiaddr("/ip4/10.0.2.\(i)/tcp/1")], for: peer, ttl: .duration(.minutes(10)))
+        }
+        store.addAddresses([try Multiaddr("/ip4/10.0.3.1/tcp/1")], for: stale, ttl: .duration(.seconds(1)))
+        clock.advance(.seconds(2))
+        store.recordLatency(.milliseconds(1), for: PrivateKey.generate().peerID)
+        #expect(store.count == 7)
+        #expect(store.evictedPeers == 2)
+        #expect(!store.peers.contains(stale))
+        // Then the least recently written among those with live addresses.
+        #expect(!store.peers.contains(fresh[0]))
+        for peer in fresh.dropFirst() { #expect(store.addresses(for: peer).count == 1) }
+    }
+
+    @Test("restore obeys maxPeers")
+    func restoreBounded() throws {
+        let big = Peerstore()
+        for i in 0..<100 {
+            big.addAddresses([try Multiaddr("/ip4/10.2.0.\(i)/tcp/1")], for: PrivateKey.generate().peerID)
+        }
+        let small = Peerstore(maxPeers: 16)
+        small.restore(big.snapshot())
+        #expect(small.count <= 16)
+        #expect(small.evictedPeers == 100 - small.count)
+    }
+
     @Test("a host does not dial expired addresses")
     func hostSkipsExpired() async throws {
         let clock = ManualClock()
