@@ -71,13 +71,19 @@ struct RateLimiter: Sendable {
     let rate: Double
     let burst: Double
     private var buckets: [PeerID: (tokens: Double, last: NIODeadline)] = [:]
-    /// Buckets kept at most; when full, full (idle) buckets are dropped.
-    private let maxPeers = 4096
+    /// Buckets kept at most. When a new peer finds them full, buckets that have refilled (idle
+    /// peers) are dropped; when none has, the least recently used one is (its peer starts again
+    /// with a full bucket: the bound on memory wins over the bound on that one peer).
+    let maxPeers: Int
 
-    init(rate: Double, burst: Int) {
+    init(rate: Double, burst: Int, maxPeers: Int = 4096) {
         self.rate = rate
         self.burst = Double(max(1, burst))
+        self.maxPeers = max(1, maxPeers)
     }
+
+    /// Peers with a bucket.
+    var trackedPeers: Int { buckets.count }
 
     /// Takes one token for `peer` at `now`; false when the bucket is empty.
     mutating func admit(_ peer: PeerID, now: NIODeadline) -> Bool {
@@ -91,7 +97,13 @@ struct RateLimiter: Sendable {
         }
         bucket.tokens -= 1
         if buckets[peer] == nil && buckets.count >= maxPeers {
-            buckets = buckets.filter { $0.value.tokens < burst - 1 }
+            // A bucket that would be full by now holds nothing a new bucket would not.
+            buckets = buckets.filter { _, b in
+                b.tokens + Double(max(0, (now - b.last).nanoseconds)) / 1e9 * rate < burst
+            }
+            if buckets.count >= maxPeers, let oldest = buckets.min(by: { $0.value.last < $1.value.last }) {
+                buckets[oldest.key] = nil
+            }
         }
         buckets[peer] = bucket
         return true
