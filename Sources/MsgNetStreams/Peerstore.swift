@@ -190,14 +190,56 @@ public final class Peerstore: Sendable {
         }
     }
 
+    /// Protocols of an identify result kept, in the order announced, while their UTF-8 bytes
+    /// add up to at most this (and no single one is longer than a multistream frame allows).
+    public static let maxStoredIdentifyProtocolBytes = 8 * 1024
+    /// An identify result's agent and protocol versions are kept up to this many UTF-8 bytes.
+    public static let maxStoredIdentifyVersionBytes = 256
+
     /// Stores an identify result; its listen addresses get ``identifyAddressTTL``.
+    ///
+    /// What is stored is trimmed so that one peer costs little, whatever it announced (identify
+    /// messages may be 64 KiB): at most ``maxAddressesPerPeer`` listen addresses, protocols up
+    /// to ``maxStoredIdentifyProtocolBytes``, version strings up to
+    /// ``maxStoredIdentifyVersionBytes``.
     public func setIdentify(_ info: IdentifyInfo) {
-        addAddresses(info.listenAddresses, for: info.peer, ttl: identifyAddressTTL)
+        let stored = trimmed(info)
+        addAddresses(stored.listenAddresses, for: info.peer, ttl: identifyAddressTTL)
         let current = now()
         state.withLockedValue { all in
-            all.write(info.peer) { $0.identify = info }
+            all.write(info.peer) { $0.identify = stored }
             all.trim(to: maxPeers, keep: info.peer, now: current)
         }
+    }
+
+    private func trimmed(_ info: IdentifyInfo) -> IdentifyInfo {
+        var out = info
+        out.listenAddresses = Array(info.listenAddresses.prefix(maxAddressesPerPeer))
+        var budget = Self.maxStoredIdentifyProtocolBytes
+        out.protocols = []
+        for p in info.protocols {
+            let size = p.utf8.count
+            guard size < 1024 else { continue }  // no multistream frame could carry it
+            guard size <= budget else { break }
+            budget -= size
+            out.protocols.append(p)
+        }
+        out.agentVersion = info.agentVersion.map { Self.prefix($0, utf8Bytes: Self.maxStoredIdentifyVersionBytes) }
+        out.protocolVersion = info.protocolVersion.map {
+            Self.prefix($0, utf8Bytes: Self.maxStoredIdentifyVersionBytes)
+        }
+        return out
+    }
+
+    /// The longest prefix of whole characters of `text` within `utf8Bytes` bytes.
+    private static func prefix(_ text: String, utf8Bytes: Int) -> String {
+        guard text.utf8.count > utf8Bytes else { return text }
+        var size = 0
+        return String(
+            text.prefix { c in
+                size += c.utf8.count
+                return size <= utf8Bytes
+            })
     }
 
     /// The last identify result for `peer`.

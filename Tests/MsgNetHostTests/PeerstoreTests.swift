@@ -134,6 +134,33 @@ struct PeerstoreTests {
         for peer in fresh.dropFirst() { #expect(store.addresses(for: peer).count == 1) }
     }
 
+    @Test("an oversized identify result is stored trimmed")
+    func identifyTrimmed() throws {
+        let store = Peerstore(maxAddressesPerPeer: 4)
+        let key = PrivateKey.generate()
+        let addresses = try (0..<40).map { try Multiaddr("/ip4/10.3.0.\($0)/udp/1") }
+        // 100 protocols of 100 bytes: 81 fit in 8 KiB. One too long for multistream is skipped.
+        let protocols = (0..<100).map { i in
+            let digits = String(i)
+            return "/p/" + String(repeating: "0", count: 3 - digits.count) + digits + String(repeating: "x", count: 94)
+        }
+        let announced = [String(repeating: "y", count: 2000)] + protocols
+        store.setIdentify(
+            IdentifyInfo(
+                peer: key.peerID, publicKey: key.publicKey, protocolVersion: "ipfs/0.1.0",
+                agentVersion: "agent/" + String(repeating: "é", count: 500), listenAddresses: addresses,
+                protocols: announced, observedAddress: nil))
+        let stored = try #require(store.identify(for: key.peerID))
+        #expect(stored.listenAddresses == Array(addresses.prefix(4)))
+        #expect(store.addresses(for: key.peerID) == Array(addresses.prefix(4)))
+        #expect(stored.protocols == Array(protocols.prefix(81)))
+        #expect(store.announces(protocols[80], peer: key.peerID))
+        #expect(!store.announces(protocols[81], peer: key.peerID))
+        #expect(stored.protocolVersion == "ipfs/0.1.0")
+        // Cut on a character boundary: "agent/" and 125 two-byte characters.
+        #expect(stored.agentVersion == "agent/" + String(repeating: "é", count: 125))
+    }
+
     @Test("restore obeys maxPeers")
     func restoreBounded() throws {
         let big = Peerstore()
