@@ -266,7 +266,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     public func listen(on address: Multiaddr) async throws -> Multiaddr {
         guard canHandle(address) else {
-            throw MessageError(.dialFailed, "the datagram path cannot listen on \(address)")
+            throw MessageError(.listenFailed, "the datagram path cannot listen on \(address)")
         }
         let socket = try await bind(address)
         let full = socket.localAddress.appending(.p2p(identity.peerID))

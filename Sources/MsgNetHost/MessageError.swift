@@ -23,6 +23,9 @@ public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
         case remoteError
         /// A configured limit (streams per peer, inbound rate, concurrency) was reached.
         case limitExceeded
+        /// We could not listen on the address: it is in use or not ours, or no transport
+        /// handles it.
+        case listenFailed
     }
 
     /// The classification.

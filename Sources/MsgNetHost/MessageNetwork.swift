@@ -23,12 +23,15 @@ public struct MessageNetwork: Sendable {
     @discardableResult
     public func listen(on address: Multiaddr) async throws -> Multiaddr {
         guard let transport = host.transports.first(where: { $0.canHandle(address) }) else {
-            throw MessageError(.dialFailed, "no transport can listen on \(address)")
+            throw MessageError(.listenFailed, "no transport can listen on \(address)")
         }
         do {
             return try await transport.listen(on: address)
         } catch {
-            throw MessageError.from(error)
+            let mapped = MessageError.from(error)
+            // A port in use, an address not ours: the socket's own error, named as a listen failure.
+            guard mapped.code != .cancelled, mapped.code != .listenFailed else { throw mapped }
+            throw MessageError(.listenFailed, "\(address): \(mapped.message)")
         }
     }
 

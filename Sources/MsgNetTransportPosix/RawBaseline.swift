@@ -369,7 +369,6 @@ package enum RawUDPBaseline {
         onDatagram: @escaping @Sendable (ByteBuffer) -> ByteBuffer?
     ) async throws -> Socket {
         let channel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(bufferSize))
             .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(bufferSize))
             .channelOption(.datagramVectorReadMessageCount, value: 64)

@@ -36,8 +36,9 @@ public struct UDPTransport: DatagramTransport {
     ) async throws -> any DatagramSocket {
         guard canHandle(address) else { throw TransportError("not a UDP address: \(address)") }
         let socketAddress = try address.withoutPeerID().socketAddress()
+        // No SO_REUSEADDR: on Linux it lets UDP sockets share a port (even one picked for port
+        // 0), and unicast datagrams then go to one of them only; a port in use must be refused.
         let channel = try await DatagramBootstrap(group: group)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
             .channelOption(.socketOption(.so_rcvbuf), value: socketBufferSize)
             .channelOption(.socketOption(.so_sndbuf), value: socketBufferSize)
             .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)

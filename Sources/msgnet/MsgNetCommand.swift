@@ -143,6 +143,7 @@ func describe(_ error: any Error) -> String {
     case .cancelled: phrase = "cancelled"
     case .remoteError: phrase = "remote error"
     case .limitExceeded: phrase = "limit exceeded"
+    case .listenFailed: phrase = "listen failed"
     }
     return error.message.hasPrefix(phrase) ? error.message : "\(phrase): \(error.message)"
 }

@@ -117,4 +117,19 @@ struct PathChoiceTests {
             #expect(reply.path == .datagram)
         }
     }
+
+    @Test("listening on an address in use fails with listenFailed, on either path", arguments: ["udp", "tcp"])
+    func listenOnAddressInUse(path: String) async throws {
+        let a = Self.dualHost()
+        let b = Self.dualHost()
+        try await running([a, b]) {
+            let bound = try await a.network.listen(on: try Multiaddr("/ip4/127.0.0.1/\(path)/0"))
+            await #expect {
+                _ = try await b.network.listen(on: bound.withoutPeerID())
+            } throws: { ($0 as? MessageError)?.code == .listenFailed }
+            await #expect {
+                _ = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/1/quic-v1"))
+            } throws: { ($0 as? MessageError)?.code == .listenFailed }
+        }
+    }
 }

@@ -46,4 +46,24 @@ struct UDPTransportTests {
         await client.close()
         await server.close()
     }
+
+    @Test("a UDP port in use is refused: no two sockets share a port, so none takes another's datagrams")
+    func portInUseIsRefused() async throws {
+        let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        let first = try await transport.bind(try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {})
+        await #expect(throws: (any Error).self) {
+            let second = try await transport.bind(first.localAddress, handler: { _, _ in }, flush: {})
+            await second.close()
+        }
+        // Many sockets on port 0 get as many ports.
+        var sockets: [any DatagramSocket] = []
+        for _ in 0..<64 {
+            sockets.append(
+                try await transport.bind(try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {}))
+        }
+        let ports = Set(sockets.map(\.localAddress.port) + [first.localAddress.port])
+        #expect(ports.count == 65)
+        for socket in sockets { await socket.close() }
+        await first.close()
+    }
 }
