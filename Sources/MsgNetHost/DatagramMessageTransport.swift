@@ -39,6 +39,12 @@ public struct DatagramTransportConfiguration: Sendable {
     /// ``SessionLimits/maxSessions`` refuses new ones. `nil`: sessions last while the peer
     /// answers keep-alives. Checked every quarter of it.
     public var sessionIdleTimeout: TimeAmount? = .seconds(120)
+    /// When a session the peer opened is closed (by either side, or for running out of packet
+    /// numbers — not when the peer stopped answering), the address it came from goes to the
+    /// peerstore for this long, so a later message to that peer can open a new session there
+    /// even if it announced no listen address (a client on an ephemeral socket). Behind a NAT
+    /// the address lasts as long as the NAT's mapping does. `nil`: not remembered.
+    public var closedSessionAddressTTL: TimeAmount? = .minutes(10)
 
     /// The defaults.
     public init() {}
@@ -986,6 +992,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         core.machineWakeups.set(session, nil)
         core.sessionPeers[session] = nil
         core.use[session] = nil
+        rememberAddress(of: session, peer: peer, reason: reason)
         if let peer {
             let preferred = core.table.session(with: peer)
             mirror.withLockedValue {
@@ -998,6 +1005,22 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
         if let connection = core.connections.removeValue(forKey: session) {
             contextBox.withLockedValue { $0 }?.emit(.connectionClosed(connection))
+        }
+    }
+
+    /// Keeps the address of a closed inbound session whose peer is likely still there (see
+    /// ``DatagramTransportConfiguration/closedSessionAddressTTL``).
+    private func rememberAddress(of session: SessionID, peer: PeerID?, reason: SessionCloseReason) {
+        guard let peer, let ttl = configuration.closedSessionAddressTTL,
+            !mirror.withLockedValue({ $0.shutdown }),
+            let connection = core.value.connections[session], connection.direction == .inbound,
+            let address = connection.remoteAddress
+        else { return }
+        switch reason {
+        case .localClose, .remoteClose, .packetNumbersExhausted:
+            contextBox.withLockedValue { $0 }?.peerstore.addAddresses([address], for: peer, ttl: .duration(ttl))
+        case .idleTimeout, .handshakeTimeout, .handshakeFailed, .superseded:
+            return
         }
     }
 

@@ -16,11 +16,12 @@ struct DatagramIdleTests {
         let transport: DatagramMessageTransport
     }
 
-    func node(idle: TimeAmount) -> Node {
+    func node(idle: TimeAmount, rememberClosed: Bool = true) -> Node {
         let identity = PrivateKey.generate()
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         var configuration = DatagramTransportConfiguration()
         configuration.sessionIdleTimeout = idle
+        if !rememberClosed { configuration.closedSessionAddressTTL = nil }
         configuration.connectTimeout = .seconds(10)
         let transport = DatagramMessageTransport(
             identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop, configuration: configuration)
@@ -105,6 +106,49 @@ struct DatagramIdleTests {
             release.fire()
             let reply = try await pending.value
             #expect(String(buffer: reply.data) == "done")
+        }
+    }
+
+    /// Waits (bounded) until neither node has a session with the other.
+    func waitUntilClosed(_ a: Node, _ b: Node) async throws -> Bool {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(60)
+        while a.host.network.hasSession(with: b.host.peerID) || b.host.network.hasSession(with: a.host.peerID) {
+            guard clock.now < deadline else { return false }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return true
+    }
+
+    @Test(
+        "after an idle close, a peer that never listened (an ephemeral socket) is reached at the address its session came from",
+        arguments: [true, false])
+    func closedSessionAddressIsRemembered(remember: Bool) async throws {
+        let client = node(idle: .seconds(1))
+        let server = node(idle: .seconds(1), rememberClosed: remember)
+        let seen = Counter()
+        client.host.setMessageHandler(for: "/back/1") { message in
+            seen.add()
+            try await message.reply(bytes("back"))
+        }
+        server.host.setMessageHandler(for: "/kv/1") { try await $0.reply($0.data) }
+        try await running([client.host, server.host]) {
+            let address = try await server.host.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            client.host.peerstore.addAddresses([address], for: server.host.peerID)
+            _ = try await client.host.request(bytes("hi"), to: server.host.peerID, protocol: "/kv/1")
+            // The client announced no listen address: the server knows none.
+            #expect(server.host.peerstore.addresses(for: client.host.peerID).isEmpty)
+            let closed = try await waitUntilClosed(client, server)
+            try #require(closed, "the unused session was still open after 60 s")
+            if remember {
+                let reply = try await server.host.request(bytes("?"), to: client.host.peerID, protocol: "/back/1")
+                #expect(String(buffer: reply.data) == "back")
+                #expect(seen.value == 1)
+            } else {
+                await #expect {
+                    _ = try await server.host.request(bytes("?"), to: client.host.peerID, protocol: "/back/1")
+                } throws: { ($0 as? MessageError)?.code == .dialFailed }
+            }
         }
     }
 }
