@@ -34,7 +34,10 @@ public struct TCPTransport: StreamTransport {
         guard case .socket(let socketAddress) = endpoint.target else {
             throw TransportError("listening needs an IP address, not a DNS name: \(address)")
         }
-        let channel = try await ServerBootstrap(group: group)
+        var bootstrap = ServerBootstrap(group: group)
+        if socketAddress.protocol == .inet6 { bootstrap = bootstrap.serverChannelOption(.ipv6Only, value: 1) }
+        let channel =
+            try await bootstrap
             .serverChannelOption(.backlog, value: backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -38,7 +38,10 @@ public struct UDPTransport: DatagramTransport {
         let socketAddress = try address.withoutPeerID().socketAddress()
         // No SO_REUSEADDR: on Linux it lets UDP sockets share a port (even one picked for port
         // 0), and unicast datagrams then go to one of them only; a port in use must be refused.
-        let channel = try await DatagramBootstrap(group: group)
+        var bootstrap = DatagramBootstrap(group: group)
+        if socketAddress.protocol == .inet6 { bootstrap = bootstrap.channelOption(.ipv6Only, value: 1) }
+        let channel =
+            try await bootstrap
             .channelOption(.socketOption(.so_rcvbuf), value: socketBufferSize)
             .channelOption(.socketOption(.so_sndbuf), value: socketBufferSize)
             .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
@@ -108,4 +111,11 @@ final class DatagramReader: ChannelInboundHandler, Sendable {
         // ICMP errors (port unreachable) surface here on a connected-less UDP socket; they are
         // not fatal for a socket serving many peers.
     }
+}
+
+extension ChannelOption where Self == ChannelOptions.Types.SocketOption {
+    /// `IPV6_V6ONLY`, set to 1 on IPv6 sockets (NIO makes them dual-stack): an `/ip6/…`
+    /// address takes IPv6 traffic only, as in libp2p, so `/ip4/0.0.0.0/…/P` and `/ip6/::/…/P`
+    /// can both be listened on. IPv4 sockets do not accept the option.
+    static var ipv6Only: Self { .init(level: .ipv6, name: .ipv6_v6only) }
 }

@@ -132,4 +132,24 @@ struct PathChoiceTests {
             } throws: { ($0 as? MessageError)?.code == .listenFailed }
         }
     }
+
+    @Test("one port on /ip4/0.0.0.0 and /ip6/:: for both paths; a request reaches each", arguments: ["udp", "tcp"])
+    func bothFamiliesOnOnePort(path: String) async throws {
+        let server = Self.dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let clients = [Self.dualHost(), Self.dualHost()]
+        try await running([server] + clients) {
+            let v4 = try await server.network.listen(on: try Multiaddr("/ip4/0.0.0.0/\(path)/0"))
+            let port = try #require(v4.port)
+            _ = try await server.network.listen(on: try Multiaddr("/ip6/::/\(path)/\(port)"))
+            for (client, host) in zip(clients, ["/ip4/127.0.0.1", "/ip6/::1"]) {
+                let peer = try await client.network.connect(
+                    to: try Multiaddr("\(host)/\(path)/\(port)/p2p/\(server.peerID)"))
+                #expect(peer == server.peerID)
+                let reply = try await client.request(ByteBuffer(string: host), to: peer, protocol: "/echo/1")
+                #expect(String(buffer: reply.data) == host)
+                #expect(reply.path == (path == "udp" ? .datagram : .stream))
+            }
+        }
+    }
 }

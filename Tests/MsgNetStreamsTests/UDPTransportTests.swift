@@ -66,4 +66,30 @@ struct UDPTransportTests {
         for socket in sockets { await socket.close() }
         await first.close()
     }
+
+    @Test("/ip4/0.0.0.0 and /ip6/:: on the same UDP port: two sockets, each gets its own family")
+    func bothFamiliesOnOnePort() async throws {
+        let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+        let v4 = try await transport.bind(
+            try Multiaddr("/ip4/0.0.0.0/udp/0"), handler: { d, _ in continuation.yield("v4 " + String(buffer: d)) },
+            flush: {})
+        let port = try #require(v4.localAddress.port)
+        let v6 = try await transport.bind(
+            try Multiaddr("/ip6/::/udp/\(port)"), handler: { d, _ in continuation.yield("v6 " + String(buffer: d)) },
+            flush: {})
+        let client4 = try await transport.bind(try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {})
+        let client6 = try await transport.bind(try Multiaddr("/ip6/::1/udp/0"), handler: { _, _ in }, flush: {})
+        try client4.write(ByteBuffer(string: "a"), to: try Multiaddr("/ip4/127.0.0.1/udp/\(port)"))
+        client4.flush()
+        try client6.write(ByteBuffer(string: "b"), to: try Multiaddr("/ip6/::1/udp/\(port)"))
+        client6.flush()
+        var got: Set<String> = []
+        for await line in stream {
+            got.insert(line)
+            if got.count == 2 { break }
+        }
+        #expect(got == ["v4 a", "v6 b"])
+        for socket in [v4, v6, client4, client6] { await socket.close() }
+    }
 }
