@@ -512,10 +512,35 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     }
 
     /// Sockets able to reach `address`, binding an ephemeral one for its family if none is.
+    /// Whether a session may be opened to `address`: a unicast address and a port. Broadcast,
+    /// multicast, unspecified and IPv4-mapped IPv6 addresses (which an IPv6-only socket cannot
+    /// reach) and port 0 are never sent to: a peer could announce one in identify, the kernel
+    /// refuses most of them, and a refused send makes NIO close the socket (bound again at once,
+    /// but the datagrams queued with it are lost).
+    static func isDialable(_ address: SocketAddress) -> Bool {
+        guard let port = address.port, port != 0 else { return false }
+        switch address {
+        case .v4(let a):
+            let ip = UInt32(bigEndian: a.address.sin_addr.s_addr)
+            let first = ip >> 24
+            // 0.0.0.0/8 ("this network"), 224.0.0.0/4 (multicast) and 240.0.0.0/4 (reserved,
+            // with 255.255.255.255).
+            return first != 0 && first < 224
+        case .v6(let a):
+            let bytes = withUnsafeBytes(of: a.address.sin6_addr) { Array($0) }
+            if bytes[0] == 0xFF { return false }  // multicast
+            if bytes.allSatisfy({ $0 == 0 }) { return false }  // unspecified
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return false }
+            return true
+        case .unixDomainSocket:
+            return false
+        }
+    }
+
     private func paths(for addresses: [Multiaddr]) async throws -> [UDPPath] {
         var out: [UDPPath] = []
         for address in addresses where canHandle(address) {
-            guard let remote = try? address.withoutPeerID().socketAddress() else { continue }
+            guard let remote = try? address.withoutPeerID().socketAddress(), Self.isDialable(remote) else { continue }
             var matching = try await loop.submit { () -> [Int] in
                 self.core.value.sockets.enumerated().compactMap { i, s in
                     (try? s.localAddress.socketAddress())?.protocol == remote.protocol ? i : nil

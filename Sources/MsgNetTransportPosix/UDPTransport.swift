@@ -1,11 +1,15 @@
+import Logging
 import MsgNetCore
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
 /// UDP over IPv4 and IPv6 on NIOPosix (`/ip4/…/udp/…`, `/ip6/…/udp/…`).
 ///
 /// Sockets get a large receive buffer (so bursts are not dropped by the kernel) and vector reads
-/// (many datagrams per system call); writes are queued and flushed once per batch.
+/// (many datagrams per system call); writes are queued and flushed once per batch. A socket
+/// whose send fails (a destination the kernel refuses) is bound again at once, on the same port:
+/// one bad peer address never silences the socket for the others.
 public struct UDPTransport: DatagramTransport {
     /// The event loops sockets run on.
     public let group: any EventLoopGroup
@@ -13,6 +17,8 @@ public struct UDPTransport: DatagramTransport {
     public var socketBufferSize = 8 << 20
     /// Datagrams read per system call.
     public var vectorReadCount = 64
+    /// Where a socket bound again after a send error is reported.
+    public var logger = Logger(label: "msgnet.udp")
 
     /// Creates a UDP transport on `group`.
     public init(group: any EventLoopGroup) {
@@ -36,39 +42,91 @@ public struct UDPTransport: DatagramTransport {
     ) async throws -> any DatagramSocket {
         guard canHandle(address) else { throw TransportError("not a UDP address: \(address)") }
         let socketAddress = try address.withoutPeerID().socketAddress()
-        // No SO_REUSEADDR: on Linux it lets UDP sockets share a port (even one picked for port
-        // 0), and unicast datagrams then go to one of them only; a port in use must be refused.
-        var bootstrap = DatagramBootstrap(group: group)
-        if socketAddress.protocol == .inet6 { bootstrap = bootstrap.channelOption(.ipv6Only, value: 1) }
-        let channel =
-            try await bootstrap
-            .channelOption(.socketOption(.so_rcvbuf), value: socketBufferSize)
-            .channelOption(.socketOption(.so_sndbuf), value: socketBufferSize)
-            .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
-            .channelOption(.maxMessagesPerRead, value: 16)
-            // Vector reads split one buffer between the messages: size it for all of them.
-            .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: vectorReadCount * 2048))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(DatagramReader(handler: handler, flush: flush))
-                }
-            }
-            .bind(to: socketAddress)
-            .get()
+        let make = channelMaker(handler: handler, flush: flush)
+        let channel = try await make(socketAddress, group.next()).get()
         guard let local = channel.localAddress else {
             try? await channel.close()
             throw TransportError("UDP socket on \(address) has no local address")
         }
-        return UDPSocket(channel: channel, localAddress: try Multiaddr(socketAddress: local, transport: .udp))
+        return UDPSocket(
+            channel: channel, bound: local, localAddress: try Multiaddr(socketAddress: local, transport: .udp),
+            make: make, logger: logger)
+    }
+
+    /// Binds a channel with this transport's settings (also used to bind a socket again).
+    private func channelMaker(
+        handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
+        flush: @escaping @Sendable () -> Void
+    ) -> @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel> {
+        let bufferSize = socketBufferSize
+        let vectorReadCount = vectorReadCount
+        return { socketAddress, loop in
+            // No SO_REUSEADDR: on Linux it lets UDP sockets share a port (even one picked for
+            // port 0), and unicast datagrams then go to one of them only; a port in use must be
+            // refused.
+            var bootstrap = DatagramBootstrap(group: loop)
+            if socketAddress.protocol == .inet6 { bootstrap = bootstrap.channelOption(.ipv6Only, value: 1) }
+            return
+                bootstrap
+                .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(bufferSize))
+                .channelOption(.socketOption(.so_sndbuf), value: SocketOptionValue(bufferSize))
+                .channelOption(.datagramVectorReadMessageCount, value: vectorReadCount)
+                .channelOption(.maxMessagesPerRead, value: 16)
+                // Vector reads split one buffer between the messages: size it for all of them.
+                .channelOption(
+                    .recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: vectorReadCount * 2048)
+                )
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(DatagramReader(handler: handler, flush: flush))
+                    }
+                }
+                .bind(to: socketAddress)
+        }
     }
 }
 
-struct UDPSocket: DatagramSocket {
-    let channel: any Channel
+/// A bound UDP socket that outlives send errors.
+///
+/// NIO closes a datagram channel when a send fails with anything but `EMSGSIZE` or
+/// `EHOSTUNREACH` — `EACCES` for a broadcast address, `ENETUNREACH` for a family without a
+/// route, `EPERM` from a firewall rule — and one unsendable destination must not cut off every
+/// peer the socket serves. When the channel closes without ``close()``, the socket binds again
+/// to the same address (same port) on the same event loop and carries on; datagrams queued in
+/// between are lost (the reliable layer above resends what needs it). Counted in
+/// ``recoveries``; a rebind that fails is retried every 100 ms up to 50 times, then logged.
+final class UDPSocket: DatagramSocket {
     let localAddress: Multiaddr
-    var eventLoop: any EventLoop { channel.eventLoop }
+    let eventLoop: any EventLoop
+    private let bound: SocketAddress
+    private let make: @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel>
+    private let logger: Logger
+
+    private struct State {
+        var channel: any Channel
+        var closed = false
+        var recoveries = 0
+    }
+    private let state: NIOLockedValueBox<State>
+
+    init(
+        channel: any Channel, bound: SocketAddress, localAddress: Multiaddr,
+        make: @escaping @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel>, logger: Logger
+    ) {
+        self.localAddress = localAddress
+        self.eventLoop = channel.eventLoop
+        self.bound = bound
+        self.make = make
+        self.logger = logger
+        state = NIOLockedValueBox(State(channel: channel))
+        watch(channel)
+    }
+
+    /// How many times the socket was bound again after its channel closed under it.
+    var recoveries: Int { state.withLockedValue { $0.recoveries } }
 
     func write(_ datagram: ByteBuffer, to address: SocketAddress) {
+        let channel = state.withLockedValue { $0.channel }
         let envelope = AddressedEnvelope(remoteAddress: address, data: datagram)
         if channel.eventLoop.inEventLoop {
             // On the loop, through the synchronous pipeline with a concretely typed `NIOAny`: the
@@ -80,11 +138,50 @@ struct UDPSocket: DatagramSocket {
     }
 
     func flush() {
-        channel.flush()
+        state.withLockedValue { $0.channel }.flush()
     }
 
     func close() async {
+        let channel = state.withLockedValue { s -> any Channel in
+            s.closed = true
+            return s.channel
+        }
         try? await channel.close()
+    }
+
+    private func watch(_ channel: any Channel) {
+        channel.closeFuture.whenComplete { _ in self.closedUnderUs(channel, attempt: 0) }
+    }
+
+    private func closedUnderUs(_ channel: any Channel, attempt: Int) {
+        let current = state.withLockedValue { s in !s.closed && s.channel === channel }
+        guard current else { return }
+        if attempt == 0 {
+            logger.warning(
+                "UDP socket closed by a send error; binding it again", metadata: ["address": "\(localAddress)"])
+        }
+        make(bound, eventLoop).whenComplete { result in
+            switch result {
+            case .success(let fresh):
+                let keep = self.state.withLockedValue { s -> Bool in
+                    guard !s.closed else { return false }
+                    s.channel = fresh
+                    s.recoveries += 1
+                    return true
+                }
+                if keep { self.watch(fresh) } else { fresh.close(promise: nil) }
+            case .failure(let error):
+                guard attempt < 50 else {
+                    self.logger.error(
+                        "UDP socket could not be bound again",
+                        metadata: ["address": "\(self.localAddress)", "error": "\(error)"])
+                    return
+                }
+                self.eventLoop.scheduleTask(in: .milliseconds(100)) {
+                    self.closedUnderUs(channel, attempt: attempt + 1)
+                }
+            }
+        }
     }
 }
 

@@ -152,4 +152,22 @@ struct PathChoiceTests {
             }
         }
     }
+
+    @Test("a peer address the kernel refuses to send to (broadcast) does not break the socket or the first contact")
+    func refusedAddressAmongThePeersAddresses() async throws {
+        let server = Self.dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let client = Self.dualHost()
+        try await running([server, client]) {
+            let udp = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            // sendmsg to 255.255.255.255 fails locally (EACCES: no SO_BROADCAST); nothing leaves.
+            client.peerstore.addAddresses(
+                [try Multiaddr("/ip4/255.255.255.255/udp/9"), udp.withoutPeerID()], for: server.peerID)
+            for i in 0..<3 {
+                let reply = try await client.request(ByteBuffer(string: "\(i)"), to: server.peerID, protocol: "/echo/1")
+                #expect(String(buffer: reply.data) == "\(i)")
+                #expect(reply.path == .datagram)
+            }
+        }
+    }
 }

@@ -1,9 +1,10 @@
 import MsgNetCore
-import MsgNetTransportPosix
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Testing
+
+@testable import MsgNetTransportPosix
 
 @Suite("UDP transport", .timeLimit(.minutes(1)))
 struct UDPTransportTests {
@@ -91,5 +92,46 @@ struct UDPTransportTests {
         }
         #expect(got == ["v4 a", "v6 b"])
         for socket in [v4, v6, client4, client6] { await socket.close() }
+    }
+
+    @Test(
+        "a send the kernel refuses (broadcast) closes NIO's channel; the socket binds again on its port and carries on")
+    func survivesARefusedSend() async throws {
+        let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        let (aStream, aIn) = AsyncStream.makeStream(of: String.self)
+        let (bStream, bIn) = AsyncStream.makeStream(of: String.self)
+        let a = try await transport.bind(
+            try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { d, _ in aIn.yield(String(buffer: d)) }, flush: {})
+        let b = try await transport.bind(
+            try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { d, _ in bIn.yield(String(buffer: d)) }, flush: {})
+        // EACCES (no SO_BROADCAST): nothing leaves the machine.
+        try a.write(ByteBuffer(string: "x"), to: try Multiaddr("/ip4/255.255.255.255/udp/9"))
+        a.flush()
+        // Until the socket is bound again, sends are lost; keep sending (bounded) until one arrives.
+        let sender = Task {
+            // However it ends, the readers below stop waiting.
+            defer {
+                aIn.finish()
+                bIn.finish()
+            }
+            for i in 0..<250 {
+                try a.write(ByteBuffer(string: "a\(i)"), to: b.localAddress)
+                a.flush()
+                try b.write(ByteBuffer(string: "b\(i)"), to: a.localAddress)
+                b.flush()
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        var bIterator = bStream.makeAsyncIterator()
+        var aIterator = aStream.makeAsyncIterator()
+        let atB = await bIterator.next()
+        let atA = await aIterator.next()
+        sender.cancel()
+        #expect(atB?.hasPrefix("a") == true)
+        // The same port: b's datagrams to a's old address reach the new channel.
+        #expect(atA?.hasPrefix("b") == true)
+        #expect((a as? UDPSocket)?.recoveries ?? 0 >= 1)
+        await a.close()
+        await b.close()
     }
 }
