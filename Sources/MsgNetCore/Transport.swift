@@ -44,6 +44,17 @@ public protocol DatagramTransport: Sendable {
         handler: @escaping @Sendable (_ datagram: ByteBuffer, _ from: SocketAddress) -> Void,
         flush: @escaping @Sendable () -> Void
     ) async throws -> any DatagramSocket
+
+    /// The socket addresses to send to for `address`: one for an IP address; for a DNS name
+    /// (`/dns|dns4|dns6/<name>/udp/<port>`), what it resolves to.
+    func resolve(_ address: Multiaddr) async throws -> [SocketAddress]
+}
+
+extension DatagramTransport {
+    /// IP addresses only (no DNS).
+    public func resolve(_ address: Multiaddr) async throws -> [SocketAddress] {
+        [try address.withoutPeerID().socketAddress()]
+    }
 }
 
 /// A bound datagram socket.

@@ -539,21 +539,40 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     private func paths(for addresses: [Multiaddr]) async throws -> [UDPPath] {
         var out: [UDPPath] = []
+        var seen: Set<SocketAddress> = []
         for address in addresses where canHandle(address) {
-            guard let remote = try? address.withoutPeerID().socketAddress(), Self.isDialable(remote) else { continue }
-            var matching = try await loop.submit { () -> [Int] in
-                self.core.value.sockets.enumerated().compactMap { i, s in
-                    (try? s.localAddress.socketAddress())?.protocol == remote.protocol ? i : nil
-                }
-            }.get()
-            if matching.isEmpty {
-                let any = remote.protocol == .inet6 ? "/ip6/::/udp/0" : "/ip4/0.0.0.0/udp/0"
-                _ = try await bind(try Multiaddr(any))
-                matching = try await loop.submit { self.core.value.sockets.count - 1 }.map { [$0] }.get()
+            let resolved: [SocketAddress]
+            do {
+                resolved = try await datagrams.resolve(address)
+            } catch {
+                logger.debug("UDP address not resolved", metadata: ["address": "\(address)", "error": "\(error)"])
+                continue
             }
-            out += matching.map { UDPPath(socket: $0, remote: remote) }
+            // A name may resolve to many addresses: the first few are enough for a first contact.
+            for remote in resolved.filter(Self.isDialable).prefix(Self.maxAddressesPerName)
+            where seen.insert(remote).inserted {
+                out += try await paths(to: remote)
+            }
         }
         return out
+    }
+
+    /// Addresses of one DNS name tried at first contact.
+    static let maxAddressesPerName = 8
+
+    /// A path to `remote` from every socket of its family (binding an ephemeral one if none).
+    private func paths(to remote: SocketAddress) async throws -> [UDPPath] {
+        var matching = try await loop.submit { () -> [Int] in
+            self.core.value.sockets.enumerated().compactMap { i, s in
+                (try? s.localAddress.socketAddress())?.protocol == remote.protocol ? i : nil
+            }
+        }.get()
+        if matching.isEmpty {
+            let any = remote.protocol == .inet6 ? "/ip6/::/udp/0" : "/ip4/0.0.0.0/udp/0"
+            _ = try await bind(try Multiaddr(any))
+            matching = try await loop.submit { self.core.value.sockets.count - 1 }.map { [$0] }.get()
+        }
+        return matching.map { UDPPath(socket: $0, remote: remote) }
     }
 
     // MARK: Sessions

@@ -139,10 +139,12 @@ extension Multiaddr {
 
 /// Blocking getaddrinfo, run on NIO's thread pool.
 enum Resolver {
-    static func resolve(host: String, port: Int, family: TCPEndpoint.Family) async throws -> [SocketAddress] {
+    static func resolve(
+        host: String, port: Int, family: TCPEndpoint.Family, datagram: Bool = false
+    ) async throws -> [SocketAddress] {
         try await NIOThreadPool.singleton.runIfActive {
             var hints = addrinfo()
-            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            hints.ai_socktype = Int32(datagram ? SOCK_DGRAM.rawValue : SOCK_STREAM.rawValue)
             switch family {
             case .v4: hints.ai_family = AF_INET
             case .v6: hints.ai_family = AF_INET6

@@ -25,13 +25,34 @@ public struct UDPTransport: DatagramTransport {
         self.group = group
     }
 
+    /// `/ip4|ip6/…/udp/<port>`, and for sending `/dns|dns4|dns6/<name>/udp/<port>` (resolved
+    /// when a session is opened; a socket binds to IP addresses only).
     public func canHandle(_ address: Multiaddr) -> Bool {
         var parts = address.components[...]
         while case .p2p = parts.last { parts = parts.dropLast() }
         guard parts.count == 2, case .udp = parts.last else { return false }
         switch parts.first! {
-        case .ip4, .ip6: return true
+        case .ip4, .ip6, .dns, .dns4, .dns6: return true
         default: return false
+        }
+    }
+
+    /// The socket addresses for `address`: itself for an IP address, getaddrinfo's answers (on
+    /// NIO's thread pool) for a DNS name, restricted to IPv4 for `/dns4` and IPv6 for `/dns6`.
+    public func resolve(_ address: Multiaddr) async throws -> [SocketAddress] {
+        var parts = address.components[...]
+        while case .p2p = parts.last { parts = parts.dropLast() }
+        guard parts.count == 2, case .udp(let port) = parts.last else {
+            throw TransportError("not a UDP address: \(address)")
+        }
+        switch parts.first! {
+        case .dns(let host):
+            return try await Resolver.resolve(host: host, port: Int(port), family: .any, datagram: true)
+        case .dns4(let host):
+            return try await Resolver.resolve(host: host, port: Int(port), family: .v4, datagram: true)
+        case .dns6(let host):
+            return try await Resolver.resolve(host: host, port: Int(port), family: .v6, datagram: true)
+        default: return [try Multiaddr(components: Array(parts)).socketAddress()]
         }
     }
 
@@ -40,8 +61,9 @@ public struct UDPTransport: DatagramTransport {
         handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
         flush: @escaping @Sendable () -> Void
     ) async throws -> any DatagramSocket {
-        guard canHandle(address) else { throw TransportError("not a UDP address: \(address)") }
-        let socketAddress = try address.withoutPeerID().socketAddress()
+        guard canHandle(address), let socketAddress = try? address.withoutPeerID().socketAddress() else {
+            throw TransportError("a UDP socket binds to an IP address and port, not \(address)")
+        }
         let make = channelMaker(handler: handler, flush: flush)
         let channel = try await make(socketAddress, group.next()).get()
         guard let local = channel.localAddress else {

@@ -170,4 +170,21 @@ struct PathChoiceTests {
             }
         }
     }
+
+    @Test("a /dns4 UDP address is resolved and reached over UDP")
+    func dnsAddressOverUDP() async throws {
+        let server = Self.dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let client = Self.dualHost()
+        try await running([server, client]) {
+            let udp = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let port = try #require(udp.port)
+            let peer = try await client.network.connect(
+                to: try Multiaddr("/dns4/localhost/udp/\(port)/p2p/\(server.peerID)"))
+            #expect(peer == server.peerID)
+            let reply = try await client.request(ByteBuffer(string: "dns"), to: peer, protocol: "/echo/1")
+            #expect(String(buffer: reply.data) == "dns")
+            #expect(reply.path == .datagram)
+        }
+    }
 }

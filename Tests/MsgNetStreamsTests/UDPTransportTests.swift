@@ -134,4 +134,20 @@ struct UDPTransportTests {
         await a.close()
         await b.close()
     }
+
+    @Test("DNS names are resolved for sending (dns4 / dns6 pick the family); a socket binds only to an IP address")
+    func dnsNames() async throws {
+        let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        #expect(transport.canHandle(try Multiaddr("/dns4/localhost/udp/7")))
+        #expect(!transport.canHandle(try Multiaddr("/dns4/localhost/tcp/7")))
+        let v4 = try await transport.resolve(try Multiaddr("/dns4/localhost/udp/7"))
+        #expect(!v4.isEmpty)
+        #expect(v4.allSatisfy { $0.protocol == .inet && $0.port == 7 })
+        #expect(v4.contains(try SocketAddress(ipAddress: "127.0.0.1", port: 7)))
+        let ip = try await transport.resolve(try Multiaddr("/ip6/::1/udp/9"))
+        #expect(ip == [try SocketAddress(ipAddress: "::1", port: 9)])
+        await #expect(throws: (any Error).self) {
+            _ = try await transport.bind(try Multiaddr("/dns4/localhost/udp/0"), handler: { _, _ in }, flush: {})
+        }
+    }
 }
