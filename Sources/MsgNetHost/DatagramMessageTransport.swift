@@ -98,7 +98,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             protocolVersion: "ipfs/0.1.0",
             agentVersion: "msgnet/0.1.0",
             publicKey: identity.publicKey.marshaled,
-            listenAddrs: listenAddresses.map { $0.withoutPeerID().bytes },
+            // A wildcard listen address is announced as this machine's interface addresses.
+            listenAddrs: listenAddresses.flatMap { $0.withoutPeerID().dialableForms() }.map(\.bytes),
             observedAddr: observed?.bytes,
             protocols: protocols
         )

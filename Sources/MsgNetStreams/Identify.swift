@@ -70,7 +70,8 @@ extension StreamHost {
             protocolVersion: configuration.protocolVersion,
             agentVersion: configuration.agentVersion,
             publicKey: identity.publicKey.marshaled,
-            listenAddrs: listenAddresses.map { $0.withoutPeerID().bytes },
+            // A wildcard listen address is announced as this machine's interface addresses.
+            listenAddrs: listenAddresses.flatMap { $0.withoutPeerID().dialableForms() }.map(\.bytes),
             observedAddr: observed?.bytes,
             protocols: protocols
         )

@@ -187,4 +187,29 @@ struct PathChoiceTests {
             #expect(reply.path == .datagram)
         }
     }
+
+    @Test(
+        "a node listening on 0.0.0.0 announces its interface addresses in identify, not 0.0.0.0",
+        arguments: ["udp", "tcp"])
+    func wildcardAnnouncedAsInterfaces(path: String) async throws {
+        let server = Self.dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let client = Self.dualHost()
+        try await running([server, client]) {
+            let bound = try await server.network.listen(on: try Multiaddr("/ip4/0.0.0.0/\(path)/0"))
+            let port = try #require(bound.port)
+            let peer = try await client.network.connect(
+                to: try Multiaddr("/ip4/127.0.0.1/\(path)/\(port)/p2p/\(server.peerID)"))
+            _ = try await client.request(ByteBuffer(string: "x"), to: peer, protocol: "/echo/1")
+            // Identify runs beside the first message: wait for its result, bounded.
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(10)
+            while client.peerstore.identify(for: peer) == nil && clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            let announced = try #require(client.peerstore.identify(for: peer)).listenAddresses
+            #expect(announced.contains(try Multiaddr("/ip4/127.0.0.1/\(path)/\(port)")))
+            #expect(!announced.contains { $0.isWildcard })
+        }
+    }
 }
