@@ -11,6 +11,17 @@ extension Multiaddr {
         }
     }
 
+    /// Whether the address starts with a loopback IP address (`127.0.0.0/8`, `::1`).
+    public var isLoopback: Bool {
+        switch components.first {
+        case .ip4(let ip): return ip.bytes[0] == 127
+        case .ip6(let ip):
+            let b = ip.bytes
+            return b.dropLast().allSatisfy { $0 == 0 } && b[15] == 1
+        default: return false
+        }
+    }
+
     /// The addresses a peer can dial to reach a socket bound to this address — what identify
     /// announces. A wildcard address becomes the same address on each of this machine's
     /// interface addresses of its family (loopback last; IPv6 link-local addresses are left out,

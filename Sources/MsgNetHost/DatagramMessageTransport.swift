@@ -112,7 +112,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             let reply = try await request(
                 ByteBuffer(), to: peer, protocol: IdentifyProtocol.id, timeout: .seconds(10), on: session)
-            let info = try IdentifyProtocol.parse(reply.data, from: peer)
+            let remote = try await loop.submit { self.core.value.connections[session]?.remoteAddress }.get()
+            let info = try IdentifyProtocol.parse(reply.data, from: peer).reachable(over: remote)
             context.peerstore.setIdentify(info)
             context.emit(.peerIdentified(info))
         } catch is SessionGone {
@@ -212,7 +213,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             try? await message.reply(ByteBuffer(bytes: identifyMessage(observed: nil).encoded()))
             return
         case IdentifyProtocol.pushID:
-            if let info = try? IdentifyProtocol.parse(message.data, from: message.from) {
+            if let parsed = try? IdentifyProtocol.parse(message.data, from: message.from) {
+                let session = channel.session
+                let remote = try? await loop.submit { self.core.value.connections[session]?.remoteAddress }.get()
+                let info = parsed.reachable(over: remote ?? nil)
                 context.peerstore.setIdentify(info)
                 context.emit(.peerProtocolsUpdated(message.from, info.protocols))
             }

@@ -55,6 +55,7 @@ extension StreamHost {
             }
             // A push may omit fields it does not change; merge onto what we knew.
             var info = try IdentifyProtocol.parseLenient(body, from: peer, base: self.peerstore.identify(for: peer))
+                .reachable(over: stream.connection.remoteAddress)
             info.peer = peer
             self.peerstore.setIdentify(info)
             self.yieldEvent(.peerProtocolsUpdated(peer, info.protocols))
@@ -107,7 +108,7 @@ extension StreamHost {
         guard let body else {
             throw StreamsError(.protocolViolation, "identify stream from \(peer) closed without a message")
         }
-        let info = try IdentifyProtocol.parse(body, from: peer)
+        let info = try IdentifyProtocol.parse(body, from: peer).reachable(over: stream.connection.remoteAddress)
         peerstore.setIdentify(info)
         yieldEvent(.peerIdentified(info))
         return info

@@ -39,6 +39,18 @@ public struct IdentifyInfo: Sendable, Hashable {
     }
 }
 
+extension IdentifyInfo {
+    /// This result with the listen addresses a peer reached over `remote` can be dialed at:
+    /// loopback addresses are kept only when `remote` is loopback too. Seen from another
+    /// machine, a peer's `127.0.0.1` (announced for its wildcard listener) is our own machine.
+    public func reachable(over remote: Multiaddr?) -> IdentifyInfo {
+        guard remote?.isLoopback != true else { return self }
+        var out = self
+        out.listenAddresses.removeAll(where: \.isLoopback)
+        return out
+    }
+}
+
 /// In-memory knowledge about peers: addresses with time-to-live, public keys, identify results
 /// (protocols) and measured latency.
 ///

@@ -50,4 +50,14 @@ struct MultiaddrInterfacesTests {
         #expect(forms.contains(try Multiaddr("/ip4/127.0.0.1/udp/9")))
         #expect(!forms.contains { $0.isWildcard })
     }
+
+    @Test("loopback addresses")
+    func loopback() throws {
+        for text in ["/ip4/127.0.0.1/udp/1", "/ip4/127.5.6.7/tcp/2", "/ip6/::1/udp/3"] {
+            #expect(try Multiaddr(text).isLoopback)
+        }
+        for text in ["/ip4/10.0.0.1/udp/1", "/ip6/::2/udp/3", "/ip6/::/udp/3", "/dns4/localhost/udp/3"] {
+            #expect(try !Multiaddr(text).isLoopback)
+        }
+    }
 }

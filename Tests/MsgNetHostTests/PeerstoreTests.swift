@@ -161,6 +161,21 @@ struct PeerstoreTests {
         #expect(stored.agentVersion == "agent/" + String(repeating: "é", count: 125))
     }
 
+    @Test("a peer reached from elsewhere keeps its loopback listen addresses only if reached over loopback")
+    func loopbackAddressesFiltered() throws {
+        let key = PrivateKey.generate()
+        let listen = [
+            try Multiaddr("/ip4/192.0.2.7/udp/4001"), try Multiaddr("/ip4/127.0.0.1/udp/4001"),
+            try Multiaddr("/ip6/::1/udp/4001"),
+        ]
+        let info = IdentifyInfo(
+            peer: key.peerID, publicKey: key.publicKey, protocolVersion: nil, agentVersion: nil,
+            listenAddresses: listen, protocols: [], observedAddress: nil)
+        #expect(info.reachable(over: try Multiaddr("/ip4/192.0.2.7/udp/4001")).listenAddresses == [listen[0]])
+        #expect(info.reachable(over: nil).listenAddresses == [listen[0]])
+        #expect(info.reachable(over: try Multiaddr("/ip4/127.0.0.1/udp/4001")).listenAddresses == listen)
+    }
+
     @Test("restore obeys maxPeers")
     func restoreBounded() throws {
         let big = Peerstore()
