@@ -212,4 +212,20 @@ struct PathChoiceTests {
             #expect(!announced.contains { $0.isWildcard })
         }
     }
+
+    @Test("first contact: one of the peer's addresses reaches a different node; the right one still wins")
+    func oneAddressReachesAnotherNode() async throws {
+        let server = Self.dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let other = Self.dualHost()
+        let client = Self.dualHost()
+        try await running([server, other, client]) {
+            let right = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let wrong = try await other.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            client.peerstore.addAddresses([wrong.withoutPeerID(), right.withoutPeerID()], for: server.peerID)
+            let reply = try await client.request(ByteBuffer(string: "x"), to: server.peerID, protocol: "/echo/1")
+            #expect(String(buffer: reply.data) == "x")
+            #expect(reply.path == .datagram)
+        }
+    }
 }

@@ -48,6 +48,9 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
 
     // Handshake.
     private var initiationPaths: [Path] = []
+    /// Indices of initiation paths whose message 2 named another peer (another node answered at
+    /// that address): they get no more message 1s, and the handshake fails only once all have.
+    private var refusedPaths: Set<Int> = []
     private var message1: [UInt8] = []
     private var cachedReply: ByteBuffer?
     private var handshakeDeadline: NIODeadline?
@@ -226,6 +229,16 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
             var attempt = noise
             let result = attempt.onMessage(packet.noise)
             guard case .send(let message3)? = result.first, case .completed(let keys)? = result.last else {
+                // Another node at one of the peer's addresses (its private address is also ours,
+                // both on one port): that path is out, the others may still reach the peer. The
+                // handshake state is untouched (the attempt was a copy).
+                if Self.namesAnotherPeer(result), initiationPaths.count > 1 {
+                    refusedPaths.insert(index)
+                    if refusedPaths.count < initiationPaths.count {
+                        counters.handshakeFailed += 1
+                        return
+                    }
+                }
                 handshakeFailure(result, now: now, actions: &actions)
                 return
             }
@@ -405,7 +418,7 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
                 return
             }
             if case .initiating = state, let at = retransmitAt, now >= at {
-                counters.handshakeRetransmits += UInt64(initiationPaths.count)
+                counters.handshakeRetransmits += UInt64(initiationPaths.count - refusedPaths.count)
                 backOff(now: now)
                 sendInitiations(now: now, actions: &actions)
             }
@@ -489,6 +502,16 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         )
     }
 
+    /// Whether a failed message decrypted but the peer is not who it must be (as opposed to
+    /// corrupt or forged bytes).
+    private static func namesAnotherPeer(_ result: [NoiseHandshake.Action]) -> Bool {
+        guard case .failed(let error)? = result.last else { return false }
+        switch error {
+        case .badSignature, .peerIDMismatch, .invalidKey, .unsupportedKeyType, .malformedPayload: return true
+        default: return false
+        }
+    }
+
     private mutating func handshakeFailure(
         _ result: [NoiseHandshake.Action],
         now: NIODeadline,
@@ -496,15 +519,12 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     ) {
         counters.handshakeFailed += 1
         guard case .failed(let error)? = result.last else { return }
-        switch error {
-        case .badSignature, .peerIDMismatch, .invalidKey, .unsupportedKeyType, .malformedPayload:
+        if Self.namesAnotherPeer(result) {
             // The message decrypted, so it came from whoever holds the keys of this handshake:
             // the peer is not who it must be. Fail now.
             close(.handshakeFailed(error), now: now, actions: &actions, notifyPeer: false)
-        default:
-            // Corrupt or forged bytes: drop them and keep waiting for the real message.
-            break
         }
+        // Otherwise corrupt or forged bytes: drop them and keep waiting for the real message.
     }
 
     private mutating func backOff(now: NIODeadline) {
@@ -513,7 +533,7 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     }
 
     private mutating func sendInitiations(now: NIODeadline, actions: inout [SessionAction<Path>]) {
-        for (index, path) in initiationPaths.enumerated() {
+        for (index, path) in initiationPaths.enumerated() where !refusedPaths.contains(index) {
             let packet = SessionPacketCodec.handshake(
                 .handshake1,
                 destination: .none,

@@ -228,6 +228,39 @@ struct SessionOpenTests {
         #expect(net.payloads(at: "B") == ["hi"])
         #expect(net.log.last { $0.source == "A" }?.destination == "B2")
     }
+
+    @Test func anotherNodeAtOneOfThePeersAddressesDoesNotFailTheHandshake() throws {
+        // "C2" is C's address, listed for B (C answers first: it is nearer); B2 is B's.
+        var net = SessionTestNetwork(seed: 33, nodes: ["A", "B", "C"])
+        net.owner["C2"] = "C"
+        net.owner["B2"] = "B"
+        net.extraDelay = ["B2": .milliseconds(30)]
+        _ = net.connect("A", to: ["C2", "B2"], expecting: net.peer("B"))
+        net.run(for: .seconds(1))
+        let a = try #require(net.established["A"]?.first)
+        #expect(a.remotePeer == net.peer("B"))
+        #expect(a.path == Route(remote: "B2", local: "A"))
+        #expect(net.closed["A"] == nil)
+        #expect(net.tables["A"]!.counters.handshakeFailed >= 1)
+        try net.send("hi", from: "A", to: net.peer("B"))
+        net.run(for: .seconds(1))
+        #expect(net.payloads(at: "B") == ["hi"])
+    }
+
+    @Test func everyAddressReachingAnotherNodeFailsTheHandshake() throws {
+        var net = SessionTestNetwork(seed: 34, nodes: ["A", "B", "C", "D"])
+        net.owner["C2"] = "C"
+        net.owner["D2"] = "D"
+        _ = net.connect("A", to: ["C2", "D2"], expecting: net.peer("B"))
+        net.run(for: .seconds(1))
+        let failure = try #require(net.closed["A"]?.first)
+        guard case .handshakeFailed(.peerIDMismatch) = failure.reason else {
+            Issue.record("closed for \(failure.reason)")
+            return
+        }
+        #expect(net.established["A"] == nil)
+        #expect(net.tables["A"]!.sessionCount == 0)
+    }
 }
 
 @Suite("Session hostile input")
