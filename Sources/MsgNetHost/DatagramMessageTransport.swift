@@ -516,7 +516,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         return socket
     }
 
-    /// Sockets able to reach `address`, binding an ephemeral one for its family if none is.
     /// Whether a session may be opened to `address`: a unicast address and a port. Broadcast,
     /// multicast, unspecified and IPv4-mapped IPv6 addresses (which an IPv6-only socket cannot
     /// reach) and port 0 are never sent to: a peer could announce one in identify, the kernel
@@ -542,6 +541,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }
     }
 
+    /// The paths to try for `addresses`: each resolved, dialable socket address from every socket
+    /// of its family (binding an ephemeral socket for a family that has none).
     private func paths(for addresses: [Multiaddr]) async throws -> [UDPPath] {
         var out: [UDPPath] = []
         var seen: Set<SocketAddress> = []
