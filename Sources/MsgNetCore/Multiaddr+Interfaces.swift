@@ -42,21 +42,14 @@ extension Multiaddr {
         for interface in interfaces {
             guard let ip = try? Multiaddr(socketAddress: interface, transport: .udp).components.first else { continue }
             switch (first, ip) {
-            case (.ip4, .ip4(let a)):
-                let expanded = Multiaddr(components: [ip] + components.dropFirst())
-                if a.bytes[0] == 127 { loopback.append(expanded) } else { outward.append(expanded) }
+            case (.ip4, .ip4): break
             case (.ip6, .ip6(let a)):
                 let b = a.bytes
                 if b[0] == 0xFE && b[1] & 0xC0 == 0x80 { continue }  // link-local: needs a zone
-                let expanded = Multiaddr(components: [ip] + components.dropFirst())
-                if b.dropLast().allSatisfy({ $0 == 0 }) && b[15] == 1 {
-                    loopback.append(expanded)
-                } else {
-                    outward.append(expanded)
-                }
-            default:
-                continue
+            default: continue
             }
+            let expanded = Multiaddr(components: [ip] + components.dropFirst())
+            if expanded.isLoopback { loopback.append(expanded) } else { outward.append(expanded) }
         }
         var seen: Set<Multiaddr> = []
         return (outward + loopback).filter { seen.insert($0).inserted }
