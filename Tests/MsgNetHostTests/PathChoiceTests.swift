@@ -28,6 +28,13 @@ struct PathChoiceTests {
         return MessageHost(identity: identity, transports: [udp, tcp], peerstore: peerstore)
     }
 
+    /// A dual host that answers `/echo/1` requests with their payload.
+    static func echoServer() -> MessageHost {
+        let server = dualHost()
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        return server
+    }
+
     @Test("one handler gets the same message over UDP and over TCP, told apart only by `path`")
     func sameHandlerBothPaths() async throws {
         let server = Self.dualHost()
@@ -135,8 +142,7 @@ struct PathChoiceTests {
 
     @Test("one port on /ip4/0.0.0.0 and /ip6/:: for both paths; a request reaches each", arguments: ["udp", "tcp"])
     func bothFamiliesOnOnePort(path: String) async throws {
-        let server = Self.dualHost()
-        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let server = Self.echoServer()
         let clients = [Self.dualHost(), Self.dualHost()]
         try await running([server] + clients) {
             let v4 = try await server.network.listen(on: try Multiaddr("/ip4/0.0.0.0/\(path)/0"))
@@ -155,8 +161,7 @@ struct PathChoiceTests {
 
     @Test("a peer address the kernel refuses to send to (broadcast) does not break the socket or the first contact")
     func refusedAddressAmongThePeersAddresses() async throws {
-        let server = Self.dualHost()
-        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let server = Self.echoServer()
         let client = Self.dualHost()
         try await running([server, client]) {
             let udp = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
@@ -173,8 +178,7 @@ struct PathChoiceTests {
 
     @Test("a /dns4 UDP address is resolved and reached over UDP")
     func dnsAddressOverUDP() async throws {
-        let server = Self.dualHost()
-        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let server = Self.echoServer()
         let client = Self.dualHost()
         try await running([server, client]) {
             let udp = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
@@ -192,8 +196,7 @@ struct PathChoiceTests {
         "a node listening on 0.0.0.0 announces its interface addresses in identify, not 0.0.0.0",
         arguments: ["udp", "tcp"])
     func wildcardAnnouncedAsInterfaces(path: String) async throws {
-        let server = Self.dualHost()
-        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let server = Self.echoServer()
         let client = Self.dualHost()
         try await running([server, client]) {
             let bound = try await server.network.listen(on: try Multiaddr("/ip4/0.0.0.0/\(path)/0"))
@@ -215,8 +218,7 @@ struct PathChoiceTests {
 
     @Test("first contact: one of the peer's addresses reaches a different node; the right one still wins")
     func oneAddressReachesAnotherNode() async throws {
-        let server = Self.dualHost()
-        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let server = Self.echoServer()
         let other = Self.dualHost()
         let client = Self.dualHost()
         try await running([server, other, client]) {
