@@ -48,9 +48,32 @@ public protocol DatagramTransport: Sendable {
     /// The socket addresses to send to for `address`: one for an IP address; for a DNS name
     /// (`/dns|dns4|dns6/<name>/udp/<port>`), what it resolves to.
     func resolve(_ address: Multiaddr) async throws -> [SocketAddress]
+
+    /// Binds a socket as ``bind(_:handler:flush:)`` does, and also reports destinations the
+    /// network refuses: `refused` is called (on the socket's event loop) with the destination and
+    /// the error when a send to it fails (`ENETUNREACH`, `EACCES`, `EPERM`, …). While it stays
+    /// refused, ``DatagramSocket/refusal(of:)`` says so.
+    ///
+    /// The default implementation binds without reporting anything.
+    func bind(
+        _ address: Multiaddr,
+        handler: @escaping @Sendable (_ datagram: ByteBuffer, _ from: SocketAddress) -> Void,
+        flush: @escaping @Sendable () -> Void,
+        refused: @escaping @Sendable (_ destination: SocketAddress, _ error: any Error) -> Void
+    ) async throws -> any DatagramSocket
 }
 
 extension DatagramTransport {
+    /// Binds without reporting refused destinations.
+    public func bind(
+        _ address: Multiaddr,
+        handler: @escaping @Sendable (_ datagram: ByteBuffer, _ from: SocketAddress) -> Void,
+        flush: @escaping @Sendable () -> Void,
+        refused: @escaping @Sendable (_ destination: SocketAddress, _ error: any Error) -> Void
+    ) async throws -> any DatagramSocket {
+        try await bind(address, handler: handler, flush: flush)
+    }
+
     /// IP addresses only (no DNS).
     public func resolve(_ address: Multiaddr) async throws -> [SocketAddress] {
         [try address.withoutPeerID().socketAddress()]
@@ -69,9 +92,15 @@ public protocol DatagramSocket: Sendable {
     func flush()
     /// Closes the socket.
     func close() async
+    /// The error with which the network refused a recent send to `destination`, while sends to
+    /// it are dropped because of it; nil when it is not known to be refused.
+    func refusal(of destination: SocketAddress) -> (any Error)?
 }
 
 extension DatagramSocket {
+    /// Never known to be refused.
+    public func refusal(of destination: SocketAddress) -> (any Error)? { nil }
+
     /// Queues a datagram to `address` (`/ip4|ip6/…/udp/<port>`, a trailing `/p2p` is ignored):
     /// the seed's `Socket.WriteMessage`, addressed by multiaddr.
     /// - Throws: ``CoreError`` when `address` is not an IP + port address.

@@ -507,6 +507,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             },
             flush: { [self] in
                 if loop.inEventLoop { flushSockets() } else { loop.execute { self.flushSockets() } }
+            },
+            refused: { [self] destination, error in
+                // Reported from inside a socket write (a probe completes in its flush): handled in
+                // a loop job of its own, outside whatever was writing.
+                let path = UDPPath(socket: index.withLockedValue { $0 }, remote: destination)
+                loop.execute { self.sendRefused(path, error) }
             })
         try await loop.submit {
             let core = self.core.value
@@ -611,7 +617,19 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             loop.execute {
                 let core = self.core.value
                 do {
-                    let (sid, actions) = try core.table.connect(to: paths, expecting: peer, now: .now())
+                    // Addresses the network refused a moment ago are not tried again (the socket
+                    // would drop the handshake): with none left, the connect fails now.
+                    let refusals = paths.map { core.sockets[$0.socket].refusal(of: $0.remote) }
+                    let usable = zip(paths, refusals).filter { $0.1 == nil }.map(\.0)
+                    if usable.isEmpty, let error = refusals.first ?? nil,
+                        peer.map({ core.table.session(with: $0) == nil }) ?? true
+                    {
+                        let reason = SessionCloseReason.unreachable("\(error)")
+                        c.resume(throwing: MessageError(.dialFailed, "datagram session failed: \(reason)"))
+                        return
+                    }
+                    let (sid, actions) = try core.table.connect(
+                        to: usable.isEmpty ? paths : usable, expecting: peer, now: .now())
                     if core.machines[sid] != nil {
                         c.resume(returning: sid)
                         return
@@ -646,6 +664,13 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return
         }
         perform(core.table.onDatagram(data, from: path, now: .now()))
+    }
+
+    /// The network refused a send on `path`: handshakes stop trying it (and fail when it was
+    /// their last path).
+    private func sendRefused(_ path: UDPPath, _ error: any Error) {
+        perform(core.value.table.onSendRefused(to: path, reason: "\(error)", now: .now()))
+        flushSockets()
     }
 
     /// Writes what the sockets hold.
@@ -1069,7 +1094,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         switch reason {
         case .localClose, .remoteClose, .packetNumbersExhausted:
             contextBox.withLockedValue { $0 }?.peerstore.addAddresses([address], for: peer, ttl: .duration(ttl))
-        case .idleTimeout, .handshakeTimeout, .handshakeFailed, .superseded:
+        case .idleTimeout, .handshakeTimeout, .handshakeFailed, .superseded, .unreachable:
             return
         }
     }

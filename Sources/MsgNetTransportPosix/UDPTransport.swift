@@ -4,12 +4,22 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// UDP over IPv4 and IPv6 on NIOPosix (`/ip4/…/udp/…`, `/ip6/…/udp/…`).
 ///
 /// Sockets get a large receive buffer (so bursts are not dropped by the kernel) and vector reads
-/// (many datagrams per system call); writes are queued and flushed once per batch. A socket
-/// whose send fails (a destination the kernel refuses) is bound again at once, on the same port:
-/// one bad peer address never silences the socket for the others.
+/// (many datagrams per system call); writes are queued and flushed once per batch.
+///
+/// A destination the socket has not sent to yet is tried alone first (its datagram is flushed
+/// on its own, with a completion): when the network refuses it (`ENETUNREACH`, `EACCES`,
+/// `EPERM`, …), that destination is reported (see
+/// ``DatagramTransport/bind(_:handler:flush:refused:)``) and sends to it are dropped for
+/// ``refusalTTL`` instead of reaching the kernel again. NIO closes a datagram channel on most
+/// send errors; the socket then binds again at once, on the same port, so one bad peer address
+/// never silences the socket for the others.
 public struct UDPTransport: DatagramTransport {
     /// The event loops sockets run on.
     public let group: any EventLoopGroup
@@ -17,7 +27,9 @@ public struct UDPTransport: DatagramTransport {
     public var socketBufferSize = 8 << 20
     /// Datagrams read per system call.
     public var vectorReadCount = 64
-    /// Where a socket bound again after a send error is reported.
+    /// How long sends to a destination the network refused are dropped without trying it again.
+    public var refusalTTL = TimeAmount.seconds(30)
+    /// Where refused destinations and a socket bound again after a send error are reported.
     public var logger = Logger(label: "msgnet.udp")
 
     /// Creates a UDP transport on `group`.
@@ -61,6 +73,15 @@ public struct UDPTransport: DatagramTransport {
         handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
         flush: @escaping @Sendable () -> Void
     ) async throws -> any DatagramSocket {
+        try await bind(address, handler: handler, flush: flush, refused: { _, _ in })
+    }
+
+    public func bind(
+        _ address: Multiaddr,
+        handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
+        flush: @escaping @Sendable () -> Void,
+        refused: @escaping @Sendable (SocketAddress, any Error) -> Void
+    ) async throws -> any DatagramSocket {
         guard canHandle(address), let socketAddress = try? address.withoutPeerID().socketAddress() else {
             throw TransportError("a UDP socket binds to an IP address and port, not \(address)")
         }
@@ -72,7 +93,7 @@ public struct UDPTransport: DatagramTransport {
         }
         return UDPSocket(
             channel: channel, bound: local, localAddress: try Multiaddr(socketAddress: local, transport: .udp),
-            make: make, logger: logger)
+            make: make, refusalTTL: refusalTTL, refused: refused, logger: logger)
     }
 
     /// Binds a channel with this transport's settings (also used to bind a socket again).
@@ -108,37 +129,75 @@ public struct UDPTransport: DatagramTransport {
     }
 }
 
-/// A bound UDP socket that outlives send errors.
+/// A bound UDP socket that outlives send errors and remembers refused destinations.
 ///
-/// NIO closes a datagram channel when a send fails with anything but `EMSGSIZE` or
-/// `EHOSTUNREACH` — `EACCES` for a broadcast address, `ENETUNREACH` for a family without a
-/// route, `EPERM` from a firewall rule — and one unsendable destination must not cut off every
-/// peer the socket serves. When the channel closes without ``close()``, the socket binds again
-/// to the same address (same port) on the same event loop and carries on; datagrams queued in
-/// between are lost (the reliable layer above resends what needs it). Counted in
-/// ``recoveries``; a rebind that fails is retried every 100 ms up to 50 times, then logged.
+/// **Refused destinations.** A destination not yet confirmed (no send to it has completed since
+/// the socket was bound) is *probed*: what is queued is flushed first, then its datagram is
+/// written and flushed on its own, with a completion. Success confirms the destination (later
+/// datagrams to it are queued and flushed in batches). An error (`ENETUNREACH`, `EACCES`,
+/// `EPERM`, `EHOSTUNREACH`, …; not `EMSGSIZE`, which is about the datagram) marks it refused for
+/// `refusalTTL`: it is reported through `refused`, ``refusal(of:)`` returns the error, and
+/// datagrams to it are dropped (counted in ``refusedDrops``) instead of reaching the kernel. Both
+/// sets are bounded (``maxConfirmed``, ``maxRefused``).
+///
+/// **Closed under us.** NIO closes a datagram channel when a send fails with anything but
+/// `EMSGSIZE` or `EHOSTUNREACH`, and one unsendable destination must not cut off every peer the
+/// socket serves. When the channel closes without ``close()``, the socket binds again to the same
+/// address (same port) on the same event loop and carries on; datagrams queued in between are
+/// lost (the reliable layer above resends what needs it), and every destination is probed again
+/// (a confirmed one may be the one that failed in a batch). Counted in ``recoveries``; a rebind
+/// that fails is retried every 100 ms up to 50 times, then logged.
 final class UDPSocket: DatagramSocket {
+    /// At most this many confirmed destinations are remembered; past it, all are forgotten (and
+    /// probed again).
+    static let maxConfirmed = 4096
+    /// At most this many refused destinations are remembered; past it, expired ones go first,
+    /// then those whose refusal ends soonest.
+    static let maxRefused = 1024
+
     let localAddress: Multiaddr
     let eventLoop: any EventLoop
     private let bound: SocketAddress
     private let make: @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel>
+    private let refusalTTL: TimeAmount
+    private let refused: @Sendable (SocketAddress, any Error) -> Void
     private let logger: Logger
+
+    private struct Refusal {
+        var until: NIODeadline
+        var error: IOError
+    }
 
     private struct State {
         var channel: any Channel
         var closed = false
         var recoveries = 0
+        var confirmed = Set<SocketAddress>()
+        var refused: [SocketAddress: Refusal] = [:]
+        var refusedDrops = 0
+        var refusals = 0
     }
     private let state: NIOLockedValueBox<State>
 
+    private enum Route {
+        case queue
+        case probe
+        case drop
+    }
+
     init(
         channel: any Channel, bound: SocketAddress, localAddress: Multiaddr,
-        make: @escaping @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel>, logger: Logger
+        make: @escaping @Sendable (SocketAddress, any EventLoop) -> EventLoopFuture<any Channel>,
+        refusalTTL: TimeAmount,
+        refused: @escaping @Sendable (SocketAddress, any Error) -> Void,
+        logger: Logger
     ) {
         self.localAddress = localAddress
         self.eventLoop = channel.eventLoop
         self.bound = bound
         self.make = make
+        self.refusalTTL = refusalTTL
+        self.refused = refused
         self.logger = logger
         state = NIOLockedValueBox(State(channel: channel))
         watch(channel)
@@ -146,16 +205,91 @@ final class UDPSocket: DatagramSocket {
 
     /// How many times the socket was bound again after its channel closed under it.
     var recoveries: Int { state.withLockedValue { $0.recoveries } }
+    /// Datagrams dropped because their destination was refused.
+    var refusedDrops: Int { state.withLockedValue { $0.refusedDrops } }
+    /// Sends the network refused (each makes a destination refused for `refusalTTL`).
+    var refusals: Int { state.withLockedValue { $0.refusals } }
+    func refusal(of destination: SocketAddress) -> (any Error)? {
+        state.withLockedValue { s in
+            guard let refusal = s.refused[destination], NIODeadline.now() < refusal.until else { return nil }
+            return refusal.error
+        }
+    }
 
     func write(_ datagram: ByteBuffer, to address: SocketAddress) {
-        let channel = state.withLockedValue { $0.channel }
+        let (channel, route) = state.withLockedValue { s -> (any Channel, Route) in
+            if s.confirmed.contains(address) { return (s.channel, .queue) }
+            if !s.refused.isEmpty, let refusal = s.refused[address] {
+                if NIODeadline.now() < refusal.until {
+                    s.refusedDrops += 1
+                    return (s.channel, .drop)
+                }
+                s.refused[address] = nil
+            }
+            return (s.channel, .probe)
+        }
         let envelope = AddressedEnvelope(remoteAddress: address, data: datagram)
-        if channel.eventLoop.inEventLoop {
-            // On the loop, through the synchronous pipeline with a concretely typed `NIOAny`: the
-            // generic `Channel.write` wraps its value after a dynamic cast per datagram.
-            channel.pipeline.syncOperations.write(NIOAny(envelope), promise: nil)
-        } else {
-            channel.write(envelope, promise: nil)
+        switch route {
+        case .queue:
+            if channel.eventLoop.inEventLoop {
+                // On the loop, through the synchronous pipeline with a concretely typed `NIOAny`:
+                // the generic `Channel.write` wraps its value after a dynamic cast per datagram.
+                channel.pipeline.syncOperations.write(NIOAny(envelope), promise: nil)
+            } else {
+                channel.write(envelope, promise: nil)
+            }
+        case .probe:
+            if eventLoop.inEventLoop {
+                probe(envelope, on: channel)
+            } else {
+                eventLoop.execute { self.probe(envelope, on: channel) }
+            }
+        case .drop:
+            return
+        }
+    }
+
+    /// Sends one datagram to an unconfirmed destination on its own (on the loop), so that an
+    /// error is this destination's.
+    private func probe(_ envelope: AddressedEnvelope<ByteBuffer>, on channel: any Channel) {
+        channel.flush()
+        let promise = eventLoop.makePromise(of: Void.self)
+        channel.pipeline.syncOperations.write(NIOAny(envelope), promise: promise)
+        channel.flush()
+        promise.futureResult.whenComplete { result in
+            self.probed(envelope.remoteAddress, on: channel, result)
+        }
+    }
+
+    private func probed(_ address: SocketAddress, on channel: any Channel, _ result: Result<Void, any Error>) {
+        switch result {
+        case .success:
+            state.withLockedValue { s in
+                guard s.channel === channel else { return }
+                if s.confirmed.count >= Self.maxConfirmed { s.confirmed.removeAll(keepingCapacity: true) }
+                s.confirmed.insert(address)
+            }
+        case .failure(let error):
+            // Only the kernel's answer counts: a closed channel (the rebind is under way) or an
+            // oversize datagram says nothing about the destination.
+            guard let error = error as? IOError, error.errnoCode != EMSGSIZE else { return }
+            let now = NIODeadline.now()
+            state.withLockedValue { s in
+                if s.refused.count >= Self.maxRefused, s.refused[address] == nil {
+                    s.refused = s.refused.filter { $0.value.until > now }
+                    if s.refused.count >= Self.maxRefused,
+                        let soonest = s.refused.min(by: { $0.value.until < $1.value.until })
+                    {
+                        s.refused[soonest.key] = nil
+                    }
+                }
+                s.refused[address] = Refusal(until: now + refusalTTL, error: error)
+                s.refusals += 1
+            }
+            logger.debug(
+                "UDP destination refused",
+                metadata: ["address": "\(localAddress)", "destination": "\(address)", "error": "\(error)"])
+            refused(address, error)
         }
     }
 
@@ -189,6 +323,7 @@ final class UDPSocket: DatagramSocket {
                     guard !s.closed else { return false }
                     s.channel = fresh
                     s.recoveries += 1
+                    s.confirmed.removeAll()
                     return true
                 }
                 if keep { self.watch(fresh) } else { fresh.close(promise: nil) }

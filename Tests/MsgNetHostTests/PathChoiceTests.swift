@@ -176,6 +176,31 @@ struct PathChoiceTests {
         }
     }
 
+    @Test("a UDP connect to addresses the network refuses fails at once, naming the refusal, and TCP is used instead")
+    func everyUDPAddressRefused() async throws {
+        let server = Self.echoServer()
+        let client = Self.dualHost()
+        try await running([server, client]) {
+            let tcp = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            // From a socket bound to loopback the kernel refuses any other destination (EINVAL,
+            // or ENETUNREACH without a route); nothing leaves the machine.
+            _ = try await client.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let refused = try Multiaddr("/ip4/10.255.255.1/udp/9/p2p/\(server.peerID)")
+            // Without the refusal, this waited for the handshake timeout (10 s) and said so.
+            await #expect {
+                _ = try await client.network.connect(to: refused)
+            } throws: { error in
+                guard let error = error as? MessageError else { return false }
+                return error.code == .dialFailed && error.message.contains("refused by the network")
+            }
+            // Path choice: the UDP address fails, the request goes over TCP.
+            client.peerstore.addAddresses([refused.withoutPeerID(), tcp.withoutPeerID()], for: server.peerID)
+            let reply = try await client.request(ByteBuffer(string: "r"), to: server.peerID, protocol: "/echo/1")
+            #expect(String(buffer: reply.data) == "r")
+            #expect(reply.path == .stream)
+        }
+    }
+
     @Test("a /dns4 UDP address is resolved and reached over UDP")
     func dnsAddressOverUDP() async throws {
         let server = Self.echoServer()

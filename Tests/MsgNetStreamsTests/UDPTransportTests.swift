@@ -135,6 +135,98 @@ struct UDPTransportTests {
         await b.close()
     }
 
+    @Test(
+        "a destination the network refuses is reported with its error, then dropped without reaching the kernel; others are unaffected"
+    )
+    func refusedDestinationIsRememberedAndReported() async throws {
+        var transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        transport.refusalTTL = .seconds(60)
+        let (reports, reported) = AsyncStream.makeStream(of: (SocketAddress, any Error).self)
+        let (bStream, bIn) = AsyncStream.makeStream(of: String.self)
+        let a = try await transport.bind(
+            try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {},
+            refused: { reported.yield(($0, $1)) })
+        let b = try await transport.bind(
+            try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { d, _ in bIn.yield(String(buffer: d)) }, flush: {})
+        let socket = try #require(a as? UDPSocket)
+        // From a socket bound to loopback, the kernel refuses any other destination at once
+        // (EINVAL, or ENETUNREACH without a route); nothing leaves the machine.
+        let unreachable = try SocketAddress(ipAddress: "10.255.255.1", port: 9)
+        a.write(ByteBuffer(string: "x"), to: unreachable)
+        a.flush()
+        var reportIterator = reports.makeAsyncIterator()
+        let first = try #require(await reportIterator.next())
+        #expect(first.0 == unreachable)
+        #expect(first.1 is IOError)
+        #expect(socket.refusal(of: unreachable) is IOError)
+        #expect(socket.refusal(of: try b.localAddress.socketAddress()) == nil)
+
+        // The socket still reaches b (bound again on its port if NIO closed it); bounded retries
+        // cover the rebind.
+        let sender = Task {
+            for i in 0..<250 {
+                try a.write(ByteBuffer(string: "a\(i)"), to: b.localAddress)
+                a.flush()
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            bIn.finish()  // nothing arrived: the reader below stops waiting
+        }
+        var bIterator = bStream.makeAsyncIterator()
+        #expect(await bIterator.next()?.hasPrefix("a") == true)
+        sender.cancel()
+        let recoveries = socket.recoveries
+        #expect(recoveries <= 1)
+
+        // Further sends to it are dropped here: no error, no rebind, nothing lost for others.
+        for _ in 0..<20 {
+            a.write(ByteBuffer(string: "x"), to: unreachable)
+            a.flush()
+        }
+        try a.write(ByteBuffer(string: "done"), to: b.localAddress)
+        a.flush()
+        var next = await bIterator.next()
+        while let n = next, n.hasPrefix("a") { next = await bIterator.next() }
+        #expect(next == "done")
+        #expect(socket.refusedDrops == 20)
+        #expect(socket.recoveries == recoveries)
+        await a.close()
+        await b.close()
+        reported.finish()
+    }
+
+    @Test("a refused destination is tried again after refusalTTL")
+    func refusalExpires() async throws {
+        var transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        transport.refusalTTL = .milliseconds(50)
+        let reports = NIOLockedValueBox(0)
+        let a = try await transport.bind(
+            try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {},
+            refused: { _, _ in reports.withLockedValue { $0 += 1 } })
+        let socket = try #require(a as? UDPSocket)
+        let unreachable = try SocketAddress(ipAddress: "10.255.255.2", port: 9)
+        // Sends until the network has refused `count` sends in all (bounded; a send while NIO's
+        // channel is being bound again is lost, so it may take more than one).
+        func sendUntilRefused(_ count: Int) async throws {
+            for _ in 0..<250 where socket.refusals < count {
+                a.write(ByteBuffer(string: "x"), to: unreachable)
+                a.flush()
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await sendUntilRefused(1)
+        let first = socket.refusals
+        #expect(first >= 1)
+        // Bounded wait for the refusal to end.
+        for _ in 0..<250 where socket.refusal(of: unreachable) != nil { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(socket.refusal(of: unreachable) == nil)
+        // Tried again: the kernel refuses it once more (while refused, a send is dropped here and
+        // does not count).
+        try await sendUntilRefused(first + 1)
+        #expect(socket.refusals > first)
+        #expect(reports.withLockedValue { $0 } == socket.refusals)
+        await a.close()
+    }
+
     @Test("DNS names are resolved for sending (dns4 / dns6 pick the family); a socket binds only to an IP address")
     func dnsNames() async throws {
         let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)

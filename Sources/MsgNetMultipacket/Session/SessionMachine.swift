@@ -48,8 +48,9 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
 
     // Handshake.
     private var initiationPaths: [Path] = []
-    /// Indices of initiation paths whose message 2 named another peer (another node answered at
-    /// that address): they get no more message 1s, and the handshake fails only once all have.
+    /// Indices of initiation paths given up: message 2 on them named another peer (another node
+    /// answered at that address), or the network refused sends to them. They get no more
+    /// message 1s, and the handshake fails only once all are given up.
     private var refusedPaths: Set<Int> = []
     private var message1: [UInt8] = []
     private var cachedReply: ByteBuffer?
@@ -405,6 +406,24 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
             throw .unknownSession(localID)
         }
         sendTransport(.data, payload: payload, to: path!, now: now, actions: &actions)
+    }
+
+    /// The network refused a send to `refused` (the socket layer's report, `reason` its error).
+    /// An initiator still handshaking sends no more message 1s there; once every path is given
+    /// up, the handshake fails (``SessionCloseReason/unreachable(_:)``). Any other state ignores
+    /// it: an established session keeps its path (the peer may move; reliable sends time out).
+    mutating func onPathRefused(_ refused: Path, reason: String, now: NIODeadline, actions: inout [SessionAction<Path>])
+    {
+        guard case .initiating = state, role == .initiator else { return }
+        var changed = false
+        for (index, path) in initiationPaths.enumerated() where path == refused {
+            if refusedPaths.insert(index).inserted { changed = true }
+        }
+        guard changed else { return }
+        counters.pathsRefused += 1
+        if refusedPaths.count == initiationPaths.count {
+            close(.unreachable(reason), now: now, actions: &actions, notifyPeer: false)
+        }
     }
 
     mutating func onTimer(now: NIODeadline, actions: inout [SessionAction<Path>]) {

@@ -222,6 +222,24 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
         return actions
     }
 
+    /// The socket layer reports that the network refused a send to `path` (`reason` is its
+    /// error). Sessions still initiating stop sending message 1 there; one whose every path is
+    /// refused closes with ``SessionCloseReason/unreachable(_:)``. Established sessions are not
+    /// affected.
+    @_specialize(exported:true,where Path == DatagramPath)
+    public mutating func onSendRefused(to path: Path, reason: String, now: NIODeadline) -> [SessionAction<Path>] {
+        var actions: [SessionAction<Path>] = []
+        let initiating = sessions.compactMap { entry in
+            entry.value.role == .initiator && !entry.value.isEstablished && !entry.value.isClosed ? entry.key : nil
+        }
+        for id in initiating {
+            dispatch(id, now: now, actions: &actions) { machine, actions in
+                machine.onPathRefused(path, reason: reason, now: now, actions: &actions)
+            }
+        }
+        return actions
+    }
+
     /// Closes a session (an established one tells its peer with an authenticated Close).
     @_specialize(exported:true,where Path == DatagramPath)
     public mutating func close(session id: SessionID, now: NIODeadline) -> [SessionAction<Path>] {

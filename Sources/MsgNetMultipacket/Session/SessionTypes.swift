@@ -80,6 +80,9 @@ public enum SessionCloseReason: Equatable, Sendable, CustomStringConvertible {
     case superseded
     /// The packet number space is used up; a new session is needed.
     case packetNumbersExhausted
+    /// The network refused sends on every path of the handshake (no route, a firewall, a
+    /// broadcast address…); the socket layer's error is given.
+    case unreachable(String)
 
     /// A human-readable explanation.
     public var description: String {
@@ -91,6 +94,7 @@ public enum SessionCloseReason: Equatable, Sendable, CustomStringConvertible {
         case .handshakeFailed(let error): return "handshake failed: \(error)"
         case .superseded: return "superseded by another session with the same peer"
         case .packetNumbersExhausted: return "packet numbers exhausted"
+        case .unreachable(let error): return "every address refused by the network (\(error))"
         }
     }
 }
@@ -145,6 +149,8 @@ public struct SessionCounters: Equatable, Sendable {
     public var handshakeDuplicates: UInt64 = 0
     /// Handshake packets sent again by a retransmission timer.
     public var handshakeRetransmits: UInt64 = 0
+    /// Handshake paths given up because the network refused sends on them.
+    public var pathsRefused: UInt64 = 0
     /// Handshake message 1 packets refused by a limit (sessions, half-open, per path).
     public var limitRejected: UInt64 = 0
     /// Transport packets dropped because the session was not ready (early buffer full, wrong state).
@@ -178,6 +184,7 @@ public struct SessionCounters: Equatable, Sendable {
         handshakeTimeouts &+= other.handshakeTimeouts
         handshakeDuplicates &+= other.handshakeDuplicates
         handshakeRetransmits &+= other.handshakeRetransmits
+        pathsRefused &+= other.pathsRefused
         limitRejected &+= other.limitRejected
         earlyDropped &+= other.earlyDropped
         unexpected &+= other.unexpected

@@ -261,6 +261,67 @@ struct SessionOpenTests {
         #expect(net.established["A"] == nil)
         #expect(net.tables["A"]!.sessionCount == 0)
     }
+    @Test func aPathTheNetworkRefusesGetsNoMoreInitiationsAndTheOthersCarryOn() throws {
+        // "X1" is an address the network refuses (the socket layer reports it); B answers on
+        // B2 only after several retransmissions.
+        var net = SessionTestNetwork(seed: 35)
+        net.owner["B2"] = "B"
+        net.extraDelay = ["B2": .milliseconds(1500)]
+        _ = net.connect("A", to: ["X1", "B2"], expecting: net.peer("B"))
+        let refused = Route(remote: "X1", local: "A")
+        net.perform("A", net.tables["A"]!.onSendRefused(to: refused, reason: "ENETUNREACH", now: net.now))
+        // Reported again (a dropped send), and for a path of no session: nothing changes.
+        net.perform("A", net.tables["A"]!.onSendRefused(to: refused, reason: "ENETUNREACH", now: net.now))
+        net.perform(
+            "A", net.tables["A"]!.onSendRefused(to: Route(remote: "Y", local: "A"), reason: "EPERM", now: net.now))
+        net.run(for: .seconds(3))
+        let a = try #require(net.established["A"]?.first)
+        #expect(a.path == Route(remote: "B2", local: "A"))
+        #expect(net.closed["A"] == nil)
+        // Retransmissions went to B2 only.
+        #expect(net.tables["A"]!.counters.handshakeRetransmits >= 2)
+        #expect(net.sinks["X1"]?.count == 1)
+        #expect(net.tables["A"]!.counters.pathsRefused == 1)
+        // An established session ignores a refusal of its path.
+        net.perform(
+            "A", net.tables["A"]!.onSendRefused(to: Route(remote: "B2", local: "A"), reason: "EPERM", now: net.now))
+        try net.send("hi", from: "A", to: net.peer("B"))
+        net.run(for: .seconds(3))
+        #expect(net.payloads(at: "B") == ["hi"])
+        #expect(net.closed["A"] == nil)
+    }
+
+    @Test func everyPathRefusedFailsTheHandshakeAtOnce() throws {
+        var net = SessionTestNetwork(seed: 36)
+        _ = net.connect("A", to: ["X1", "X2"], expecting: net.peer("B"))
+        for remote in ["X1", "X2"] {
+            net.perform(
+                "A",
+                net.tables["A"]!.onSendRefused(
+                    to: Route(remote: remote, local: "A"), reason: "network unreachable", now: net.now))
+        }
+        // No time passed: the failure is the refusal, not the handshake deadline.
+        #expect(net.closed["A"]?.map(\.reason) == [.unreachable("network unreachable")])
+        #expect(net.tables["A"]!.sessionCount == 0)
+        #expect(net.tables["A"]!.counters.pathsRefused == 2)
+        net.run(for: .seconds(12))
+        #expect(net.sinks["X1"]?.count == 1 && net.sinks["X2"]?.count == 1)
+        #expect(net.closed["A"]?.count == 1)
+    }
+
+    @Test func aRefusedPathDoesNotDisturbAResponder() throws {
+        // B is answering A's handshake when its socket reports A's address refused: B does not
+        // initiate, so the report changes nothing and the handshake completes.
+        var net = SessionTestNetwork(seed: 37)
+        _ = net.connect("A", to: ["B"], expecting: net.peer("B"))
+        net.run(for: .milliseconds(1))
+        net.perform(
+            "B", net.tables["B"]!.onSendRefused(to: Route(remote: "A", local: "B"), reason: "EPERM", now: net.now))
+        net.run(for: .seconds(1))
+        #expect(net.established["A"]?.count == 1 && net.established["B"]?.count == 1)
+        #expect(net.tables["B"]!.counters.pathsRefused == 0)
+    }
+
 }
 
 @Suite("Session hostile input")
