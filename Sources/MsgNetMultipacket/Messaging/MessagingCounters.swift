@@ -44,6 +44,8 @@ public struct MessagingCounters: Hashable, Sendable {
     public var retransmissions = 0
     /// Fragments declared lost early because 3 later-sent numbers were acknowledged.
     public var fastRetransmissions = 0
+    /// Congestion window reductions (a loss in a new round trip, or persistent congestion).
+    public var congestionEvents = 0
     /// Reliable sends failed by their deadline.
     public var sendTimeouts = 0
     /// Sends refused because a queue or table was full.

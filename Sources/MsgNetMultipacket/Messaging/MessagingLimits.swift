@@ -32,6 +32,18 @@ public struct MessagingLimits: Hashable, Sendable {
     public var maxRTO: TimeAmount = .seconds(10)
     /// Retransmit a fragment before its RTO when 3 later-sent numbers are acknowledged and it is overdue.
     public var fastRetransmit: Bool = true
+    /// Congestion control (NewReno, as RFC 9002 §7, counted in fragment bytes): the bytes of
+    /// reliable fragments in flight are kept under a congestion window that starts at
+    /// `initialCongestionWindow`, grows by each acknowledged fragment's bytes (slow start) up to
+    /// the slow-start threshold and by about one payload per round trip after it, and halves on
+    /// a loss, down to `minCongestionWindow` (once per round trip: losses of fragments sent
+    /// before the last reduction do not count again). `maxInFlightFragments` still applies.
+    /// `false`: that fixed window is the only limit.
+    public var congestionControl: Bool = true
+    /// The congestion window of a new session, in bytes (RFC 9002's 10 datagrams, rounded up).
+    public var initialCongestionWindow: Int = 16 * 1200
+    /// The smallest congestion window, in bytes.
+    public var minCongestionWindow: Int = 2 * 1200
     /// Longest a receiver waits before acknowledging a single ack-eliciting payload.
     public var maxAckDelay: TimeAmount = .milliseconds(25)
     /// Ranges the receiver remembers for reliable sequence numbers (dedup); past it the oldest range is forgotten.

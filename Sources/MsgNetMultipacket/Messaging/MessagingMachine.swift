@@ -111,6 +111,8 @@ package struct MessagingMachine: Sendable {
         var transmissions: Int
         var epoch: UInt32
         var sentAsInit: Bool
+        /// The fragment's data bytes (what the congestion window counts).
+        var size: Int
     }
 
     private struct Partial {
@@ -182,6 +184,14 @@ package struct MessagingMachine: Sendable {
     private var queuedBytes = 0
     private var transmitQueue: Deque<MessagingSendID> = []
     private var inFlight: [InFlight] = []
+    /// Data bytes of `inFlight` (congestion control).
+    private var bytesInFlight = 0
+    /// The congestion window and slow-start threshold, in bytes (see
+    /// ``MessagingLimits/congestionControl``).
+    private var congestionWindow: Int
+    private var slowStartThreshold = Int.max
+    /// When the window was last reduced: losses of fragments sent before it do not reduce it again.
+    private var recoveryStart: NIODeadline?
     private var nextReliableSequence: UInt64 = 0
     private var nextUnreliableSequence: UInt64 = 0
     private var nextSendID: UInt64 = 0
@@ -230,6 +240,7 @@ package struct MessagingMachine: Sendable {
             minRTO: limits.minRTO,
             maxRTO: limits.maxRTO
         )
+        self.congestionWindow = limits.initialCongestionWindow
         self.received = MessagingSequenceSet(maxRanges: limits.maxReceivedRanges)
         self.receivedUnreliable = MessagingReplayWindow(size: limits.unreliableWindow)
     }
@@ -238,6 +249,17 @@ package struct MessagingMachine: Sendable {
 
     /// Reliable fragments sent and not yet acknowledged.
     package var inFlightCount: Int { inFlight.count }
+    /// Data bytes of the reliable fragments in flight.
+    package var inFlightBytes: Int { bytesInFlight }
+    /// The congestion window, in bytes (meaningful with ``MessagingLimits/congestionControl``).
+    package var currentCongestionWindow: Int { congestionWindow }
+    /// The slow-start threshold, in bytes (`Int.max` until the first loss).
+    package var currentSlowStartThreshold: Int { slowStartThreshold }
+
+    /// Whether the congestion window lets one more fragment go (it may overshoot by one).
+    private var windowOpen: Bool {
+        inFlight.count < limits.maxInFlightFragments && (!limits.congestionControl || bytesInFlight < congestionWindow)
+    }
     /// Reliable sends not finished yet.
     package var pendingSendCount: Int { messages.count }
     /// Partially reassembled inbound messages.
@@ -397,6 +419,7 @@ package struct MessagingMachine: Sendable {
         messages = [:]
         pendingUnreliable = []
         inFlight = []
+        bytesInFlight = 0
         transmitQueue = []
         queuedBytes = 0
         if let budget { for partial in partials.values { budget.release(partial.totalLength) } }
@@ -573,7 +596,7 @@ package struct MessagingMachine: Sendable {
         index: Int,
         sequence: UInt64,
         entry: OutboundProtocol
-    ) -> (frame: MultipacketFrame, isInit: Bool) {
+    ) -> (frame: MultipacketFrame, isInit: Bool, size: Int) {
         let total = message.data.readableBytes
         var fragment: MultipacketFragmentInfo?
         var data = message.data
@@ -584,7 +607,8 @@ package struct MessagingMachine: Sendable {
         }
         let header = MultipacketMessageHeader(
             sequence: sequence, reliable: true, kind: message.kind, fragment: fragment)
-        return dataFrame(message.protocolName, entry, header: header, data: data)
+        let (frame, isInit) = dataFrame(message.protocolName, entry, header: header, data: data)
+        return (frame, isInit, data.readableBytes)
     }
 
     /// Puts first transmissions of queued fragments into `builder`, in send order, within the window.
@@ -608,12 +632,13 @@ package struct MessagingMachine: Sendable {
             }
             let rto = rttEstimator.backedOff(0)
             let count = messages.values[slot].fragmentCount
-            while messages.values[slot].nextFragment < count && inFlight.count < limits.maxInFlightFragments {
+            while messages.values[slot].nextFragment < count && windowOpen {
                 let index = messages.values[slot].nextFragment
                 let sequence = first + UInt64(index)
-                let (frame, isInit) = fragmentFrame(
+                let (frame, isInit, size) = fragmentFrame(
                     messages.values[slot], index: index, sequence: sequence, entry: entry)
                 builder.append(frame)
+                bytesInFlight += size
                 inFlight.append(
                     InFlight(
                         sequence: sequence,
@@ -623,7 +648,8 @@ package struct MessagingMachine: Sendable {
                         retransmitAt: now + rto,
                         transmissions: 1,
                         epoch: entry.epoch,
-                        sentAsInit: isInit
+                        sentAsInit: isInit,
+                        size: size
                     )
                 )
                 messages.values[slot].nextFragment += 1
@@ -635,14 +661,17 @@ package struct MessagingMachine: Sendable {
         if sentAny { noteWakeup(now + rttEstimator.backedOff(0)) }
     }
 
-    /// Retransmits every in-flight fragment whose timer has expired.
-    private mutating func retransmitDue(now: NIODeadline, builder: inout PayloadBuilder) {
+    /// Retransmits every in-flight fragment whose timer has expired. `lost`: the timers mean
+    /// loss (an RTO or a fast retransmit), which reduces the congestion window; false for
+    /// fragments re-sent with Init after a Reset.
+    private mutating func retransmitDue(now: NIODeadline, lost: Bool = true, builder: inout PayloadBuilder) {
         for i in inFlight.indices where inFlight[i].retransmitAt <= now {
             let record = inFlight[i]
             guard let message = messages[record.id], let entry = outboundProtocols[message.protocolName] else {
                 continue
             }
-            let (frame, isInit) = fragmentFrame(
+            if lost { onLoss(of: record, now: now) }
+            let (frame, isInit, _) = fragmentFrame(
                 message,
                 index: record.fragmentIndex,
                 sequence: record.sequence,
@@ -659,6 +688,34 @@ package struct MessagingMachine: Sendable {
         }
     }
 
+    /// Congestion response to the loss of `record` (about to be retransmitted): the window
+    /// halves, once per round trip (a fragment sent before the last reduction was in the flight
+    /// that caused it).
+    private mutating func onLoss(of record: InFlight, now: NIODeadline) {
+        guard limits.congestionControl else { return }
+        if let recoveryStart, record.lastSent <= recoveryStart { return }
+        slowStartThreshold = max(congestionWindow / 2, limits.minCongestionWindow)
+        congestionWindow = slowStartThreshold
+        recoveryStart = now
+        counters.congestionEvents += 1
+    }
+
+    /// Congestion window growth for `size` newly acknowledged bytes of a fragment sent at `sent`,
+    /// while `inFlightBefore` bytes were in flight.
+    private mutating func onAcknowledged(size: Int, sent: NIODeadline, inFlightBefore: Int) {
+        guard limits.congestionControl else { return }
+        // No growth for fragments of the recovery period, or while the window is not used (an
+        // application sending little would otherwise earn a window it never tested).
+        if let recoveryStart, sent <= recoveryStart { return }
+        guard inFlightBefore * 2 >= congestionWindow else { return }
+        let ceiling = limits.maxInFlightFragments * limits.maxPayload
+        if congestionWindow < slowStartThreshold {
+            congestionWindow = min(congestionWindow + size, ceiling)
+        } else {
+            congestionWindow = min(congestionWindow + max(limits.maxPayload * size / congestionWindow, 1), ceiling)
+        }
+    }
+
     private mutating func processAck(_ ack: MultipacketAckFrame, now: NIODeadline, actions: inout [MessagingAction]) {
         guard let top = ack.ranges.first else { return }
         guard top.upperBound < nextReliableSequence else {
@@ -669,6 +726,7 @@ package struct MessagingMachine: Sendable {
         var rangeIndex = ack.ranges.count - 1
         var write = 0
         var largestSent: NIODeadline?
+        let inFlightBefore = bytesInFlight
         for read in inFlight.indices {
             let record = inFlight[read]
             while rangeIndex >= 0 && ack.ranges[rangeIndex].upperBound < record.sequence { rangeIndex -= 1 }
@@ -678,6 +736,8 @@ package struct MessagingMachine: Sendable {
                 continue
             }
             // Newly acknowledged.
+            bytesInFlight -= record.size
+            onAcknowledged(size: record.size, sent: record.lastSent, inFlightBefore: inFlightBefore)
             if record.sequence == top.upperBound { largestSent = record.lastSent }
             if record.sequence == top.upperBound && record.transmissions == 1 {
                 let sample = now - record.lastSent
@@ -764,7 +824,7 @@ package struct MessagingMachine: Sendable {
                     inFlight[i].retransmitAt = now
                 }
             }
-            retransmitDue(now: now, builder: &builder)
+            retransmitDue(now: now, lost: false, builder: &builder)
         }
     }
 
@@ -780,7 +840,11 @@ package struct MessagingMachine: Sendable {
             queuedBytes -= message.data.readableBytes
             actions.append(.failed(id, error(id)))
         }
-        inFlight.removeAll { ids.contains($0.id) }
+        inFlight.removeAll { record in
+            guard ids.contains(record.id) else { return false }
+            bytesInFlight -= record.size
+            return true
+        }
     }
 
     /// Ends every event: piggybacks control frames and acks, sends new fragments, emits payloads and wakeups.

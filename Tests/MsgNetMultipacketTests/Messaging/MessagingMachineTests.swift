@@ -85,15 +85,22 @@ struct MessagingMachineTests {
         #expect(header.sequence == 1)
     }
 
-    @Test func reliableUnderLossDuplicationReorderingArrivesExactlyOnce() throws {
+    /// With congestion control, 10% random loss keeps the window small (as it would TCP's), so
+    /// that run sends less (about 190 KB one way instead of 820 KB) to finish within the 10 s
+    /// deadlines; without it, the fixed window carries the full load.
+    @Test(arguments: [false, true])
+    func reliableUnderLossDuplicationReorderingArrivesExactlyOnce(congestionControl: Bool) throws {
+        var limits = MessagingLimits()
+        limits.congestionControl = congestionControl
+        let sizes = congestionControl ? [0, 10, 500, 1100, 3000, 1200] : [0, 10, 500, 1100, 3000, 20_000]
         for seed in UInt64(1)...4 {
             var link = MessagingLossyLink(
-                a: makeMessagingMachine(), b: makeMessagingMachine(), seed: seed, loss: 0.10, duplicate: 0.05,
-                minDelay: .milliseconds(5), maxDelay: .milliseconds(60))
+                a: makeMessagingMachine(limits), b: makeMessagingMachine(limits), seed: seed, loss: 0.10,
+                duplicate: 0.05, minDelay: .milliseconds(5), maxDelay: .milliseconds(60))
             var sent: [MessagingSide: [MessagingSendID: ByteBuffer]] = [.a: [:], .b: [:]]
             for i in 0..<300 {
                 let side: MessagingSide = i % 3 == 0 ? .b : .a
-                let size = [0, 10, 500, 1100, 3000, 20_000][i % 6]
+                let size = sizes[i % 6]
                 let data = messagingPattern(i, length: size)
                 let id = try link.send(from: side, data, protocol: "/p/\(i % 4)")
                 sent[side]![id] = data
@@ -461,5 +468,103 @@ struct MessagingMachineTests {
         var done: [MessagingAction] = []
         for p in repaired { done += b.onPayload(p, now: wake + .milliseconds(3)) }
         #expect(done.contains(.deliver(.init(protocolName: "/f", data: big, kind: .oneWay, mode: .reliable))))
+    }
+}
+
+@Suite("Messaging congestion control")
+struct MessagingCongestionTests {
+    static func link(_ limits: MessagingLimits, loss: Double = 0, seed: UInt64 = 1) -> MessagingLossyLink {
+        MessagingLossyLink(
+            a: makeMessagingMachine(limits), b: makeMessagingMachine(limits), seed: seed, loss: loss, duplicate: 0,
+            minDelay: .milliseconds(10), maxDelay: .milliseconds(10))
+    }
+
+    @Test func firstFlightIsTheInitialWindowAndSlowStartGrowsIt() throws {
+        let limits = MessagingLimits()
+        var link = Self.link(limits)
+        let id = try link.send(from: .a, messagingPattern(1, length: 1 << 20))
+        let first = link.machines[.a]!
+        #expect(first.inFlightBytes >= limits.initialCongestionWindow)
+        #expect(first.inFlightBytes < limits.initialCongestionWindow + limits.maxPayload)
+        // One round trip (20 ms, plus the receiver's ack delay at most): every fragment of the
+        // first flight acknowledged grew the window by its size.
+        link.run(for: .milliseconds(50))
+        #expect(link.machines[.a]!.currentCongestionWindow >= 2 * limits.initialCongestionWindow - limits.maxPayload)
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.delivered])
+        let a = link.machines[.a]!
+        #expect(a.counters.congestionEvents == 0)
+        #expect(a.currentCongestionWindow > 4 * limits.initialCongestionWindow)
+        #expect(a.currentCongestionWindow <= limits.maxInFlightFragments * limits.maxPayload)
+        #expect(a.inFlightBytes == 0)
+    }
+
+    @Test func withoutCongestionControlTheFixedWindowIsTheOnlyLimit() throws {
+        var limits = MessagingLimits()
+        limits.congestionControl = false
+        var link = Self.link(limits)
+        let id = try link.send(from: .a, messagingPattern(2, length: 1 << 20))
+        #expect(link.machines[.a]!.inFlightCount == limits.maxInFlightFragments)
+        link.run()
+        #expect(link.outcomes[.a]![id] == [.delivered])
+    }
+
+    @Test func lossesInOneFlightHalveTheWindowOnce() throws {
+        let limits = MessagingLimits()
+        var link = Self.link(limits)
+        // Grow the window past its start, then lose three datagrams of one flight.
+        let warm = try link.send(from: .a, messagingPattern(3, length: 100_000))
+        link.run()
+        #expect(link.outcomes[.a]![warm] == [.delivered])
+        let grown = link.machines[.a]!.currentCongestionWindow
+        #expect(grown > limits.initialCongestionWindow)
+        let id = try link.send(from: .a, messagingPattern(4, length: 200_000))
+        let lost = link.packets.filter { $0.to == .b }.map(\.order).sorted().prefix(3)
+        #expect(lost.count == 3)
+        link.packets.removeAll { lost.contains($0.order) }
+        var before = grown
+        for _ in 0..<10_000 where link.machines[.a]!.counters.congestionEvents == 0 {
+            before = link.machines[.a]!.currentCongestionWindow
+            link.run(for: .milliseconds(1))
+        }
+        let a = link.machines[.a]!
+        #expect(a.counters.congestionEvents == 1)
+        #expect(a.currentCongestionWindow == a.currentSlowStartThreshold)
+        #expect(a.currentCongestionWindow < before)
+        #expect(a.currentCongestionWindow >= limits.minCongestionWindow)
+        link.run()
+        // The three losses were one event; everything arrived once.
+        #expect(link.outcomes[.a]![id] == [.delivered])
+        #expect(link.machines[.a]!.counters.congestionEvents == 1)
+        #expect(link.machines[.a]!.counters.retransmissions >= 3)
+        #expect(link.deliveries[.b]!.count == 2)
+    }
+
+    @Test func heavyLossKeepsTheWindowAtItsMinimumOrAboveAndEverySendEndsOnce() throws {
+        let limits = MessagingLimits()
+        var link = Self.link(limits, loss: 0.3, seed: 5)
+        var ids: [MessagingSendID] = []
+        for i in 0..<40 { ids.append(try link.send(from: .a, messagingPattern(i, length: 5000), protocol: "/h")) }
+        for _ in 0..<1500 {
+            link.run(for: .milliseconds(10))
+            #expect(link.machines[.a]!.currentCongestionWindow >= limits.minCongestionWindow)
+        }
+        link.run()
+        #expect(link.machines[.a]!.counters.congestionEvents > 0)
+        for id in ids { #expect(link.outcomes[.a]![id]?.count == 1) }
+        let delivered = ids.filter { link.outcomes[.a]![$0] == [.delivered] }.count
+        #expect(link.deliveries[.b]!.count == delivered)
+        #expect(link.machines[.a]!.inFlightBytes == 0)
+    }
+
+    @Test func aSenderThatDoesNotFillTheWindowDoesNotGrowIt() throws {
+        let limits = MessagingLimits()
+        var link = Self.link(limits)
+        for i in 0..<100 {
+            let id = try link.send(from: .a, messagingPattern(i, length: 1000))
+            link.run(for: .milliseconds(100))
+            #expect(link.outcomes[.a]![id] == [.delivered])
+        }
+        #expect(link.machines[.a]!.currentCongestionWindow == limits.initialCongestionWindow)
     }
 }
