@@ -148,8 +148,8 @@ public struct UDPTransport: DatagramTransport {
 /// (a confirmed one may be the one that failed in a batch). Counted in ``recoveries``; a rebind
 /// that fails is retried every 100 ms up to 50 times, then logged.
 final class UDPSocket: DatagramSocket {
-    /// At most this many confirmed destinations are remembered; past it, all are forgotten (and
-    /// probed again).
+    /// At most this many confirmed destinations are remembered; past it, an arbitrary one is
+    /// forgotten (and probed again when next used) for each new one.
     static let maxConfirmed = 4096
     /// At most this many refused destinations are remembered; past it, expired ones go first,
     /// then those whose refusal ends soonest.
@@ -207,6 +207,8 @@ final class UDPSocket: DatagramSocket {
     var recoveries: Int { state.withLockedValue { $0.recoveries } }
     /// Datagrams dropped because their destination was refused.
     var refusedDrops: Int { state.withLockedValue { $0.refusedDrops } }
+    /// Destinations confirmed (sends to them are batched).
+    var confirmedCount: Int { state.withLockedValue { $0.confirmed.count } }
     /// Sends the network refused (each makes a destination refused for `refusalTTL`).
     var refusals: Int { state.withLockedValue { $0.refusals } }
     func refusal(of destination: SocketAddress) -> (any Error)? {
@@ -266,7 +268,10 @@ final class UDPSocket: DatagramSocket {
         case .success:
             state.withLockedValue { s in
                 guard s.channel === channel else { return }
-                if s.confirmed.count >= Self.maxConfirmed { s.confirmed.removeAll(keepingCapacity: true) }
+                // Full: one arbitrary destination makes room (it will be probed again when next
+                // used), so a socket serving more peers than the bound pays one extra flush per
+                // eviction, not a probe of every peer at once.
+                if s.confirmed.count >= Self.maxConfirmed, let any = s.confirmed.first { s.confirmed.remove(any) }
                 s.confirmed.insert(address)
             }
         case .failure(let error):

@@ -194,6 +194,28 @@ struct UDPTransportTests {
         reported.finish()
     }
 
+    @Test("confirmed destinations are bounded: past the bound one makes room for each new one")
+    func confirmedDestinationsAreBounded() async throws {
+        let transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
+        let a = try await transport.bind(try Multiaddr("/ip4/127.0.0.1/udp/0"), handler: { _, _ in }, flush: {})
+        let socket = try #require(a as? UDPSocket)
+        // Loopback ports nobody listens on: the sends succeed (an unconnected UDP socket is not
+        // told about the ICMP answer).
+        let count = UDPSocket.maxConfirmed + 100
+        for i in 0..<count {
+            a.write(ByteBuffer(string: "x"), to: try SocketAddress(ipAddress: "127.0.0.1", port: 20_000 + i))
+        }
+        a.flush()
+        // Bounded wait for the probes (on the socket's loop) to finish.
+        let loop = socket.eventLoop
+        for _ in 0..<500 where try await loop.submit({ socket.confirmedCount }).get() < UDPSocket.maxConfirmed {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        #expect(socket.confirmedCount == UDPSocket.maxConfirmed)
+        #expect(socket.refusals == 0)
+        await a.close()
+    }
+
     @Test("a refused destination is tried again after refusalTTL")
     func refusalExpires() async throws {
         var transport = UDPTransport(group: MultiThreadedEventLoopGroup.singleton)
