@@ -201,6 +201,28 @@ struct PathChoiceTests {
         }
     }
 
+    @Test("a UDP server under load (every first contact retried) still serves a client over real sockets")
+    func retryOverRealSockets() async throws {
+        let identity = PrivateKey.generate()
+        let loop = MultiThreadedEventLoopGroup.singleton.next()
+        var configuration = DatagramTransportConfiguration()
+        configuration.session.retryWhenHalfOpen = 0
+        let udp = DatagramMessageTransport(
+            identity: identity, datagrams: UDPTransport(group: loop), eventLoop: loop, configuration: configuration)
+        let server = MessageHost(identity: identity, transports: [udp], peerstore: Peerstore())
+        server.setMessageHandler(for: "/echo/1") { try await $0.reply($0.data) }
+        let client = Self.dualHost()
+        try await running([server, client]) {
+            let address = try await server.network.listen(on: try Multiaddr("/ip4/127.0.0.1/udp/0"))
+            let peer = try await client.network.connect(to: address)
+            let reply = try await client.request(ByteBuffer(string: "r"), to: peer, protocol: "/echo/1")
+            #expect(String(buffer: reply.data) == "r")
+            // Counters are published every 10 ms; bounded wait.
+            for _ in 0..<200 where udp.sessionCounters.retriesSent == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(udp.sessionCounters.retriesSent >= 1)
+        }
+    }
+
     @Test("a /dns4 UDP address is resolved and reached over UDP")
     func dnsAddressOverUDP() async throws {
         let server = Self.echoServer()

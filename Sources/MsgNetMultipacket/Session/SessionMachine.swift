@@ -52,6 +52,13 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
     /// answered at that address), or the network refused sends to them. They get no more
     /// message 1s, and the handshake fails only once all are given up.
     private var refusedPaths: Set<Int> = []
+    /// Address tokens the responder sent in a Retry, by initiation path index; message 1 carries
+    /// them from then on.
+    private var tokens: [Int: [UInt8]] = [:]
+    /// Retries accepted per initiation path (at most ``maxRetriesPerPath``).
+    private var retries: [Int: Int] = [:]
+    /// Retries honoured per path: a responder still refusing after these is not answering.
+    static var maxRetriesPerPath: Int { 3 }
     private var message1: [UInt8] = []
     private var cachedReply: ByteBuffer?
     private var handshakeDeadline: NIODeadline?
@@ -383,7 +390,7 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
             counters.pathMigrations += 1
         case .close:
             close(.remoteClose, now: now, actions: &actions, notifyPeer: false)
-        case .handshake1, .handshake2, .handshake3:
+        case .handshake1, .handshake2, .handshake3, .retry:
             counters.unexpected += 1
         }
     }
@@ -406,6 +413,26 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
             throw .unknownSession(localID)
         }
         sendTransport(.data, payload: payload, to: path!, now: now, actions: &actions)
+    }
+
+    /// A Retry arrived on `source`: the responder is under load and wants message 1 again with
+    /// the token, from the same address. An initiator still handshaking sends it at once on that
+    /// path (and carries the token in later retransmissions there), at most
+    /// ``maxRetriesPerPath`` times per path. Anything else ignores it (counted as unexpected).
+    mutating func onRetry(
+        _ packet: SessionRetryPacket, from source: Path, now: NIODeadline, actions: inout [SessionAction<Path>]
+    ) {
+        guard case .initiating = state, role == .initiator,
+            let index = initiationPaths.firstIndex(of: source), !refusedPaths.contains(index),
+            retries[index, default: 0] < Self.maxRetriesPerPath
+        else {
+            counters.unexpected += 1
+            return
+        }
+        retries[index, default: 0] += 1
+        tokens[index] = packet.token
+        counters.retriesReceived += 1
+        actions.append(.send(initiation(on: index), to: source))
     }
 
     /// The network refused a send to `refused` (the socket layer's report, `reason` its error).
@@ -551,17 +578,22 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         retransmitAt = now + retransmitDelay
     }
 
+    /// Message 1 for initiation path `index` (with that path's token, if it has one).
+    private func initiation(on index: Int) -> ByteBuffer {
+        SessionPacketCodec.handshake(
+            .handshake1,
+            destination: .none,
+            source: localID,
+            transportID: UInt16(truncatingIfNeeded: index),
+            noise: message1,
+            token: tokens[index] ?? [],
+            paddedTo: limits.initiationPaddedSize
+        )
+    }
+
     private mutating func sendInitiations(now: NIODeadline, actions: inout [SessionAction<Path>]) {
         for (index, path) in initiationPaths.enumerated() where !refusedPaths.contains(index) {
-            let packet = SessionPacketCodec.handshake(
-                .handshake1,
-                destination: .none,
-                source: localID,
-                transportID: UInt16(truncatingIfNeeded: index),
-                noise: message1,
-                paddedTo: limits.initiationPaddedSize
-            )
-            actions.append(.send(packet, to: path))
+            actions.append(.send(initiation(on: index), to: path))
         }
         lastSent = now
     }

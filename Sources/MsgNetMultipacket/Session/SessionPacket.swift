@@ -12,6 +12,7 @@ enum SessionPacketType: UInt8, Sendable {
     case pathChallenge = 0x17
     case pathResponse = 0x18
     case close = 0x19
+    case retry = 0x1A
 
     var isHandshake: Bool { rawValue <= 0x13 }
 }
@@ -21,6 +22,9 @@ enum SessionPacketType: UInt8, Sendable {
 /// ```
 /// type(1) | destination id(8) | source id(8) | transportId(2) | noise length(2) | noise | padding
 /// ```
+///
+/// In message 1 the padding starts with a token: `token length(1) | token` (length 0: none; at
+/// most ``SessionPacketCodec/maxTokenLength``), then zero bytes.
 struct SessionHandshakePacket: Sendable {
     static let headerLength = 21
     /// 1, 2 or 3.
@@ -33,6 +37,18 @@ struct SessionHandshakePacket: Sendable {
     var transportID: UInt16
     /// The Noise handshake message.
     var noise: [UInt8]
+    /// Message 1's address token (from a Retry), empty when it has none.
+    var token: [UInt8] = []
+}
+
+/// A parsed Retry: a responder under load asks the initiator to prove its address, statelessly.
+///
+/// ```
+/// type(1) | destination id(8) = the initiator's source id | token length(1) | token
+/// ```
+struct SessionRetryPacket: Sendable {
+    var destination: SessionID
+    var token: [UInt8]
 }
 
 /// A parsed transport packet header; `ciphertext` is the rest of the datagram.
@@ -54,6 +70,7 @@ struct SessionTransportPacket: Sendable {
 enum SessionPacket: Sendable {
     case handshake(SessionHandshakePacket)
     case transport(SessionTransportPacket)
+    case retry(SessionRetryPacket)
 }
 
 /// Encodes and parses session datagrams. Every parse checks every length; nothing is buffered.
@@ -61,6 +78,8 @@ enum SessionPacketCodec {
     /// Noise `-> e` with libp2p's empty payload: exactly the 32-byte ephemeral key.
     static let message1NoiseLength = 32
     static let tagLength = 16
+    /// The longest address token (message 1 and Retry).
+    static let maxTokenLength = 64
 
     static func parse(_ datagram: ByteBuffer, maxDatagram: Int) throws(SessionError) -> SessionPacket {
         var buffer = datagram
@@ -80,11 +99,21 @@ enum SessionPacketCodec {
                 throw .malformed("handshake noise length \(length) exceeds the \(size - 21) bytes present")
             }
             guard source != 0 else { throw .malformed("handshake source session id is zero") }
+            var token: [UInt8] = []
             switch type {
             case .handshake1:
                 guard destination == 0 else { throw .malformed("message 1 with a destination id") }
                 guard noise.count == message1NoiseLength else {
                     throw .malformed("message 1 noise is \(noise.count) bytes, expected \(message1NoiseLength)")
+                }
+                if let tokenLength = buffer.readInteger(as: UInt8.self), tokenLength > 0 {
+                    guard Int(tokenLength) <= maxTokenLength else {
+                        throw .malformed("message 1 token of \(tokenLength) bytes exceeds \(maxTokenLength)")
+                    }
+                    guard let bytes = buffer.readBytes(length: Int(tokenLength)) else {
+                        throw .malformed("message 1 token length \(tokenLength) exceeds the bytes present")
+                    }
+                    token = bytes
                 }
             default:
                 guard destination != 0 else { throw .malformed("handshake message without a destination id") }
@@ -95,9 +124,23 @@ enum SessionPacketCodec {
                     destination: SessionID(rawValue: destination),
                     source: SessionID(rawValue: source),
                     transportID: transportID,
-                    noise: noise
+                    noise: noise,
+                    token: token
                 )
             )
+        }
+        if type == .retry {
+            guard let destination = buffer.readInteger(as: UInt64.self),
+                let length = buffer.readInteger(as: UInt8.self)
+            else { throw .malformed("retry header truncated (\(size) bytes)") }
+            guard destination != 0 else { throw .malformed("retry to session id zero") }
+            guard length > 0, Int(length) <= maxTokenLength else {
+                throw .malformed("retry token of \(length) bytes (1...\(maxTokenLength))")
+            }
+            guard let token = buffer.readBytes(length: Int(length)), buffer.readableBytes == 0 else {
+                throw .malformed("retry token length \(length) does not match the \(size - 10) bytes present")
+            }
+            return .retry(SessionRetryPacket(destination: SessionID(rawValue: destination), token: token))
         }
         guard size >= SessionTransportPacket.overhead else {
             throw .malformed("transport packet of \(size) bytes, need at least \(SessionTransportPacket.overhead)")
@@ -124,9 +167,12 @@ enum SessionPacketCodec {
         source: SessionID,
         transportID: UInt16,
         noise: [UInt8],
+        token: [UInt8] = [],
         paddedTo: Int = 0
     ) -> ByteBuffer {
-        let length = SessionHandshakePacket.headerLength + noise.count
+        precondition(token.count <= maxTokenLength && (token.isEmpty || type == .handshake1))
+        var length = SessionHandshakePacket.headerLength + noise.count
+        if !token.isEmpty { length += 1 + token.count }
         var buffer = ByteBufferAllocator().buffer(capacity: max(length, paddedTo))
         buffer.writeInteger(type.rawValue)
         buffer.writeInteger(destination.rawValue)
@@ -134,9 +180,24 @@ enum SessionPacketCodec {
         buffer.writeInteger(transportID)
         buffer.writeInteger(UInt16(noise.count))
         buffer.writeBytes(noise)
+        if !token.isEmpty {
+            buffer.writeInteger(UInt8(token.count))
+            buffer.writeBytes(token)
+        }
         if paddedTo > length {
             buffer.writeRepeatingByte(0, count: paddedTo - length)
         }
+        return buffer
+    }
+
+    /// A Retry carrying `token` to the initiator whose message 1 came from session `destination`.
+    static func retry(destination: SessionID, token: [UInt8]) -> ByteBuffer {
+        precondition(!token.isEmpty && token.count <= maxTokenLength)
+        var buffer = ByteBufferAllocator().buffer(capacity: 10 + token.count)
+        buffer.writeInteger(SessionPacketType.retry.rawValue)
+        buffer.writeInteger(destination.rawValue)
+        buffer.writeInteger(UInt8(token.count))
+        buffer.writeBytes(token)
         return buffer
     }
 }

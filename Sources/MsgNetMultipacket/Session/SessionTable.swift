@@ -39,6 +39,11 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     /// nothing and gets its exact next time then). One timer event costs O(log sessions + due),
     /// not a scan of every session.
     private var deadlines = DeadlineQueue<SessionID>()
+    /// The key of this table's address tokens (Retry; 32 random bytes): tokens die with the table.
+    private let tokenKey: [UInt8] = {
+        var system = SystemRandomNumberGenerator()
+        return (0..<4).flatMap { _ in Swift.withUnsafeBytes(of: system.next() as UInt64) { Array($0) } }
+    }()
 
     /// Creates an empty table.
     ///
@@ -156,6 +161,15 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
                 dispatch(id, now: now, actions: &actions) { machine, actions in
                     machine.onHandshake(handshake, size: size, from: path, now: now, actions: &actions)
                 }
+            } else if halfOpen.count >= limits.retryWhenHalfOpen,
+                !tokenIsValid(handshake.token, path: path, source: handshake.source, now: now)
+            {
+                // Under load: no state, no Noise work; a Retry (smaller than message 1) asks the
+                // sender to prove it receives at this address.
+                if !handshake.token.isEmpty { ownCounters.invalidTokens += 1 }
+                ownCounters.retriesSent += 1
+                let token = token(for: path, source: handshake.source, issued: Self.milliseconds(now))
+                actions.append(.send(SessionPacketCodec.retry(destination: handshake.source, token: token), to: path))
             } else {
                 accept(handshake, key: key, size: size, from: path, now: now, actions: &actions)
             }
@@ -166,6 +180,14 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
             }
             dispatch(handshake.destination, now: now, actions: &actions) { machine, actions in
                 machine.onHandshake(handshake, size: size, from: path, now: now, actions: &actions)
+            }
+        case .retry(let retry):
+            guard sessions[retry.destination] != nil else {
+                ownCounters.unknownSession += 1
+                return []
+            }
+            dispatch(retry.destination, now: now, actions: &actions) { machine, actions in
+                machine.onRetry(retry, from: path, now: now, actions: &actions)
             }
         case .transport(let transport):
             guard let index = sessions.index(forKey: transport.destination) else {
@@ -252,6 +274,39 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     // MARK: Internals
+
+    /// Length of an address token: issue time (8 bytes, milliseconds of the table's clock) and a
+    /// 16-byte HMAC-SHA256 tag.
+    static var tokenLength: Int { 24 }
+
+    static func milliseconds(_ time: NIODeadline) -> UInt64 { time.uptimeNanoseconds / 1_000_000 }
+
+    /// The address token for an initiator at `path` whose message 1 came from session `source`:
+    /// `issued(8) | HMAC-SHA256(key, issued | source | path digest)[0..<16]`. The path digest is
+    /// its hash value (stable within the process; tokens never leave it).
+    private func token(for path: Path, source: SessionID, issued: UInt64) -> [UInt8] {
+        var token = Swift.withUnsafeBytes(of: issued.bigEndian) { Array($0) }
+        var input = token
+        Swift.withUnsafeBytes(of: source.rawValue.bigEndian) { input += $0 }
+        Swift.withUnsafeBytes(of: Int64(path.hashValue).bigEndian) { input += $0 }
+        let tag = HMAC<SHA256>.authenticationCode(for: input, using: SymmetricKey(data: tokenKey))
+        token += Array(tag).prefix(16)
+        return token
+    }
+
+    /// Whether `token` was issued by this table for `path` and `source`, within
+    /// ``SessionLimits/retryTokenLifetime``.
+    private func tokenIsValid(_ token: [UInt8], path: Path, source: SessionID, now: NIODeadline) -> Bool {
+        guard token.count == Self.tokenLength else { return false }
+        let issued = token[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let nowMs = Self.milliseconds(now)
+        guard issued <= nowMs, nowMs - issued <= UInt64(max(limits.retryTokenLifetime.nanoseconds, 0) / 1_000_000)
+        else { return false }
+        let expected = self.token(for: path, source: source, issued: issued)
+        var difference: UInt8 = 0
+        for i in 0..<Self.tokenLength { difference |= expected[i] ^ token[i] }
+        return difference == 0
+    }
 
     private mutating func accept(
         _ initiation: SessionHandshakePacket,

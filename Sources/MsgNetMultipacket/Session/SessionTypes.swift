@@ -54,6 +54,13 @@ public struct SessionLimits: Sendable {
     public var maxHalfOpen: Int = 256
     /// Most responder handshakes in progress from one source path (default 4).
     public var maxHalfOpenPerPath: Int = 4
+    /// From this many half-open handshakes on (default 64), a message 1 without a valid address
+    /// token is answered with a Retry carrying one, and no state is kept: a flood from spoofed
+    /// addresses cannot fill the half-open slots, since only a real address gets the token.
+    /// 0 retries every first contact.
+    public var retryWhenHalfOpen: Int = 64
+    /// How long an address token from a Retry is accepted (default 10 s).
+    public var retryTokenLifetime: TimeAmount = .seconds(10)
     /// Transport packets a responder holds while it waits for handshake message 3 (default 8).
     public var maxEarlyPackets: Int = 8
     /// Packet numbers run from 0 to this value (default 2^48 − 1, the 6-byte wire field); a
@@ -153,6 +160,12 @@ public struct SessionCounters: Equatable, Sendable {
     public var pathsRefused: UInt64 = 0
     /// Handshake message 1 packets refused by a limit (sessions, half-open, per path).
     public var limitRejected: UInt64 = 0
+    /// Retries sent (message 1 without a valid token while many handshakes were half-open).
+    public var retriesSent: UInt64 = 0
+    /// Retries honoured (message 1 sent again with the token).
+    public var retriesReceived: UInt64 = 0
+    /// Message 1 packets whose token was invalid (forged, expired, or for another address).
+    public var invalidTokens: UInt64 = 0
     /// Transport packets dropped because the session was not ready (early buffer full, wrong state).
     public var earlyDropped: UInt64 = 0
     /// Packets of a valid type that arrived in a state or on a path that does not accept them.
@@ -186,6 +199,9 @@ public struct SessionCounters: Equatable, Sendable {
         handshakeRetransmits &+= other.handshakeRetransmits
         pathsRefused &+= other.pathsRefused
         limitRejected &+= other.limitRejected
+        retriesSent &+= other.retriesSent
+        retriesReceived &+= other.retriesReceived
+        invalidTokens &+= other.invalidTokens
         earlyDropped &+= other.earlyDropped
         unexpected &+= other.unexpected
         pathValidationFailures &+= other.pathValidationFailures

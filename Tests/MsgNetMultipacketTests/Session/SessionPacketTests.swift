@@ -41,6 +41,51 @@ struct SessionPacketTests {
         #expect(parsed.noise == noise && parsed.transportID == 3)
     }
 
+    /// Message 1 with a token, and Retry packets, that must not parse.
+    static let malformedTokensAndRetries: [([UInt8], String)] = {
+        // Message 1 up to its noise (source id 1, 32 noise bytes).
+        var initiation: [UInt8] = [0x11]
+        initiation += [UInt8](repeating: 0, count: 8)
+        initiation += [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 32]
+        initiation += [UInt8](repeating: 1, count: 32)
+        let retry: [UInt8] = [0x1A, 0, 0, 0, 0, 0, 0, 0]
+        return [
+            (initiation + [65] + [UInt8](repeating: 1, count: 65), "exceeds 64"),
+            (initiation + [24, 1, 2], "exceeds the bytes present"),
+            (retry, "retry header truncated"),
+            (retry + [0, 1, 7], "session id zero"),
+            (retry + [1, 0], "retry token of 0 bytes"),
+            (retry + [1, 65] + [UInt8](repeating: 1, count: 65), "retry token of 65 bytes"),
+            (retry + [1, 3, 1, 2], "does not match"),
+            (retry + [1, 1, 1, 2], "does not match"),
+        ]
+    }()
+
+    @Test func tokenAndRetryLayoutsArePinned() throws {
+        let noise = [UInt8](repeating: 9, count: 32)
+        let token: [UInt8] = [1, 2, 3]
+        let packet = SessionPacketCodec.handshake(
+            .handshake1, destination: .none, source: SessionID(rawValue: 5), transportID: 3, noise: noise,
+            token: token, paddedTo: 1200)
+        #expect(packet.readableBytes == 1200)
+        #expect(packet.getBytes(at: 53, length: 4) == [3, 1, 2, 3])
+        #expect(packet.getBytes(at: 57, length: 1143)!.allSatisfy { $0 == 0 })
+        guard case .handshake(let parsed) = try SessionPacketCodec.parse(packet, maxDatagram: 1232) else {
+            Issue.record("not a handshake packet")
+            return
+        }
+        #expect(parsed.noise == noise && parsed.token == token)
+
+        let retry = SessionPacketCodec.retry(
+            destination: SessionID(rawValue: 0x0102_0304_0506_0708), token: [0xAA, 0xBB])
+        #expect(Array(retry.readableBytesView) == [0x1A, 1, 2, 3, 4, 5, 6, 7, 8, 2, 0xAA, 0xBB])
+        guard case .retry(let parsedRetry) = try SessionPacketCodec.parse(retry, maxDatagram: 1232) else {
+            Issue.record("not a retry packet")
+            return
+        }
+        #expect(parsedRetry.destination.rawValue == 0x0102_0304_0506_0708 && parsedRetry.token == [0xAA, 0xBB])
+    }
+
     @Test func transportLayoutIsPinned() throws {
         let header = SessionTransportHeader(
             .data, destination: SessionID(rawValue: 0x0102_0304_0506_0708), packetNumber: 0xA1A2_A3A4_A5A6
@@ -72,6 +117,15 @@ struct SessionPacketTests {
         ([], "empty"),
     ])
     func malformedPacketsAreRejectedWithAReason(bytes: [UInt8], reason: String) {
+        Self.expectMalformed(bytes, reason: reason)
+    }
+
+    @Test(arguments: Self.malformedTokensAndRetries)
+    func malformedTokensAndRetriesAreRejectedWithAReason(bytes: [UInt8], reason: String) {
+        Self.expectMalformed(bytes, reason: reason)
+    }
+
+    static func expectMalformed(_ bytes: [UInt8], reason: String) {
         do {
             _ = try SessionPacketCodec.parse(ByteBuffer(bytes: bytes), maxDatagram: 1232)
             Issue.record("parsed \(bytes.count) malformed bytes")

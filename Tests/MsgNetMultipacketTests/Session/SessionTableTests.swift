@@ -324,6 +324,114 @@ struct SessionOpenTests {
 
 }
 
+@Suite("Session retry under load")
+struct SessionRetryTests {
+    /// A message 1 as a spoofer would send it: a fresh source id and ephemeral key, padded.
+    static func initiation(_ n: UInt64, token: [UInt8] = []) -> ByteBuffer {
+        var random = SessionSplitMix64(seed: n)
+        let ephemeral = (0..<4).flatMap { _ in withUnsafeBytes(of: random.next()) { Array($0) } }
+        return SessionPacketCodec.handshake(
+            .handshake1, destination: .none, source: SessionID(rawValue: n + 1), transportID: 0, noise: ephemeral,
+            token: token, paddedTo: 1200)
+    }
+
+    static func retryToken(_ bytes: ByteBuffer) -> [UInt8]? {
+        guard case .retry(let retry)? = try? SessionPacketCodec.parse(bytes, maxDatagram: 1232) else { return nil }
+        return retry.token
+    }
+
+    @Test func underLoadTheFirstContactIsRetriedAndCompletes() throws {
+        var limits = SessionLimits()
+        limits.retryWhenHalfOpen = 0
+        var net = SessionTestNetwork(seed: 51, limits: limits)
+        _ = net.connect("A", to: ["B"], expecting: net.peer("B"))
+        net.run(for: .seconds(1))
+        #expect(net.established["A"]?.count == 1 && net.established["B"]?.count == 1)
+        #expect(net.tables["B"]!.counters.retriesSent == 1)
+        #expect(net.tables["A"]!.counters.retriesReceived == 1)
+        // The Retry was far smaller than the message 1 it answered.
+        let retry = try #require(net.log.first { $0.bytes.getInteger(at: 0, as: UInt8.self) == 0x1A })
+        #expect(retry.bytes.readableBytes == 10 + SessionTable<Route>.tokenLength)
+        try net.send("hi", from: "A", to: net.peer("B"))
+        net.run(for: .seconds(1))
+        #expect(net.payloads(at: "B") == ["hi"])
+    }
+
+    @Test func aSpoofedFloodGetsRetriesNotStateAndARealPeerStillConnects() throws {
+        var limits = SessionLimits()
+        limits.retryWhenHalfOpen = 2
+        var net = SessionTestNetwork(seed: 52, limits: limits)
+        for i in 0..<100 { net.inject(Self.initiation(UInt64(i)), into: "B", from: "S\(i)") }
+        #expect(net.tables["B"]!.halfOpenCount == 2)
+        #expect(net.tables["B"]!.counters.retriesSent == 98)
+        // No amplification: each spoofed address got at most what it "sent" (one 1200-byte message 1).
+        net.run(for: .milliseconds(100))
+        for i in 2..<100 {
+            #expect(net.bytesTo["S\(i)"] == 10 + SessionTable<Route>.tokenLength)
+        }
+        // A real peer proves its address with the token and gets a session.
+        _ = net.connect("A", to: ["B"], expecting: net.peer("B"))
+        net.run(for: .seconds(1))
+        #expect(net.established["A"]?.count == 1)
+        #expect(net.tables["A"]!.counters.retriesReceived == 1)
+    }
+
+    @Test func forgedExpiredAndStolenTokensAreRefused() throws {
+        var limits = SessionLimits()
+        limits.retryWhenHalfOpen = 0
+        var net = SessionTestNetwork(seed: 53, limits: limits)
+        net.inject(Self.initiation(7), into: "B", from: "S1")
+        net.run(for: .milliseconds(100))
+        let token = try #require(net.sinks["S1"]?.last.flatMap(Self.retryToken))
+        #expect(token.count == SessionTable<Route>.tokenLength)
+        // The same source id and token from another address: refused.
+        net.inject(Self.initiation(7, token: token), into: "B", from: "S2")
+        // A forged token (right length, wrong tag; and a short one): refused.
+        var forged = token
+        forged[20] ^= 1
+        net.inject(Self.initiation(7, token: forged), into: "B", from: "S1")
+        net.inject(Self.initiation(7, token: [1, 2, 3]), into: "B", from: "S1")
+        // Another source id with this token: refused.
+        net.inject(Self.initiation(8, token: token), into: "B", from: "S1")
+        #expect(net.tables["B"]!.counters.invalidTokens == 4)
+        #expect(net.tables["B"]!.halfOpenCount == 0)
+        // The real one, in time: accepted.
+        net.inject(Self.initiation(7, token: token), into: "B", from: "S1")
+        #expect(net.tables["B"]!.halfOpenCount == 1)
+        // Past its lifetime (the half-open session it made has timed out by then): refused.
+        net.run(for: .seconds(11))
+        #expect(net.tables["B"]!.halfOpenCount == 0)
+        net.inject(Self.initiation(7, token: token), into: "B", from: "S1")
+        #expect(net.tables["B"]!.counters.invalidTokens == 5)
+        #expect(net.tables["B"]!.halfOpenCount == 0)
+    }
+
+    @Test func retriesAreHonouredAFewTimesPerPathAndOnlyWhileInitiating() throws {
+        var net = SessionTestNetwork(seed: 54)
+        let session = net.connect("A", to: ["B"], expecting: net.peer("B"))
+        let retry = SessionPacketCodec.retry(destination: session, token: [9, 9, 9])
+        // From an address that is not one of the handshake's paths: ignored.
+        net.inject(retry, into: "A", from: "X")
+        #expect(net.tables["A"]!.counters.retriesReceived == 0)
+        for _ in 0..<5 { net.inject(retry, into: "A", from: "B") }
+        #expect(net.tables["A"]!.counters.retriesReceived == 3)
+        #expect(net.tables["A"]!.counters.unexpected == 3)
+        // To an unknown session: counted, dropped.
+        net.inject(SessionPacketCodec.retry(destination: SessionID(rawValue: 42), token: [1]), into: "A", from: "B")
+        #expect(net.tables["A"]!.counters.unknownSession == 1)
+        // B ignores the bogus token (no load) and the handshake completes; a Retry afterwards
+        // changes nothing.
+        net.run(for: .seconds(1))
+        let a = try #require(net.established["A"]?.first)
+        net.inject(retry, into: "A", from: "B")
+        #expect(net.tables["A"]!.counters.retriesReceived == 3)
+        try net.send("still", from: "A", to: net.peer("B"))
+        net.run(for: .seconds(1))
+        #expect(net.payloads(at: "B") == ["still"])
+        #expect(a.localID == session)
+    }
+}
+
 @Suite("Session hostile input")
 struct SessionHostileTests {
     @Test func replayedCapturedPacketsAreDropped() throws {
