@@ -41,6 +41,7 @@ struct MessagingLossyLink {
     var duplicate: Double
     var minDelay: TimeAmount
     var maxDelay: TimeAmount
+    /// Datagrams in flight, sorted by (arrival time, order).
     var packets: [(at: NIODeadline, order: Int, to: MessagingSide, payload: ByteBuffer)] = []
     var order = 0
     var wakeups: [MessagingSide: NIODeadline] = [:]
@@ -84,7 +85,19 @@ struct MessagingLossyLink {
                 let copies = rng.chance(duplicate) ? 2 : 1
                 for _ in 0..<copies where !rng.chance(loss) {
                     order += 1
-                    packets.append((now + delay(), order, side.other, payload))
+                    let packet = (at: now + delay(), order: order, to: side.other, payload: payload)
+                    // Kept sorted by (arrival, order): the next one is always first.
+                    var low = 0
+                    var high = packets.count
+                    while low < high {
+                        let mid = (low + high) / 2
+                        if (packets[mid].at, packets[mid].order) < (packet.at, packet.order) {
+                            low = mid + 1
+                        } else {
+                            high = mid
+                        }
+                    }
+                    packets.insert(packet, at: low)
                 }
             case .deliver(let message):
                 deliveries[side, default: []].append(message)
@@ -121,9 +134,7 @@ struct MessagingLossyLink {
         while true {
             var next: NIODeadline?
             for (_, at) in wakeups { next = next.map { min($0, at) } ?? at }
-            let packetIndex = packets.indices.min {
-                (packets[$0].at, packets[$0].order) < (packets[$1].at, packets[$1].order)
-            }
+            let packetIndex = packets.isEmpty ? nil : 0
             if let i = packetIndex { next = next.map { min($0, packets[i].at) } ?? packets[i].at }
             guard let time = next, time <= end else {
                 now = max(now, end)
