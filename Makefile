@@ -29,7 +29,7 @@ format:
 
 ## interop-venv: the py-libp2p 0.8.1 peer used by the interop tests
 interop-venv:
-	@$(SHARED)/interop/setup-venv.sh $(VENV) | tail -n 1
+	@set -o pipefail; $(SHARED)/interop/setup-venv.sh $(VENV) | tail -n 1
 
 ## test: generated code current, format lint, warnings-as-errors build, every test (interop included)
 test: deps check-protos lint interop-venv
