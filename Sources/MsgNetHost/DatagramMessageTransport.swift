@@ -279,7 +279,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         guard canHandle(address) else {
             throw MessageError(.listenFailed, "the datagram path cannot listen on \(address)")
         }
-        let socket = try await bind(address)
+        let (socket, _) = try await bind(address)
         let full = socket.localAddress.appending(.p2p(identity.peerID))
         mirror.withLockedValue { $0.listenAddresses.append(full) }
         contextBox.withLockedValue { $0 }?.emit(.listenStarted(full))
@@ -493,7 +493,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     // MARK: Sockets
 
-    private func bind(_ address: Multiaddr) async throws -> any DatagramSocket {
+    /// Binds a socket on `address` and adds it to the loop's list; returns it with its index there.
+    private func bind(_ address: Multiaddr) async throws -> (socket: any DatagramSocket, index: Int) {
         let index = NIOLockedValueBox(-1)
         let socket = try await datagrams.bind(
             address,
@@ -514,12 +515,19 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 let path = UDPPath(socket: index.withLockedValue { $0 }, remote: destination)
                 loop.execute { self.sendRefused(path, error) }
             })
-        try await loop.submit {
+        let at = try await loop.submit { () -> Int? in
+            // After shutdown's last look at the sockets, a new one would never be closed.
+            guard !self.mirror.withLockedValue({ $0.shutdown }) else { return nil }
             let core = self.core.value
             index.withLockedValue { $0 = core.sockets.count }
             core.sockets.append(socket)
+            return core.sockets.count - 1
         }.get()
-        return socket
+        guard let at else {
+            await socket.close()
+            throw MessageError(.cancelled, "the datagram transport is shut down")
+        }
+        return (socket, at)
     }
 
     /// Whether a session may be opened to `address`: a unicast address and a port. Broadcast,
@@ -581,8 +589,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         }.get()
         if matching.isEmpty {
             let any = remote.protocol == .inet6 ? "/ip6/::/udp/0" : "/ip4/0.0.0.0/udp/0"
-            _ = try await bind(try Multiaddr(any))
-            matching = try await loop.submit { self.core.value.sockets.count - 1 }.map { [$0] }.get()
+            // Its own index: another connect may bind a socket meanwhile.
+            matching = [try await bind(try Multiaddr(any)).index]
         }
         return matching.map { UDPPath(socket: $0, remote: remote) }
     }
@@ -616,6 +624,11 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         return try await withCheckedThrowingContinuation { (c: CheckedContinuation<SessionID, any Error>) in
             loop.execute {
                 let core = self.core.value
+                // The paths were chosen off the loop: a shutdown since then emptied the sockets.
+                guard paths.allSatisfy({ core.sockets.indices.contains($0.socket) }) else {
+                    c.resume(throwing: MessageError(.cancelled, "the datagram transport is shut down"))
+                    return
+                }
                 do {
                     // Addresses the network refused a moment ago are not tried again (the socket
                     // would drop the handshake): with none left, the connect fails now.
