@@ -27,14 +27,20 @@ struct HostileTests {
         try await running([victim, friend]) {
             let address = try await victim.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             try await body(victim, address, logs)
-            // The node keeps serving other peers.
-            do {
-                #expect(try await friend.ping(address, count: 2).count == 2)
-            } catch {
-                Issue.record(
-                    "victim stopped serving: \(error); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })"
-                )
+            // The node keeps serving other peers. The friend is held to the victim's short upgrade
+            // timeout too, which a CPU-starved CI machine can miss: it gets three connections.
+            var failures: [String] = []
+            for _ in 0..<3 {
+                do {
+                    #expect(try await friend.ping(address, count: 2).count == 2)
+                    return
+                } catch {
+                    failures.append("\(error)")
+                }
             }
+            Issue.record(
+                "victim stopped serving: \(failures); victim log: \(logs.all.map { "\($0.level) \($0.message) \($0.metadata)" })"
+            )
         }
     }
 

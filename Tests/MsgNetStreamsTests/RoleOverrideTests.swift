@@ -60,7 +60,10 @@ struct RoleOverrideTests {
     @Test("both sides as responder never complete: the upgrade times out cleanly")
     func bothResponders() async throws {
         let identity = PrivateKey.generate()
-        let upgrader = ConnectionUpgrader(security: [SecurityKind.noise.make(identity)], timeout: .milliseconds(300))
+        // The listener waits much longer than the dialer, so the dialer's own deadline is what
+        // ends the upgrade (with equal ones, a loaded machine could fire the listener's first and
+        // the dialer would see the connection closed instead of its timeout).
+        let upgrader = ConnectionUpgrader(security: [SecurityKind.noise.make(identity)], timeout: .seconds(30))
         let transport = TCPTransport(group: MultiThreadedEventLoopGroup.singleton)
         let listener = try await transport.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0")) { channel in
             _ = upgrader.upgrade(channel: channel, initiator: false, expectedPeer: nil) { _ in }
