@@ -332,6 +332,14 @@ public final class StreamHost: Sendable {
                 return channel.eventLoop.makeSucceededVoidFuture()
             }
         } catch {
+            // The upgrade's deadline runs from the channel's creation: when it passed before the
+            // connect completed, it closed the channel, and the connect's error ("I/O on closed
+            // channel") would hide that the dial timed out.
+            if let future = upgrade.withLockedValue({ $0 }) {
+                do { _ = try await future.get() } catch let upgradeError as StreamsError where upgradeError.code == .timedOut {
+                    throw upgradeError
+                } catch {}
+            }
             throw StreamsError(.dialFailed, "\(error)")
         }
         guard let future = upgrade.withLockedValue({ $0 }) else {

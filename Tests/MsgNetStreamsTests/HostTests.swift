@@ -1,6 +1,8 @@
 import MsgNetCore
 import MsgNetStreams
+import MsgNetTransportPosix
 import NIOCore
+import NIOPosix
 import Testing
 
 @Suite("StreamHost over loopback TCP", .timeLimit(.minutes(2)))
@@ -130,6 +132,29 @@ struct HostTests {
         }
     }
 
+    @Test("an upgrade deadline that passes before the connect completes fails the dial with timedOut")
+    func upgradeDeadlineBeforeConnect() async throws {
+        // The peer accepts and never speaks; the dialer's connect reports only after its channel
+        // closed, as a connect slower than the upgrade timeout does on a starved machine.
+        let silent = try await TCPTransport(group: MultiThreadedEventLoopGroup.singleton).listen(
+            on: try Multiaddr("/ip4/127.0.0.1/tcp/0")
+        ) { $0.eventLoop.makeSucceededVoidFuture() }
+        let identity = PrivateKey.generate()
+        var configuration = StreamHostConfiguration()
+        configuration.upgradeTimeout = .milliseconds(200)
+        let dialer = StreamHost(
+            identity: identity, transports: [LateConnectTransport()], security: [SecurityKind.noise.make(identity)],
+            configuration: configuration)
+        _ = try await running([dialer]) {
+            await #expect {
+                try await dialer.connect(to: silent.localAddress)
+            } throws: { error in
+                (error as? StreamsError)?.code == .timedOut
+            }
+        }
+        await silent.close()
+    }
+
     @Test("identify push updates the peer's protocol list")
     func identifyPush() async throws {
         let a = makeHost()
@@ -149,5 +174,28 @@ struct HostTests {
             }
             #expect(a.peerstore.protocols(for: b.peerID).contains("/new/1.0.0"))
         }
+    }
+}
+
+/// TCP whose connects report late: once the channel has closed, with the error NIO gives a
+/// connect that finds its channel closed.
+struct LateConnectTransport: StreamTransport {
+    let inner = TCPTransport(group: MultiThreadedEventLoopGroup.singleton)
+
+    func canHandle(_ address: Multiaddr) -> Bool { inner.canHandle(address) }
+
+    func listen(
+        on address: Multiaddr, initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> any StreamListener {
+        try await inner.listen(on: address, initializer: initializer)
+    }
+
+    func dial(
+        _ address: Multiaddr, timeout: TimeAmount,
+        initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Void>
+    ) async throws -> any Channel {
+        let channel = try await inner.dial(address, timeout: timeout, initializer: initializer)
+        try? await channel.closeFuture.get()
+        throw ChannelError.ioOnClosedChannel
     }
 }
