@@ -18,6 +18,9 @@ public struct DatagramTransportConfiguration: Sendable {
     /// incoming datagrams are dropped before they are acknowledged, so reliable senders
     /// retransmit later (backpressure without loss).
     public var maxPendingInbound = 4096
+    /// The bytes of those messages, across all peers: past it, the same. (4096 messages of up
+    /// to 1 MiB would otherwise be 4 GiB held for slow handlers.)
+    public var maxPendingInboundBytes = 32 << 20
     /// Reassembly bytes shared by all sessions.
     public var totalReassemblyBytes = 64 << 20
     /// How long a send or request waits for a new session before failing with `dialFailed`
@@ -80,6 +83,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     private let requestIDs = Atomic<UInt64>(0)
     /// The last token handed to a send (it finds the send when its caller is cancelled).
     private let sendTokens = Atomic<UInt64>(0)
+    private let backpressureDropCount = Atomic<UInt64>(0)
 
     /// Requests on this reserved protocol name carry errors back to a requester: the payload is
     /// one code byte (see ``ErrorReply``) followed by a UTF-8 reason.
@@ -491,6 +495,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// not per datagram.
     public var sessionCounters: SessionCounters { mirror.withLockedValue { $0.counters } }
 
+    /// Datagrams dropped unread (before they were acknowledged) because undelivered inbound
+    /// messages reached ``DatagramTransportConfiguration/maxPendingInbound`` or
+    /// ``DatagramTransportConfiguration/maxPendingInboundBytes``: the backpressure on the
+    /// peers' reliable senders, which retransmit.
+    public var backpressureDrops: UInt64 { backpressureDropCount.load(ordering: .relaxed) }
+
     // MARK: Sockets
 
     /// Binds a socket on `address` and adds it to the loop's list; returns it with its index there.
@@ -672,8 +682,10 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         if core.readBatch == .none { core.readBatch = .reading }
         // Backpressure: while the host has too many undelivered messages, drop datagrams before
         // they are acknowledged; reliable senders retransmit.
-        if core.pendingInbound >= configuration.maxPendingInbound {
-            core.droppedForBackpressure += 1
+        if core.pendingInbound >= configuration.maxPendingInbound
+            || core.pendingInboundBytes >= configuration.maxPendingInboundBytes
+        {
+            backpressureDropCount.add(1, ordering: .relaxed)
             return
         }
         perform(core.table.onDatagram(data, from: path, now: .now()))
@@ -963,7 +975,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 rid = id
                 isRequest = true
             }
-            core.inboundStarted(session)
+            let size = inbound.data.readableBytes
+            core.inboundStarted(session, bytes: size)
             // A reply to a request travels back as its reply; a reply to a plain message is a
             // plain message back on the same protocol.
             let channel = DatagramReplyChannel(
@@ -985,7 +998,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 let started = handlerTasks.start(on: loop, .eventLoop) { await self.servePlain(key) }
                 if !started {
                     core.plainQueues[key] = nil
-                    core.inboundFinished(session)
+                    core.inboundFinished(session, bytes: size)
                 }
                 return
             }
@@ -996,12 +1009,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                     await self.handle(message, channel: channel, isRequest: channel.isRequest, context: context)
                 }
                 if self.loop.inEventLoop {
-                    self.core.value.inboundFinished(session)
+                    self.core.value.inboundFinished(session, bytes: size)
                 } else {
-                    self.loop.execute { self.core.value.inboundFinished(session) }
+                    self.loop.execute { self.core.value.inboundFinished(session, bytes: size) }
                 }
             }
-            if !started { core.inboundFinished(session) }
+            if !started { core.inboundFinished(session, bytes: size) }
         }
     }
 
@@ -1009,8 +1022,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// task on the loop (the queue lives in loop state).
     private func servePlain(_ key: ChannelKey) async {
         guard let context = contextBox.withLockedValue({ $0 }) else {
-            let dropped = core.value.plainQueues.removeValue(forKey: key)?.count ?? 0
-            for _ in 0..<dropped { core.value.inboundFinished(key.session) }
+            for (message, _) in core.value.plainQueues.removeValue(forKey: key) ?? [] {
+                core.value.inboundFinished(key.session, bytes: message.data.readableBytes)
+            }
             return
         }
         while true {
@@ -1019,8 +1033,9 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
                 core.plainQueues[key] = nil
                 return
             }
+            let size = message.data.readableBytes
             await handle(message, channel: channel, isRequest: false, context: context)
-            self.core.value.inboundFinished(key.session)
+            self.core.value.inboundFinished(key.session, bytes: size)
         }
     }
 
@@ -1248,6 +1263,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         var timer: Scheduled<Void>?
         var timerDeadline: NIODeadline?
         var pendingInbound = 0
+        var pendingInboundBytes = 0
         /// Per session: when it was established, and how many of its requests (ours waiting for
         /// replies) and inbound messages (being handled) are in progress. When a message last
         /// went either way is its messaging machine's `lastActivity`.
@@ -1266,7 +1282,6 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         /// Cancellations that reached the loop before their operation's start job.
         var earlyCancels = EarlyCancels()
         var unsentUnreliable: UInt64 = 0
-        var droppedForBackpressure: UInt64 = 0
         let budget: MessagingReassemblyBudget
 
         init(
@@ -1278,15 +1293,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             self.requestDeadlines = requestDeadlines
         }
 
-        /// An inbound message of `session` was handed to a handler.
-        func inboundStarted(_ session: SessionID) {
+        /// An inbound message of `session` (`bytes` long) was handed to a handler.
+        func inboundStarted(_ session: SessionID, bytes: Int) {
             pendingInbound += 1
+            pendingInboundBytes += bytes
             use[session]?.inProgress += 1
         }
 
         /// Its handler finished with it.
-        func inboundFinished(_ session: SessionID) {
+        func inboundFinished(_ session: SessionID, bytes: Int) {
             pendingInbound -= 1
+            pendingInboundBytes -= bytes
             use[session]?.inProgress -= 1
         }
 

@@ -102,6 +102,9 @@ public final class StreamMessageTransport: MessageTransport {
         var inboundStreams: [PeerID: Int] = [:]
         var requestStreams: [PeerID: Int] = [:]
         var shutdown = false
+        /// Readers waiting, at their stream's end, for the reply to a message an inbox took
+        /// (released at shutdown, which would otherwise wait out their reply windows).
+        var heldWaits: [ObjectIdentifier: StreamChannel] = [:]
         var blockedSends = 0
         var blockedWaiters: [(after: Int, continuation: CheckedContinuation<Void, Never>)] = []
 
@@ -230,15 +233,17 @@ public final class StreamMessageTransport: MessageTransport {
 
     /// Closes listeners and connections; ``run(context:)`` returns when the readers have.
     public func shutdown() async {
-        let channels = state.withLockedValue { s -> [StreamChannel] in
+        let (channels, held) = state.withLockedValue { s -> ([StreamChannel], [StreamChannel]) in
             s.shutdown = true
             s.last = nil
             let open = s.outbound.values.compactMap { o -> StreamChannel? in
                 if case .open(let c) = o { return c }
                 return nil
             }
-            return open
+            defer { s.heldWaits = [:] }
+            return (open, Array(s.heldWaits.values))
         }
+        for c in held { c.releaseHeld() }
         for c in channels { await c.close() }
         await streamHost.shutdown()
         workContinuation.finish()
@@ -381,6 +386,20 @@ public final class StreamMessageTransport: MessageTransport {
             }
         }
 
+        /// Waits for the reply to the message an inbox took from `channel` (see
+        /// ``StreamChannel/waitForHeldReply()``), but not past shutdown.
+        func waitForHeldReply(_ channel: StreamChannel) async {
+            let id = ObjectIdentifier(channel)
+            let registered = state.withLockedValue { s -> Bool in
+                guard !s.shutdown else { return false }
+                s.heldWaits[id] = channel
+                return true
+            }
+            guard registered else { return }
+            await channel.waitForHeldReply()
+            state.withLockedValue { _ = $0.heldWaits.removeValue(forKey: id) }
+        }
+
         /// Reads messages on `channel` and hands each to its handler until the stream ends (on a
         /// request stream, also when a handler returns without replying).
         /// - Returns: whether the stream ended cleanly (otherwise it was reset).
@@ -394,11 +413,11 @@ public final class StreamMessageTransport: MessageTransport {
                     case .message(let ready):
                         data = ready
                     case .end:
-                        await channel.waitForHeldReply()
+                        await waitForHeldReply(channel)
                         return true
                     case .wait:
                         guard let next = try await reader.next(from: channel.stream) else {
-                            await channel.waitForHeldReply()
+                            await waitForHeldReply(channel)
                             return true
                         }
                         data = next

@@ -336,7 +336,9 @@ public final class StreamHost: Sendable {
             // connect completed, it closed the channel, and the connect's error ("I/O on closed
             // channel") would hide that the dial timed out.
             if let future = upgrade.withLockedValue({ $0 }) {
-                do { _ = try await future.get() } catch let upgradeError as StreamsError where upgradeError.code == .timedOut {
+                do { _ = try await future.get() } catch let upgradeError as StreamsError
+                    where upgradeError.code == .timedOut
+                {
                     throw upgradeError
                 } catch {}
             }

@@ -312,7 +312,9 @@ struct HandlerSuite {
     @Test("slow handler: the stream stops being read and the sender waits", arguments: TransportFactory.all)
     func slowHandlerBackpressure(factory: TransportFactory) async throws {
         let a = factory.host()
-        let b = factory.host()
+        // The datagram path holds undelivered messages up to a byte bound (set low here so the
+        // test sends a few MiB, not the default 32).
+        let b = factory.host(limits: PathLimits(maxPendingInboundBytes: 2 << 20))
         let handled = Counter()
         let release = Signal()
         b.setMessageHandler(for: "/bp/1") { message in
@@ -320,28 +322,33 @@ struct HandlerSuite {
             #expect(message.data.getInteger(at: 0, as: UInt32.self) == UInt32(handled.value))
             handled.add()
         }
+        // 64 MiB cannot fit in the buffers between the two: a send must wait. The sender stops
+        // once one has (the test needs no more bytes than that).
         let total = 1000
+        let enough = Signal()
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
             let sent = Counter()
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for i in 0..<total {
+                    for i in 0..<total where !enough.isFired {
                         var m = ByteBuffer(repeating: 0, count: 64 * 1024)
                         m.setInteger(UInt32(i), at: 0)
                         try await a.send(m, to: b.peerID, protocol: "/bp/1")
                         sent.add()
                     }
                 }
-                // 64 MiB cannot fit in the buffers between the two: a send must wait.
-                await factory.waitForBlockedSend(a)
+                await factory.waitForBlockedSend(from: a, to: b)
+                enough.fire()
                 #expect(sent.value < total)
                 #expect(handled.value == 0)
                 release.fire()
                 try await group.waitForAll()
             }
-            await handled.wait(atLeast: total)
-            #expect(sent.value == total)
+            // Every message sent arrives, in order (checked in the handler).
+            await handled.wait(atLeast: sent.value)
+            #expect(handled.value == sent.value)
+            #expect(sent.value > 0)
         }
     }
 
@@ -609,6 +616,40 @@ struct HandlerSuite {
             let ack = await it.next()
             #expect(ack.map { String(buffer: $0.data) } == "ack:hi")
             #expect(ack?.from == b.peerID)
+        }
+    }
+
+    /// A message an inbox took keeps its stream open for the reply after the peer closed its
+    /// side, for up to the reply window (here an hour): shutdown must not wait that out.
+    @Test(
+        "shutdown does not wait out the reply window of a message an inbox took",
+        arguments: TransportFactory.all)
+    func shutdownWithHeldReply(factory: TransportFactory) async throws {
+        let a = factory.host { $0.defaultRequestTimeout = .seconds(3600) }
+        let b = factory.host()
+        b.setMessageHandler(for: "/chat/1") { try await $0.reply(bytes("ack:" + String(buffer: $0.data))) }
+        let acks = a.messages(for: "/chat/1")
+        let (stopped, stop) = AsyncStream.makeStream(of: Bool.self)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for h in [a, b] { group.addTask { try await h.run() } }
+            _ = try await introduce(a, to: b, on: factory)
+            try await a.send(bytes("hi"), to: b.peerID, protocol: "/chat/1")
+            var it = acks.makeAsyncIterator()
+            #expect(await it.next().map { String(buffer: $0.data) } == "ack:hi")
+            // The shutdowns race a generous bound (far below the window): the first to finish wins.
+            group.addTask {
+                await b.shutdown()
+                await a.shutdown()
+                stop.yield(true)
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(60))
+                stop.yield(false)
+            }
+            var first = stopped.makeAsyncIterator()
+            #expect(await first.next() == true, "shutdown waited for the held reply window")
+            group.cancelAll()
+            try? await group.waitForAll()
         }
     }
 

@@ -67,6 +67,7 @@ struct TransportFactory: Sendable, CustomStringConvertible {
             // 2 s (a production choice, for falling back to TCP quickly) then failed handshakes.
             datagram.connectTimeout = .seconds(10)
             if let e = limits.inboundExecution { datagram.inboundExecution = e }
+            if let n = limits.maxPendingInboundBytes { datagram.maxPendingInboundBytes = n }
             let transport = DatagramMessageTransport(
                 identity: identity,
                 datagrams: UDPTransport(group: loop),
@@ -80,10 +81,17 @@ struct TransportFactory: Sendable, CustomStringConvertible {
 
     static let all: [TransportFactory] = [.tcp, .tcpRequestStreams, .udp]
 
-    /// Waits until a send of `host` on this path has had to wait for its channel to drain.
-    func waitForBlockedSend(_ host: MessageHost) async {
-        for transport in host.transports {
+    /// Waits until a send from `sender` to `receiver` on this path has had to wait: on streams,
+    /// for its channel to drain; on datagrams, for the receiver to take datagrams again (it
+    /// drops them unacknowledged while its undelivered messages are at their bound).
+    func waitForBlockedSend(from sender: MessageHost, to receiver: MessageHost) async {
+        for transport in sender.transports {
             if let stream = transport as? StreamMessageTransport { await stream.waitForBlockedSend() }
+        }
+        for case let datagram as DatagramMessageTransport in receiver.transports {
+            while datagram.backpressureDrops == 0, !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
         }
     }
 
@@ -102,6 +110,8 @@ struct TransportFactory: Sendable, CustomStringConvertible {
 /// Path-specific limits the suite sets (each path maps them onto its own configuration).
 struct PathLimits: Sendable {
     var maxStreamsPerPeer: Int?
+    /// The datagram path's bound on undelivered inbound bytes (its default when `nil`).
+    var maxPendingInboundBytes: Int?
     /// Where inbound handlers start (the path's default when `nil`).
     var inboundExecution: InboundExecution?
 }

@@ -12,13 +12,18 @@ import Testing
 /// timeout, and the node keeps serving other peers.
 @Suite("hostile peers", .timeLimit(.minutes(2)))
 struct HostileTests {
-    /// A victim host with a short upgrade timeout, a recorder for its logs, and a friend that
-    /// checks it still serves.
-    func withVictim(_ body: @Sendable (StreamHost, Multiaddr, LogRecorder) async throws -> Void) async throws {
+    /// A victim host, a recorder for its logs, and a friend that checks it still serves. Peers
+    /// that stall are cut at `upgradeTimeout` (short, so the tests are quick); peers that send
+    /// bad input are cut at once, and get a long one: on a starved CI machine a short one could
+    /// end the connection before the test's client wrote its input.
+    func withVictim(
+        upgradeTimeout: TimeAmount = .seconds(30),
+        _ body: @Sendable (StreamHost, Multiaddr, LogRecorder) async throws -> Void
+    ) async throws {
         let logs = LogRecorder()
         let victim = makeHost(
             configure: {
-                $0.upgradeTimeout = .seconds(2)
+                $0.upgradeTimeout = upgradeTimeout
                 // The friend's check below negotiates a stream; on a loaded 2-core CI machine
                 // (the whole suite runs in parallel) 2 s proved too tight for it.
                 $0.streamNegotiationTimeout = .seconds(10)
@@ -27,8 +32,8 @@ struct HostileTests {
         try await running([victim, friend]) {
             let address = try await victim.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             try await body(victim, address, logs)
-            // The node keeps serving other peers. The friend is held to the victim's short upgrade
-            // timeout too, which a CPU-starved CI machine can miss: it gets three connections.
+            // The node keeps serving other peers. The friend is held to the victim's upgrade
+            // timeout too, which a CPU-starved CI machine can miss when short: three connections.
             var failures: [String] = []
             for _ in 0..<3 {
                 do {
@@ -68,7 +73,7 @@ struct HostileTests {
 
     @Test("unknown security protocol only")
     func unknownSecurity() async throws {
-        try await withVictim { _, address, logs in
+        try await withVictim(upgradeTimeout: .seconds(2)) { _, address, logs in
             let client = try await RawClient.connect(to: address)
             try await client.send(msFrame("/multistream/1.0.0") + msFrame("/tls/1.0.0"))
             // The victim answers "na"; the peer then stalls and is cut at the deadline.
@@ -80,7 +85,7 @@ struct HostileTests {
 
     @Test("peer stalls in the middle of the Noise handshake")
     func stallMidHandshake() async throws {
-        try await withVictim { _, address, logs in
+        try await withVictim(upgradeTimeout: .seconds(2)) { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // Negotiate /noise, then send only half of a Noise message 1 (2-byte length 32, 10 bytes).
             try await client.send(
@@ -105,7 +110,7 @@ struct HostileTests {
 
     @Test("many hostile connections at once do not stop the node")
     func manyHostile() async throws {
-        try await withVictim { _, address, _ in
+        try await withVictim(upgradeTimeout: .seconds(2)) { _, address, _ in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<20 {
                     group.addTask {

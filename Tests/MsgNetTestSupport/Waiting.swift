@@ -15,6 +15,8 @@ public final class Signal: Sendable {
         }
         for w in waiters { w.resume() }
     }
+    /// Whether ``fire()`` was called.
+    public var isFired: Bool { state.withLockedValue { $0.fired } }
     public func wait() async {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let fired = state.withLockedValue { s -> Bool in

@@ -999,6 +999,15 @@ package struct MessagingMachine: Sendable {
         mode: MessagingDeliveryMode,
         actions: inout [MessagingAction]
     ) {
+        // The sender of a reliable one-way message or probe waits for its acknowledgement (its
+        // send returns on it): that goes at once, not up to maxAckDelay later. A request's is
+        // carried by its reply; nobody waits for a reply's.
+        if mode == .reliable {
+            switch kind {
+            case .oneWay, .probe: ackImmediately = true
+            case .request, .reply: break
+            }
+        }
         if kind == .probe {
             // Answered by the acknowledgement alone: the protocol has a handler.
             counters.probesAnswered += 1

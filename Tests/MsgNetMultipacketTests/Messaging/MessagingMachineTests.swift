@@ -60,20 +60,20 @@ struct MessagingMachineTests {
             return
         }
         #expect(data == messagingBytes([1, 2, 3]))
-        // b delivers and (one ack-eliciting payload) delays its ack.
+        // b delivers and acknowledges at once: a's send returns on that Ack.
         let bActions = b.onPayload(p1[0], now: now)
         #expect(
             bActions.contains(
                 .deliver(
                     .init(protocolName: "/chat/1", data: messagingBytes([1, 2, 3]), kind: .oneWay, mode: .reliable))))
-        #expect(messagingPayloads(bActions).isEmpty)
-        #expect(bActions.contains(.scheduleWakeup(now + .milliseconds(25))))
-        let ackActions = b.onTimer(now: now + .milliseconds(25))
-        let ackPayloads = messagingPayloads(ackActions)
+        let ackPayloads = messagingPayloads(bActions)
         #expect(ackPayloads.count == 1)
-        let aActions = a.onPayload(ackPayloads[0], now: now + .milliseconds(30))
+        #expect(
+            try ackPayloads.flatMap { try messagingFrames($0) } == [
+                .ack(.init(ranges: [0...0], ackDelayMicroseconds: 0))
+            ])
+        let aActions = a.onPayload(ackPayloads[0], now: now + .milliseconds(5))
         #expect(aActions.contains(.delivered(first.id)))
-        // RTT measured: 30 ms minus the 25 ms ack delay.
         #expect(a.rttEstimator.smoothedRTT == .milliseconds(5))
         // Next message on the same protocol uses the 2-byte int.
         let second = try a.send(messagingBytes([4]), protocol: "/chat/1", now: now + .milliseconds(31))
@@ -83,6 +83,43 @@ struct MessagingMachineTests {
             return
         }
         #expect(header.sequence == 1)
+    }
+
+    /// A request's acknowledgement waits (up to maxAckDelay) for its reply to carry it; a
+    /// reliable one-way message's goes at once, since its sender waits for it. The delayed Ack
+    /// reports its delay, which the sender subtracts from its RTT sample.
+    @Test func aRequestsAckWaitsForTheReplyOrTheAckDelay() throws {
+        var a = makeMessagingMachine()
+        var b = makeMessagingMachine()
+        let now = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        let request = try a.send(
+            messagingBytes([7]), protocol: "/kv/1", mode: .reliable, kind: .request(id: 1), now: now)
+        let bActions = b.onPayload(messagingPayloads(request.actions)[0], now: now)
+        #expect(messagingPayloads(bActions).isEmpty)
+        #expect(bActions.contains(.scheduleWakeup(now + .milliseconds(25))))
+        let ackPayloads = messagingPayloads(b.onTimer(now: now + .milliseconds(25)))
+        #expect(ackPayloads.count == 1)
+        #expect(a.onPayload(ackPayloads[0], now: now + .milliseconds(30)).contains(.delivered(request.id)))
+        #expect(a.rttEstimator.smoothedRTT == .milliseconds(5))
+
+        // A reply given before the delay passes carries the Ack: one payload, no wakeup for it.
+        let second = try a.send(
+            messagingBytes([8]), protocol: "/kv/1", mode: .reliable, kind: .request(id: 2), now: now + .milliseconds(40)
+        )
+        #expect(
+            messagingPayloads(b.onPayload(messagingPayloads(second.actions)[0], now: now + .milliseconds(40))).isEmpty)
+        let reply = try b.send(
+            messagingBytes([9]), protocol: "/kv/1", mode: .reliable, kind: .reply(to: 2), now: now + .milliseconds(41))
+        let replyPayloads = messagingPayloads(reply.actions)
+        #expect(replyPayloads.count == 1)
+        #expect(try messagingFrames(replyPayloads[0]).contains { if case .ack = $0 { true } else { false } })
+        #expect(a.onPayload(replyPayloads[0], now: now + .milliseconds(42)).contains(.delivered(second.id)))
+
+        // A reliable one-way message: acknowledged in the same event.
+        let oneWay = try a.send(messagingBytes([10]), protocol: "/kv/1", now: now + .milliseconds(50))
+        let acks = messagingPayloads(b.onPayload(messagingPayloads(oneWay.actions)[0], now: now + .milliseconds(50)))
+        #expect(acks.count == 1)
+        #expect(a.onPayload(acks[0], now: now + .milliseconds(51)).contains(.delivered(oneWay.id)))
     }
 
     /// With congestion control, 10% random loss keeps the window small (as it would TCP's), so
@@ -447,11 +484,10 @@ struct MessagingMachineTests {
         var b = makeMessagingMachine()
         var now = NIODeadline.uptimeNanoseconds(1_000_000_000)
         let warmup = messagingPayloads(try a.send(messagingBytes([0]), protocol: "/f", now: now).actions)
-        for p in warmup { _ = b.onPayload(p, now: now + .milliseconds(5)) }
-        // b's ack waits the 25 ms ack delay, which a subtracts: the sample is 35 − 25 = 10 ms.
-        for p in messagingPayloads(b.onTimer(now: now + .milliseconds(30))) {
-            _ = a.onPayload(p, now: now + .milliseconds(35))
-        }
+        var warmAcks: [ByteBuffer] = []
+        for p in warmup { warmAcks += messagingPayloads(b.onPayload(p, now: now + .milliseconds(5))) }
+        // A reliable one-way message is acknowledged at once: the sample is the 10 ms round trip.
+        for p in warmAcks { _ = a.onPayload(p, now: now + .milliseconds(10)) }
         #expect(a.rttEstimator.smoothedRTT == .milliseconds(10))
         now = now + .milliseconds(40)
         let big = messagingPattern(3, length: 10_000)
