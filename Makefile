@@ -34,8 +34,11 @@ interop-venv:
 ## test: generated code current, format lint, warnings-as-errors build, every test (interop included)
 test: deps check-protos lint interop-venv
 	$(SWIFT) build --build-tests $(WERROR)
-	MSGNET_INTEROP_PYTHON=$(VENV)/bin/python MSGNET_INTEROP_PEER=$(SHARED)/interop/peer.py \
-	MSGNET_REQUIRE_INTEROP=1 $(SWIFT) test --skip-build
+	@set -o pipefail; MSGNET_INTEROP_PYTHON=$(VENV)/bin/python MSGNET_INTEROP_PEER=$(SHARED)/interop/peer.py \
+	MSGNET_REQUIRE_INTEROP=1 $(SWIFT) test --skip-build 2>&1 | tee .build/test.log || { \
+	  echo "=== failed tests (full log: .build/test.log) ==="; \
+	  grep -E '✘|error:|Fatal|signal' .build/test.log | grep -v 'with 0 issues' | head -n 60; \
+	  exit 1; }
 
 ## demo: two nodes connect, identify and ping; messages and a request over TCP and UDP; one handler, both paths
 demo: deps
