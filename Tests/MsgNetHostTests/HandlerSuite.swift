@@ -98,7 +98,9 @@ struct HandlerSuite {
         }
         try await running([a, b]) {
             _ = try await introduce(a, to: b, on: factory)
-            async let slow = a.request(bytes("slow"), to: b.peerID, protocol: "/kv/1")
+            // The slow request outlives ten others: its deadline is not the default 10 s, which
+            // ten requests on a starved machine (the whole suite runs in parallel) can use up.
+            async let slow = a.request(bytes("slow"), to: b.peerID, protocol: "/kv/1", timeout: .seconds(60))
             await blocked.wait()
             for i in 0..<10 {
                 let r = try await a.request(bytes("f\(i)"), to: b.peerID, protocol: "/kv/1")
@@ -408,7 +410,7 @@ struct HandlerSuite {
         let a = factory.host()
         // b takes one undelivered message at most; while its handler holds it, b drops later
         // datagrams before acknowledging them, so a's next reliable send waits for an ack that
-        // does not come (it would fail only at its 10 s deadline, with timedOut).
+        // does not come (it would fail only at its delivery deadline, with timedOut).
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         var configuration = DatagramTransportConfiguration()
         configuration.maxPendingInbound = 1

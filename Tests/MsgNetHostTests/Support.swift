@@ -66,6 +66,8 @@ struct TransportFactory: Sendable, CustomStringConvertible {
             // at once on 2 cores, and a cold CI run has stalled every test for ~10 s; the default
             // 2 s (a production choice, for falling back to TCP quickly) then failed handshakes.
             datagram.connectTimeout = .seconds(10)
+            // Likewise the reliable delivery deadline (10 s by default).
+            datagram.messaging.deliveryTimeout = .seconds(30)
             if let e = limits.inboundExecution { datagram.inboundExecution = e }
             if let n = limits.maxPendingInboundBytes { datagram.maxPendingInboundBytes = n }
             let transport = DatagramMessageTransport(
@@ -102,6 +104,10 @@ struct TransportFactory: Sendable, CustomStringConvertible {
         configure: (inout MessageHostConfiguration) -> Void = { _ in }
     ) -> MessageHost {
         var c = MessageHostConfiguration()
+        // Three times the production default (10 s): the suite starts hundreds of tests at once
+        // on 2 cores, and a test's ten sequential requests have taken 10 s there. Tests of the
+        // timeout itself set their own.
+        c.defaultRequestTimeout = .seconds(30)
         configure(&c)
         return make(identity, c, limits, peerstore)
     }

@@ -88,8 +88,13 @@ struct HostileTests {
         try await withVictim(upgradeTimeout: .seconds(2)) { _, address, logs in
             let client = try await RawClient.connect(to: address)
             // Negotiate /noise, then send only half of a Noise message 1 (2-byte length 32, 10 bytes).
-            try await client.send(
-                msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
+            do {
+                try await client.send(
+                    msFrame("/multistream/1.0.0") + msFrame("/noise") + [0x00, 0x20] + Array(repeating: 1, count: 10))
+            } catch ChannelError.ioOnClosedChannel {
+                // A starved machine can let the 2 s deadline pass before this write: the victim
+                // cut a stalled peer all the same, and logs the timeout below.
+            }
             try await client.closedByServer()
             await logs.waitFor(level: .warning, "timed out")
         }
