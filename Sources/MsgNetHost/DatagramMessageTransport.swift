@@ -270,13 +270,15 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return sockets
         }.get()
         for socket in sockets ?? [] { await socket.close() }
-        handlerTasks.close()
-        inboundContinuation.finish()
         let addresses = mirror.withLockedValue { m -> [Multiaddr] in
             defer { m.listenAddresses = [] }
             return m.listenAddresses
         }
+        // Before run() can return: the host ends its events when it does, and dropped these
+        // when they came after.
         for address in addresses { contextBox.withLockedValue { $0 }?.emit(.listenClosed(address)) }
+        handlerTasks.close()
+        inboundContinuation.finish()
     }
 
     public func listen(on address: Multiaddr) async throws -> Multiaddr {

@@ -125,8 +125,10 @@ extension StreamHost {
     /// to the connection's pool of idle request streams for `protocolID`; a later request with
     /// `keepStreamOpen` takes it from there and writes just its frame (no new stream, no
     /// negotiation). Only for protocols whose responder reads request after request on one stream
-    /// and answers each with exactly one reply (MsgNet's request streams); a libp2p responder that
-    /// closes after one reply would leave the next request unanswered. `keepIf` judges a reply
+    /// and answers each with exactly one reply (MsgNet's request streams). A request on a reused
+    /// stream that the responder ends (closes or resets) before any byte of its reply is sent
+    /// again, once, on a new stream: the end crossed the request (an idle timeout, or a libp2p
+    /// responder that closes after one reply). `keepIf` judges a reply
     /// by the caller's protocol: a stream whose reply fails it is reset instead of kept (the
     /// reply is still returned, for the caller to reject).
     ///
@@ -257,7 +259,7 @@ extension StreamHost {
                 switch action {
                 case .finish(let result): exchange.finish(result)
                 case .reset: stream.resetOnEventLoop()
-                case .keep, .forget, .closeWrite: break  // not emitted for a one-shot stream
+                case .keep, .forget, .closeWrite, .retry: break  // not emitted for a one-shot stream
                 }
             }
         }

@@ -10,6 +10,13 @@ import NIOCore
 /// A stream is *idle* (in the pool, or just opened), *waiting* for the reply to one request, or
 /// *done* (never used again: reset, failed, closed by either side, retired, evicted, or, one-shot,
 /// answered).
+///
+/// A kept stream that answered before is *reused*. When the responder ends a reused stream (a
+/// close or a reset) before any byte of the reply in progress, the request is sent again, once,
+/// on a new stream (``Action/retry``): a responder ends idle streams (its idle timeout, or one that
+/// answers one request per stream), and its end crossed our request on the wire, so nobody read
+/// it. (A responder that reads a request and ends the stream without answering breaks the
+/// request-stream protocol; it may see the request twice.)
 struct RequestStreamMachine {
     /// What becomes of a stream after its reply.
     enum Mode {
@@ -32,15 +39,20 @@ struct RequestStreamMachine {
         case reset
         /// Close our write side (the responder then ends the stream from its side).
         case closeWrite
+        /// Send the request in progress again on a new stream (not from the pool): the responder
+        /// ended this reused stream before any byte of its reply. Its outcome stays open.
+        case retry
     }
 
     private enum State {
         case idle
-        case waiting(LazyReplyParser, keepIf: (@Sendable (ByteBuffer) -> Bool)?)
+        case waiting(LazyReplyParser, keepIf: (@Sendable (ByteBuffer) -> Bool)?, gotBytes: Bool)
         case done
     }
 
     private var state = State.idle
+    /// Requests this stream answered (kept streams only: a one-shot stream answers one).
+    private(set) var answered = 0
     let peer: PeerID
     let protocolID: String
     let mode: Mode
@@ -68,7 +80,7 @@ struct RequestStreamMachine {
     mutating func onRequest(parser: LazyReplyParser, keepIf: (@Sendable (ByteBuffer) -> Bool)?) {
         // The pool hands out idle streams only; a request on any other waits for its deadline.
         assert(isIdle, "a kept request stream carries one request at a time")
-        state = .waiting(parser, keepIf: keepIf)
+        state = .waiting(parser, keepIf: keepIf, gotBytes: false)
     }
 
     /// Bytes arrived. `requestEnded`: the request in progress already has its outcome from
@@ -81,7 +93,7 @@ struct RequestStreamMachine {
             // Data nobody asked for: the stream is out of step with its requests.
             state = .done
             return [.forget, .reset]
-        case .waiting(var parser, let keepIf):
+        case .waiting(var parser, let keepIf, _):
             if requestEnded {
                 state = .done
                 // One-shot: whatever ended the request reset the stream already.
@@ -89,7 +101,7 @@ struct RequestStreamMachine {
             }
             switch parser.onBytes(&bytes) {
             case .needMore:
-                state = .waiting(parser, keepIf: keepIf)
+                state = .waiting(parser, keepIf: keepIf, gotBytes: true)
                 return []
             case .reply(let reply):
                 if mode == .oneShot {
@@ -104,6 +116,7 @@ struct RequestStreamMachine {
                     return [.reset, .finish(.success(reply))]
                 }
                 state = .idle
+                answered += 1
                 // Kept before the caller resumes: its next request finds the stream in the pool.
                 return [.keep, .finish(.success(reply))]
             case .failed(let error):
@@ -113,10 +126,19 @@ struct RequestStreamMachine {
         }
     }
 
+    /// Whether the request in progress is sent again when the responder ends the stream now:
+    /// kept, reused, and not a byte of the reply yet.
+    private var retriesOnEnd: Bool {
+        guard mode == .kept, answered > 0, case .waiting(_, _, gotBytes: false) = state else { return false }
+        return true
+    }
+
     /// The responder closed its side.
     mutating func onRemoteClosed() -> [Action] {
         var actions: [Action] = []
-        if case .waiting(let parser, _) = state {
+        if retriesOnEnd {
+            actions.append(.retry)
+        } else if case .waiting(let parser, _, _) = state {
             let error =
                 parser.negotiated
                 ? StreamsError(.protocolViolation, "\(peer) closed the \(protocolID) stream without replying")
@@ -133,7 +155,11 @@ struct RequestStreamMachine {
     /// The stream was reset (by the responder, or by us: a deadline, a cancellation).
     mutating func onReset(_ reason: String) -> [Action] {
         var actions: [Action] = []
-        if case .waiting = state {
+        if retriesOnEnd {
+            // A reset of ours (deadline, cancellation) comes after the request's outcome: the
+            // driver does not retry a finished request.
+            actions.append(.retry)
+        } else if case .waiting = state {
             actions.append(
                 .finish(.failure(StreamsError(.connectionClosed, "\(protocolID) stream to \(peer) reset: \(reason)"))))
         }

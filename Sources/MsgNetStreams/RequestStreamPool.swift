@@ -121,6 +121,8 @@ final class KeptRequestStream: Sendable {
     private struct State {
         var machine: RequestStreamMachine
         var exchange: RequestExchange?
+        /// Sends the request in progress again on a new stream (see ``RequestStreamMachine``).
+        var retry: (() -> Void)?
         var idleSince = NIODeadline.distantPast
     }
 
@@ -149,12 +151,13 @@ final class KeptRequestStream: Sendable {
     var isIdle: Bool { state.value.machine.isIdle }
 
     /// Starts a request on this (idle) stream: writes `bytes` (its frame, behind the proposal on a
-    /// new stream); `parser` reads the reply.
+    /// new stream); `parser` reads the reply; `retry` sends the request again on a new stream.
     func begin(
         _ exchange: RequestExchange, parser: LazyReplyParser, write bytes: ByteBuffer,
-        keepIf: (@Sendable (ByteBuffer) -> Bool)?
+        keepIf: (@Sendable (ByteBuffer) -> Bool)?, retry: @escaping () -> Void
     ) {
         state.value.exchange = exchange
+        state.value.retry = retry
         state.value.machine.onRequest(parser: parser, keepIf: keepIf)
         stream.writeOnEventLoop(bytes, flush: true, promise: nil)
     }
@@ -192,7 +195,15 @@ final class KeptRequestStream: Sendable {
             case .finish(let result):
                 let exchange = state.value.exchange
                 state.value.exchange = nil
+                state.value.retry = nil
                 exchange?.finish(result)
+            case .retry:
+                let (exchange, retry) = (state.value.exchange, state.value.retry)
+                state.value.exchange = nil
+                state.value.retry = nil
+                // Not when the request already has its outcome (our own reset after a deadline
+                // or a cancellation).
+                if let exchange, !exchange.isFinished { retry?() }
             case .keep:
                 pool.put(self)
             case .forget:
@@ -209,7 +220,8 @@ final class KeptRequestStream: Sendable {
 extension StreamHost {
     /// The event-loop part of a request with `keepStreamOpen`: takes an idle stream for
     /// `protocolID` from the connection's pool (writing just `frame`) or opens one (writing the
-    /// lazy proposal with the frame), arms the deadline and writes the request.
+    /// lazy proposal with the frame), arms the deadline and writes the request. `fresh`: a new
+    /// stream even when one is idle (the request's retry after a reused stream ended under it).
     static func startKeptRequest(
         _ exchange: RequestExchange,
         pool: RequestStreamPool,
@@ -219,13 +231,14 @@ extension StreamHost {
         frame: ByteBuffer,
         maxReplySize: Int,
         deadline: NIODeadline,
-        keepIf: (@Sendable (ByteBuffer) -> Bool)?
+        keepIf: (@Sendable (ByteBuffer) -> Bool)?,
+        fresh: Bool = false
     ) {
         if exchange.isFinished { return }  // cancelled before it reached the loop
         let kept: KeptRequestStream
         let bytes: ByteBuffer
         let parser: LazyReplyParser
-        if let idle = pool.take(protocolID) {
+        if !fresh, let idle = pool.take(protocolID) {
             kept = idle
             bytes = frame
             parser = LazyReplyParser(maxSize: maxReplySize)
@@ -241,10 +254,15 @@ extension StreamHost {
         }
         let stream = kept.stream
         exchange.stream = stream
+        if let earlier = exchange.deadlineToken { exchange.deadlines.remove(earlier) }
         exchange.deadlineToken = exchange.deadlines.add(deadline) {
             exchange.finish(.failure(StreamsError(.timedOut, "no reply from \(peer) on \(protocolID) in time")))
             stream.resetOnEventLoop()
         }
-        kept.begin(exchange, parser: parser, write: bytes, keepIf: keepIf)
+        kept.begin(exchange, parser: parser, write: bytes, keepIf: keepIf) {
+            startKeptRequest(
+                exchange, pool: pool, muxer: muxer, peer: peer, protocolID: protocolID, frame: frame,
+                maxReplySize: maxReplySize, deadline: deadline, keepIf: keepIf, fresh: true)
+        }
     }
 }

@@ -216,25 +216,66 @@ struct KeptRequestStreamTests {
 
     @Test("no reply, then the responder closes: protocol violation; the next request works")
     func closedWithoutReply() async throws {
+        let ignored = Counter()
         let (client, server, address) = try await Self.pair { stream in
             guard let request = try await stream.readLengthPrefixed(maxSize: 1024) else { return }
-            if String(buffer: request) == "ignore" { return }
+            if String(buffer: request) == "ignore" {
+                ignored.add()
+                return
+            }
             try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
             while let next = try await stream.readLengthPrefixed(maxSize: 1024) {
-                if String(buffer: next) == "ignore" { return }
+                if String(buffer: next) == "ignore" {
+                    ignored.add()
+                    return
+                }
                 try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: next)))
             }
         }
         try await running([client, server]) {
             try await client.connect(to: address)
             #expect(try await Self.request(client, server, "a") == "re:a")
-            // On the kept stream (the second request there), then on a fresh one (the first).
+            // First on the kept stream (the second request there): a reused stream ended before
+            // any reply byte looks like a responder that ended it before reading, so the request
+            // goes again on a new stream, where it fails. Then on a new stream at once.
             for _ in 0..<2 {
                 await #expect {
                     _ = try await Self.request(client, server, "ignore")
                 } throws: { ($0 as? StreamsError)?.code == .protocolViolation }
             }
+            // This responder breaks the protocol (it read a request and did not answer), so it
+            // saw the first "ignore" twice.
+            #expect(ignored.value == 3)
             #expect(try await Self.request(client, server, "b") == "re:b")
+        }
+    }
+
+    @Test(
+        "a responder that ends an idle kept stream just as the next request goes out: the request goes again on a new stream"
+    )
+    func endedUnderTheNextRequest() async throws {
+        // The responder answers one request, then ends the stream (a close, or a reset) as the
+        // next one arrives, without answering it: every request after the first meets an end.
+        for reset in [false, true] {
+            let opened = Counter()
+            let read = Counter()
+            let (client, server, address) = try await Self.pair { stream in
+                opened.add()
+                guard let request = try await stream.readLengthPrefixed(maxSize: 1024) else { return }
+                read.add()
+                try await stream.writeLengthPrefixed(ByteBuffer(string: "re:" + String(buffer: request)))
+                // Wait for the next request's first bytes, then end the stream unread.
+                _ = try? await stream.read()
+                if reset { await stream.reset() }
+            }
+            try await running([client, server]) {
+                try await client.connect(to: address)
+                for i in 0..<4 {
+                    #expect(try await Self.request(client, server, "r\(i)") == "re:r\(i)")
+                }
+                #expect(read.value == 4)
+                #expect(opened.value == 4)
+            }
         }
     }
 

@@ -31,6 +31,7 @@ struct RequestStreamMachineTests {
             case .forget: return "forget"
             case .reset: return "reset"
             case .closeWrite: return "closeWrite"
+            case .retry: return "retry"
             }
         }
     }
@@ -129,6 +130,38 @@ struct RequestStreamMachineTests {
 
         var idle = Self.machine()
         #expect(Self.describe(idle.onRemoteClosed()) == ["forget", "closeWrite"])
+    }
+
+    @Test("a reused stream the responder ends before any reply byte: the request is sent again; after a byte, it fails")
+    func reusedStreamEndedRetries() {
+        // A machine that answered one request and waits for the reply to a second.
+        func reused() -> RequestStreamMachine {
+            var m = Self.machine()
+            m.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+            _ = Self.feed(&m, Self.framed("one"))
+            m.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+            return m
+        }
+        var closed = reused()
+        #expect(Self.describe(closed.onRemoteClosed()) == ["retry", "forget", "closeWrite"])
+        #expect(closed.isDone)
+        var reset = reused()
+        #expect(Self.describe(reset.onReset("by the peer")) == ["retry", "forget"])
+        #expect(reset.isDone)
+
+        // One byte of the reply: the responder read the request; its end is an error.
+        var started = reused()
+        #expect(Self.feed(&started, [UInt8(Self.framed("two").count - 1)]).isEmpty)
+        #expect(Self.describe(started.onRemoteClosed()) == ["error:protocolViolation", "forget", "closeWrite"])
+        var startedReset = reused()
+        _ = Self.feed(&startedReset, [3])
+        #expect(Self.describe(startedReset.onReset("by the peer")) == ["error:connectionClosed", "forget"])
+
+        // A stream's first request is never sent again (see remoteClose and resetEvents), nor a
+        // one-shot stream's.
+        var oneShot = Self.machine(.oneShot)
+        oneShot.onRequest(parser: LazyReplyParser(maxSize: 64), keepIf: nil)
+        #expect(!Self.describe(oneShot.onRemoteClosed()).contains("retry"))
     }
 
     @Test("a reset fails a waiting request; an idle stream just leaves the pool")
