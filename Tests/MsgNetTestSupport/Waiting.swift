@@ -57,3 +57,17 @@ public final class Counter: Sendable {
         }
     }
 }
+
+/// Whether `condition` holds within `limit`, checking it every 10 ms: for state another party
+/// changes on its own time (a close that follows a reply on the wire, say). The limit bounds a
+/// wait; it is not a timing assertion, so make it generous.
+public func eventually(
+    within limit: Duration = .seconds(10), _ condition: () async throws -> Bool
+) async throws -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now >= deadline { return false }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
