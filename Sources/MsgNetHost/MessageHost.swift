@@ -24,6 +24,11 @@ public struct MessageHostConfiguration: Sendable {
     public var inboundMessageBurst = 100
     /// Timeout of ``MessageHost/request(_:to:protocol:timeout:)`` when none is given.
     public var defaultRequestTimeout: Duration = .seconds(10)
+    /// The order in which paths are tried for a peer with no live session (see
+    /// ``MessageHost/transports``): by default the datagram path (UDP) first, the stream path
+    /// (TCP) as fallback when the datagram path cannot reach the peer within its connect
+    /// deadline. Transports whose path is not listed come last, in the order given.
+    public var pathPreference: [MessagePath] = [.datagram, .stream]
     /// The clock of rate limits (inject one in tests).
     public var now: @Sendable () -> NIODeadline = { NIODeadline.now() }
 
@@ -52,7 +57,9 @@ public final class MessageHost: Sendable {
     public let peerstore: Peerstore
     /// The settings.
     public let configuration: MessageHostConfiguration
-    /// The paths, in order of preference.
+    /// The paths, in order of preference: the transports given to ``init(identity:transports:peerstore:configuration:logger:)``
+    /// ordered by ``MessageHostConfiguration/pathPreference`` (a stable order: two transports of
+    /// one path keep theirs).
     public let transports: [any MessageTransport]
     let logger: Logger
 
@@ -84,7 +91,9 @@ public final class MessageHost: Sendable {
     public let events: AsyncStream<MessageHostEvent>
     private var eventContinuation: AsyncStream<MessageHostEvent>.Continuation { dispatch.eventContinuation }
 
-    /// Creates a host over the given paths. Give every transport the same `peerstore`.
+    /// Creates a host over the given paths. Give every transport the same `peerstore`. The
+    /// order of `transports` does not matter across paths: ``MessageHostConfiguration/pathPreference``
+    /// decides which path is tried first.
     public init(
         identity: PrivateKey,
         transports: [any MessageTransport],
@@ -94,7 +103,7 @@ public final class MessageHost: Sendable {
     ) {
         precondition(!transports.isEmpty, "a MessageHost needs at least one transport")
         self.identity = identity
-        self.transports = transports
+        self.transports = Self.ordered(transports, by: configuration.pathPreference)
         self.peerstore = peerstore
         self.configuration = configuration
         var l = logger
@@ -341,7 +350,8 @@ public final class MessageHost: Sendable {
     /// Runs `body` on the path for `peer` (see ``transport(for:)``). When the peer has no live
     /// session and the preferred path cannot reach it (`dialFailed` — the datagram path gives up
     /// after its short connect deadline), the next path that knows an address of the peer is
-    /// tried: by default UDP first, TCP as fallback, in the order of ``transports``.
+    /// tried, in the order of ``transports`` (``MessageHostConfiguration/pathPreference``; by
+    /// default UDP first, TCP as fallback).
     func withPath<R>(to peer: PeerID, _ body: (any MessageTransport) async throws -> R) async throws -> R {
         let candidates = paths(for: peer)
         for (i, transport) in candidates.enumerated() {
@@ -356,6 +366,14 @@ public final class MessageHost: Sendable {
             }
         }
         return try await body(transports[0])
+    }
+
+    /// `transports` in the order of `preference` (stable; unlisted paths last).
+    static func ordered(_ transports: [any MessageTransport], by preference: [MessagePath]) -> [any MessageTransport] {
+        func rank(_ t: any MessageTransport) -> Int { preference.firstIndex(of: t.path) ?? preference.count }
+        return transports.enumerated()
+            .sorted { a, b in (rank(a.element), a.offset) < (rank(b.element), b.offset) }
+            .map(\.element)
     }
 
     /// The paths to try for `peer`, best first: one with a live session alone; else every path

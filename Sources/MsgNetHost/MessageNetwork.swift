@@ -14,7 +14,7 @@ public struct MessageNetwork: Sendable {
     /// What we know about peers.
     public var peerstore: Peerstore { host.peerstore }
 
-    /// The paths (stream, datagram), in order of preference.
+    /// The paths, in order of preference (``MessageHostConfiguration/pathPreference``).
     public var transports: [any MessageTransport] { host.transports }
 
     /// Starts listening on `address` with the first transport that can (port 0 picks a free port).

@@ -12,8 +12,13 @@ import Testing
 /// Hosts with both paths: the same handler serves both; UDP is preferred; TCP is the fallback.
 @Suite("path choice", .timeLimit(.minutes(2)))
 struct PathChoiceTests {
-    /// A host with the datagram path first and the stream path second.
-    static func dualHost(connectTimeout: TimeAmount = .seconds(2)) -> MessageHost {
+    /// A host with both paths, given to it as the datagram path first and the stream path
+    /// second (or the other way round with `streamFirst`), with `preference` as its
+    /// ``MessageHostConfiguration/pathPreference``.
+    static func dualHost(
+        connectTimeout: TimeAmount = .seconds(2), streamFirst: Bool = false,
+        preference: [MessagePath] = MessageHostConfiguration().pathPreference
+    ) -> MessageHost {
         let identity = PrivateKey.generate()
         let group = MultiThreadedEventLoopGroup.singleton
         let loop = group.next()
@@ -25,7 +30,11 @@ struct PathChoiceTests {
         let tcp = StreamMessageTransport(
             identity: identity, transports: [TCPTransport(group: group)], security: [NoiseSecurity(identity: identity)],
             peerstore: peerstore)
-        return MessageHost(identity: identity, transports: [udp, tcp], peerstore: peerstore)
+        var configuration = MessageHostConfiguration()
+        configuration.pathPreference = preference
+        return MessageHost(
+            identity: identity, transports: streamFirst ? [tcp, udp] : [udp, tcp], peerstore: peerstore,
+            configuration: configuration)
     }
 
     /// A dual host that answers `/echo/1` requests with their payload.
@@ -83,6 +92,61 @@ struct PathChoiceTests {
             _ = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
         }
         #expect(paths.withLockedValue { $0 } == [.datagram])
+    }
+
+    @Test(
+        "the preference decides the first path, not the order the transports were given in",
+        arguments: [
+            ([MessagePath.datagram, .stream], false), ([.datagram, .stream], true),
+            ([.stream, .datagram], false), ([.stream], true),
+        ])
+    func preferenceOrdersThePaths(preference: [MessagePath], streamFirst: Bool) async throws {
+        let a = Self.dualHost(connectTimeout: .seconds(10), streamFirst: streamFirst, preference: preference)
+        let b = Self.dualHost()
+        let expected = preference[0]
+        #expect(a.transports.map(\.path) == (expected == .datagram ? [.datagram, .stream] : [.stream, .datagram]))
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        b.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            let addresses = try await b.network.listen(on: [
+                try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/tcp/0"),
+            ])
+            a.peerstore.addAddresses(addresses, for: b.peerID)
+            let reply = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
+            #expect(reply.path == expected)
+        }
+        #expect(paths.withLockedValue { $0 } == [expected])
+    }
+
+    @Test("a live session on the less preferred path is used rather than opening the preferred one")
+    func liveSessionWinsOverPreference() async throws {
+        let a = Self.dualHost(connectTimeout: .seconds(10))
+        let b = Self.dualHost()
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        b.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        try await running([a, b]) {
+            let addresses = try await b.network.listen(on: [
+                try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/tcp/0"),
+            ])
+            let tcp = try #require(addresses.first { $0.description.contains("/tcp/") })
+            a.peerstore.addAddresses(addresses, for: b.peerID)
+            #expect(try await a.network.connect(to: tcp) == b.peerID)
+            for i in 0..<3 {
+                let reply = try await a.request(ByteBuffer(string: "x\(i)"), to: b.peerID, protocol: "/p/1")
+                #expect(reply.path == .stream)
+            }
+            try await a.send(ByteBuffer(string: "one-way"), to: b.peerID, protocol: "/p/1")
+            // No datagram session was opened on the way.
+            #expect(!a.transports.contains { $0.path == .datagram && $0.isConnected(to: b.peerID) })
+        }
+        #expect(paths.withLockedValue { $0 }.allSatisfy { $0 == .stream })
+        #expect(paths.withLockedValue { $0 }.count >= 3)
     }
 
     @Test("TCP is the fallback when UDP gets no answer within the connect deadline")
