@@ -327,6 +327,44 @@ struct PathChoiceTests {
         }
     }
 
+    @Test(
+        "first contact over real sockets: every socket of ours to every address of the peer (two IPv4 ports, IPv6); one session, each message delivered once"
+    )
+    func consolidationOverRealSockets() async throws {
+        let server = Self.dualHost()
+        let client = Self.dualHost()
+        let got = NIOLockedValueBox<[String]>([])
+        server.setMessageHandler(for: "/echo/1") { message in
+            got.withLockedValue { $0.append(String(buffer: message.data)) }
+            if String(buffer: message.data) == "r" { try await message.reply(message.data) }
+        }
+        let serverUDP = try #require(server.transports.first { $0.path == .datagram } as? DatagramMessageTransport)
+        let clientUDP = try #require(client.transports.first { $0.path == .datagram } as? DatagramMessageTransport)
+        try await running([server, client]) {
+            let addresses = try await server.network.listen(on: [
+                try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/udp/0"),
+                try Multiaddr("/ip6/::1/udp/0"),
+            ])
+            _ = try await client.network.listen(on: [
+                try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/udp/0"),
+            ])
+            client.peerstore.addAddresses(addresses.map { $0.withoutPeerID() }, for: server.peerID)
+            let reply = try await client.request(ByteBuffer(string: "r"), to: server.peerID, protocol: "/echo/1")
+            #expect(String(buffer: reply.data) == "r" && reply.path == .datagram)
+            for i in 0..<5 {
+                try await client.send(ByteBuffer(string: "m\(i)"), to: server.peerID, protocol: "/echo/1")
+            }
+            // Two client sockets × two IPv4 addresses, plus one IPv6 path: five copies of
+            // Handshake1; the server answers the first and counts the others as duplicates
+            // (counters are published every 10 ms).
+            #expect(try await eventually { serverUDP.sessionCounters.handshakeDuplicates >= 4 })
+            #expect(serverUDP.connectedPeers == [client.peerID])
+            #expect(clientUDP.connectedPeers == [server.peerID])
+            #expect(serverUDP.sessionCounters.limitRejected == 0)
+        }
+        #expect(got.withLockedValue { $0 }.sorted() == ["m0", "m1", "m2", "m3", "m4", "r"])
+    }
+
     @Test("first contact: one of the peer's addresses reaches a different node; the right one still wins")
     func oneAddressReachesAnotherNode() async throws {
         let server = Self.echoServer()
