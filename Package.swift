@@ -279,7 +279,8 @@ let package = Package(
         .testTarget(
             name: "MsgNetHostTests",
             dependencies: [
-                "MsgNetHost", "MsgNetCore", "MsgNetStreams", "MsgNetTransportPosix", "MsgNetSecurity",
+                "MsgNetHost", "MsgNetCore", "MsgNetMultipacket", "MsgNetStreams", "MsgNetTransportPosix",
+                "MsgNetSecurity",
                 "MsgNetTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
