@@ -12,7 +12,12 @@ import Synchronization
 public struct DatagramTransportConfiguration: Sendable {
     /// Session layer limits (handshake, keep-alive, idle timeout, session counts).
     public var session = SessionLimits()
-    /// Messaging layer limits (reliability, fragmentation, reassembly).
+    /// Messaging layer limits (reliability, fragmentation, reassembly). Its `maxMessageSize`
+    /// (default 1 MiB) is raised to the host's ``MessageHostConfiguration/maxMessageSize`` when
+    /// that is larger, so both paths carry the same largest message (the per-peer reassembly
+    /// budget, `maxReassemblyBytes`, is raised to at least that size too). A host limit below
+    /// it is applied by the host after reassembly: a larger request gets a `messageTooLarge`
+    /// error reply, as on the stream path.
     public var messaging = MessagingLimits()
     /// Inbound messages handed to the host and not yet handled, across all peers. Past it,
     /// incoming datagrams are dropped before they are acknowledged, so reliable senders
@@ -190,6 +195,26 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
 
     public func attach(to context: MessageTransportContext) {
         contextBox.withLockedValue { $0 = context }
+        hostMaxMessageSize.store(context.maxMessageSize, ordering: .releasing)
+    }
+
+    /// The attached host's ``MessageHostConfiguration/maxMessageSize``; 0 before attach.
+    private let hostMaxMessageSize = Synchronization.Atomic<Int>(0)
+
+    /// The messaging limits sessions use (see ``DatagramTransportConfiguration/messaging``).
+    var messagingLimits: MessagingLimits {
+        let size = hostMaxMessageSize.load(ordering: .acquiring)
+        return Self.messagingLimits(configuration.messaging, maxMessageSize: size > 0 ? size : nil)
+    }
+
+    /// The messaging limits of a new session: the configured ones, raised to carry the host's
+    /// largest message (see ``DatagramTransportConfiguration/messaging``).
+    static func messagingLimits(_ configured: MessagingLimits, maxMessageSize: Int?) -> MessagingLimits {
+        guard let maxMessageSize, maxMessageSize > configured.maxMessageSize else { return configured }
+        var limits = configured
+        limits.maxMessageSize = maxMessageSize
+        limits.maxReassemblyBytes = max(limits.maxReassemblyBytes, maxMessageSize)
+        return limits
     }
 
     public func run() async throws {
@@ -323,7 +348,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// `maxUnreliableInFlight` queued sends (or for a message too large for one datagram) it
     /// returns false and the caller waits for the loop as a reliable send does.
     private func queueUnreliable(_ data: ByteBuffer, protocol name: String, session: SessionID) -> Bool {
-        guard data.readableBytes <= configuration.messaging.maxUnreliableLength(protocolNameLength: name.utf8.count)
+        guard data.readableBytes <= messagingLimits.maxUnreliableLength(protocolNameLength: name.utf8.count)
         else { return false }
         let queued = mirror.withLockedValue { m -> Bool? in
             guard m.unreliableQueue.count < Self.maxUnreliableInFlight else { return nil }
@@ -1045,7 +1070,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let core = core.value
         if core.machines[e.localID] == nil {
             core.machines[e.localID] = MessagingMachine(
-                limits: configuration.messaging, budget: core.budget, hasHandler: handled.predicate(on: loop))
+                limits: messagingLimits, budget: core.budget, hasHandler: handled.predicate(on: loop))
             core.sessionPeers[e.localID] = e.remotePeer
             core.use[e.localID] = Core.Use(since: .now())
             startIdleSweep()
