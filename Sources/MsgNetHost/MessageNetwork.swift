@@ -88,15 +88,18 @@ public struct MessageNetwork: Sendable {
     }
 
     /// A session with `peer` on `protocol`: connects and opens the channel now, so errors such
-    /// as `.dialFailed` or `.protocolNotSupported` surface here.
+    /// as `.dialFailed` or `.protocolNotSupported` surface here. The path is chosen as for a
+    /// send: a live session's path, else the preferred path that can reach the peer, falling
+    /// back to the next on `.dialFailed` (see ``MessageHostConfiguration/pathPreference``).
     public func newSession(to peer: PeerID, protocol: String) async throws -> SocketSession {
-        let transport = host.transport(for: peer)
-        do {
-            try await transport.openSession(to: peer, protocol: `protocol`)
-        } catch {
-            throw MessageError.from(error)
+        try await host.withPath(to: peer) { transport in
+            do {
+                try await transport.openSession(to: peer, protocol: `protocol`)
+            } catch {
+                throw MessageError.from(error)
+            }
+            return SocketSession(host: host, transport: transport, remote: peer, protocol: `protocol`)
         }
-        return SocketSession(host: host, transport: transport, remote: peer, protocol: `protocol`)
     }
 
     /// Shuts the host down (same as ``MessageHost/shutdown()``).

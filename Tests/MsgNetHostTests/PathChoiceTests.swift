@@ -173,6 +173,31 @@ struct PathChoiceTests {
         #expect(paths.withLockedValue { $0 } == [.stream])
     }
 
+    @Test("newSession falls back to TCP as a send does when UDP gets no answer within the connect deadline")
+    func newSessionFallsBackToTCP() async throws {
+        let a = Self.dualHost(connectTimeout: .milliseconds(300))
+        let b = Self.dualHost()
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        b.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        let dead = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let deadPort = dead.localAddress!.port!
+        try await dead.close()
+        try await running([a, b]) {
+            let tcp = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
+            a.peerstore.addAddresses(
+                [try Multiaddr("/ip4/127.0.0.1/udp/\(deadPort)"), tcp.withoutPeerID()], for: b.peerID)
+            let session = try await a.network.newSession(to: b.peerID, protocol: "/p/1")
+            #expect(session.path == .stream)
+            let reply = try await session.request(ByteBuffer(string: "x"))
+            #expect(String(buffer: reply.data) == "x" && reply.path == .stream)
+        }
+        #expect(paths.withLockedValue { $0 } == [.stream])
+    }
+
     @Test("connect(to:) an explicit UDP address waits for the handshake, not the fallback deadline")
     func explicitConnectWaitsForHandshake() async throws {
         // A deadline no handshake meets: sends to a new peer would fall back at once, but an
