@@ -204,7 +204,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
     /// The messaging limits sessions use (see ``DatagramTransportConfiguration/messaging``).
     var messagingLimits: MessagingLimits {
         let size = hostMaxMessageSize.load(ordering: .acquiring)
-        return Self.messagingLimits(configuration.messaging, maxMessageSize: size > 0 ? size : nil)
+        guard size > configuration.messaging.maxMessageSize else { return configuration.messaging }
+        return Self.messagingLimits(configuration.messaging, maxMessageSize: size)
     }
 
     /// The messaging limits of a new session: the configured ones, raised to carry the host's
