@@ -81,7 +81,7 @@ stop_listener chat
 echo
 
 echo "== one listener, two paths: the same handler receives a send over TCP and over UDP"
-start_listener both --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0 --print-protocol /chat/1.0.0
+start_listener both --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0 --print-protocol /chat/1.0.0 --print-path
 wait_lines both 2
 tcp=$(sed -n 1p "$tmp/both")
 udp=$(sed -n 2p "$tmp/both")
@@ -92,8 +92,13 @@ echo "\$ msgnet send $tcp --protocol /chat/1.0.0 hello over tcp"
 echo "\$ msgnet send $udp --protocol /chat/1.0.0 hello over udp"
 "$msgnet" send "$udp" --protocol /chat/1.0.0 hello over udp --key "$tmp/sender.key"
 wait_lines both 4
-echo "listener printed:"
+echo "listener printed (sender, protocol, the path it came on, text):"
 sed -n 3,4p "$tmp/both" | sed 's/^/  /'
+if ! grep -q " /chat/1.0.0 stream hello over tcp$" "$tmp/both" ||
+  ! grep -q " /chat/1.0.0 datagram hello over udp$" "$tmp/both"; then
+  echo "demo: the handler did not get one message over each path" >&2
+  exit 1
+fi
 echo "\$ msgnet ping $udp --count 3"
 "$msgnet" ping "$udp" --count 3
 stop_listener both

@@ -28,6 +28,8 @@ struct ListenCommand: AsyncParsableCommand {
             With --print-protocol P, each message received on P is printed as one line
             "<from-peer-id> <protocol> <text>" (line breaks in the text become spaces); when the
             message is a request (msgnet request), it is answered with the same text (echo).
+            With --print-path, the line also names the path the message came on:
+            "<from-peer-id> <protocol> <stream|datagram> <text>".
             """
     )
     @OptionGroup var options: CommonOptions
@@ -44,9 +46,15 @@ struct ListenCommand: AsyncParsableCommand {
     )
     var printProtocol: [String] = []
 
+    @Flag(
+        name: .long,
+        help: "With --print-protocol: also print the path each message came on (stream or datagram).")
+    var printPath = false
+
     func run() async throws {
         let signals = SignalWaiter([SIGINT, SIGTERM])
         let printed = printProtocol
+        let withPath = printPath
         do {
             try await withNode(
                 options, listen: listen,
@@ -59,7 +67,9 @@ struct ListenCommand: AsyncParsableCommand {
                     }
                     for protocolID in printed {
                         node.host.setMessageHandler(for: protocolID) { message in
-                            Output.standardOutput("\(message.from) \(message.protocol) \(lineText(message.data))\n")
+                            let path = withPath ? " \(message.path.map { "\($0)" } ?? "unknown")" : ""
+                            Output.standardOutput(
+                                "\(message.from) \(message.protocol)\(path) \(lineText(message.data))\n")
                             if message.canReply { try await message.reply(message.data) }
                         }
                     }

@@ -194,7 +194,8 @@ extension InteropTests {
             try await withTemporaryDirectory { dir in
                 let sender = try await MsgNetBinary.identity(named: "sender", in: dir)
                 try await MsgNetBinary.withListener(
-                    on: [CLIPath.tcp.listenAddress, CLIPath.udp.listenAddress], ["--print-protocol", "/chat/1.0.0"]
+                    on: [CLIPath.tcp.listenAddress, CLIPath.udp.listenAddress],
+                    ["--print-protocol", "/chat/1.0.0", "--print-path"]
                 ) { addresses, listener in
                     #expect(addresses.count == 2)
                     #expect(addresses.map(\.peerID) == [addresses[0].peerID, addresses[0].peerID])
@@ -209,7 +210,7 @@ extension InteropTests {
                     }
                     #expect(
                         output.stdoutLines.dropFirst(2) == [
-                            "\(sender.id) /chat/1.0.0 over tcp", "\(sender.id) /chat/1.0.0 over udp",
+                            "\(sender.id) /chat/1.0.0 stream over tcp", "\(sender.id) /chat/1.0.0 datagram over udp",
                         ], "\(output.summary)")
                 }
             }
