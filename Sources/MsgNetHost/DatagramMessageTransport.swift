@@ -773,11 +773,12 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         do {
             // Mutated in place through `values[index]`: a copy of the machine would make every
             // collection in it copy on write, and the optional subscript moves it out and back.
+            let now = NIODeadline.now()
             let result = try core.machines.values[index].send(
-                data, protocol: name, mode: mode, kind: kind, now: .now())
+                data, protocol: name, mode: mode, kind: kind, now: now)
             if mode == .reliable, let continuation {
                 core.pendingSends[session, default: [:]][result.id] = Core.PendingSend(
-                    token: token, continuation: continuation)
+                    token: token, continuation: continuation, sent: now)
             }
             perform(result.actions, session: session)
             scheduleFlush()
@@ -862,16 +863,17 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             return
         }
         do {
+            let now = NIODeadline.now()
             let result = try core.machines.values[index].send(
-                data, protocol: name, mode: .reliable, kind: .request(id: rid), now: .now())
+                data, protocol: name, mode: .reliable, kind: .request(id: rid), now: now)
             // One timer keeps every request's deadline, not a scheduled task each.
-            let deadlineToken = core.requestDeadlines.add(.now() + timeout) {
+            let deadlineToken = core.requestDeadlines.add(now + timeout) {
                 self.core.value.finishRequest(
                     rid, .failure(MessageError(.timedOut, "no reply from \(peer) on \(name) within \(timeout)")))
             }
             core.requests[rid] = Core.PendingRequest(
                 session: session, peer: peer, sendID: result.id, continuation: continuation,
-                deadlineToken: deadlineToken)
+                deadlineToken: deadlineToken, sent: now)
             core.use[session]?.inProgress += 1
             perform(result.actions, session: session)
             // A request is one loop job of its own: its datagram leaves at the end of it, as a
@@ -1114,11 +1116,18 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             _ = machine.close()
         }
         let error = MessageError(.connectionClosed, "the datagram session closed (\(reason)); outcome unknown")
-        for (_, send) in core.pendingSends.removeValue(forKey: session) ?? [:] {
-            send.continuation.resume(throwing: error)
+        // The peer closed the session as unused for `unused`: what we first sent within that
+        // time never reached it, so it goes again on a new session (`onSession`).
+        var undelivered: (NIODeadline) -> Bool = { _ in false }
+        if case .remoteCloseUnused(let unused) = reason {
+            let since = NIODeadline.now() - unused
+            undelivered = { $0 >= since }
         }
-        for rid in core.requests.filter({ $0.value.session == session }).map(\.key) {
-            core.finishRequest(rid, .failure(error))
+        for (_, send) in core.pendingSends.removeValue(forKey: session) ?? [:] {
+            send.continuation.resume(throwing: undelivered(send.sent) ? SessionGone() : error)
+        }
+        for (rid, request) in core.requests where request.session == session {
+            core.finishRequest(rid, .failure(undelivered(request.sent) ? SessionGone() : error))
         }
         core.machineWakeups.set(session, nil)
         core.sessionPeers[session] = nil
@@ -1148,7 +1157,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let address = connection.remoteAddress
         else { return }
         switch reason {
-        case .localClose, .remoteClose, .packetNumbersExhausted:
+        case .localClose, .remoteClose, .remoteCloseUnused, .packetNumbersExhausted:
             contextBox.withLockedValue { $0 }?.peerstore.addAddresses([address], for: peer, ttl: .duration(ttl))
         case .idleTimeout, .handshakeTimeout, .handshakeFailed, .superseded, .unreachable:
             return
@@ -1173,15 +1182,18 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         let core = core.value
         core.idleSweeps += 1
         let now = NIODeadline.now()
-        let unused = core.use.filter { sid, use in
-            guard use.inProgress <= 0, core.pendingSends[sid]?.isEmpty ?? true else { return false }
+        var unused: [(SessionID, TimeAmount)] = []
+        for (sid, use) in core.use {
+            guard use.inProgress <= 0, core.pendingSends[sid]?.isEmpty ?? true else { continue }
             let index = core.machines.index(forKey: sid)
             let last = index.flatMap { core.machines.values[$0].lastActivity }.map { max($0, use.since) } ?? use.since
-            return last + idle <= now
+            if last + idle <= now { unused.append((sid, now - last)) }
         }
         guard !unused.isEmpty else { return }
         var actions: [SessionAction<UDPPath>] = []
-        for sid in unused.keys { actions += core.table.close(session: sid, now: now) }
+        // The Close says how long the session carried nothing: the peer resends, on a new
+        // session, what it sent within that time (it crossed the Close).
+        for (sid, time) in unused { actions += core.table.close(session: sid, now: now, unusedFor: time) }
         perform(actions)
         flushSockets()
     }
@@ -1261,6 +1273,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             let continuation: UnsafeContinuation<Message, any Error>
             /// The request's entry in `requestDeadlines`.
             let deadlineToken: UInt64
+            /// When the request was handed to the session's machine.
+            let sent: NIODeadline
         }
 
         var table: SessionTable<UDPPath>
@@ -1280,6 +1294,8 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
         struct PendingSend {
             let token: UInt64
             let continuation: UnsafeContinuation<Void, any Error>
+            /// When the message was handed to the session's machine.
+            let sent: NIODeadline
         }
         var pendingSends: [SessionID: [MessagingSendID: PendingSend]] = [:]
         var requests: [UInt64: PendingRequest] = [:]
@@ -1335,7 +1351,7 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             use[session]?.inProgress -= 1
         }
 
-        func finishRequest(_ id: UInt64, _ result: Result<Message, MessageError>) {
+        func finishRequest(_ id: UInt64, _ result: Result<Message, any Error>) {
             guard let pending = requests.removeValue(forKey: id) else { return }
             requestDeadlines.remove(pending.deadlineToken)
             use[pending.session]?.inProgress -= 1

@@ -389,7 +389,7 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
             self.candidate = nil
             counters.pathMigrations += 1
         case .close:
-            close(.remoteClose, now: now, actions: &actions, notifyPeer: false)
+            close(Self.closeReason(payload), now: now, actions: &actions, notifyPeer: false)
         case .handshake1, .handshake2, .handshake3, .retry:
             counters.unexpected += 1
         }
@@ -503,22 +503,45 @@ struct SessionMachine<Path: Hashable & Sendable>: Sendable {
         }
     }
 
-    /// Closes the session; an established one tells the peer with an authenticated Close.
+    /// Closes the session; an established one tells the peer with an authenticated Close, which
+    /// says so when the session is closed as unused (`unusedFor`, see ``closePayload(unusedFor:)``).
     mutating func close(
         _ reason: SessionCloseReason,
         now: NIODeadline,
         actions: inout [SessionAction<Path>],
-        notifyPeer: Bool = true
+        notifyPeer: Bool = true,
+        unusedFor: TimeAmount? = nil
     ) {
         if case .closed = state { return }
         if notifyPeer, case .established = state, let path {
-            sendTransport(.close, payload: ByteBuffer(), to: path, now: now, actions: &actions)
+            sendTransport(
+                .close, payload: Self.closePayload(unusedFor: unusedFor), to: path, now: now, actions: &actions)
         }
         state = .closed
         closeReason = reason
         candidate = nil
         early = []
         actions.append(.closed(session: localID, peer: remotePeer, reason: reason))
+    }
+
+    /// The Close payload (B.9): empty, or when the session is closed as unused, `0x01` and the
+    /// time it carried nothing, in milliseconds (u32, big-endian; capped at 2^32 − 1).
+    static func closePayload(unusedFor: TimeAmount?) -> ByteBuffer {
+        guard let unusedFor else { return ByteBuffer() }
+        var buffer = ByteBuffer()
+        buffer.writeInteger(UInt8(1))
+        let ms = max(0, unusedFor.nanoseconds / 1_000_000)
+        buffer.writeInteger(UInt32(clamping: ms))
+        return buffer
+    }
+
+    /// What a received Close payload says: unused for a time, or nothing (any other payload is
+    /// ignored, as an empty one).
+    static func closeReason(_ payload: ByteBuffer) -> SessionCloseReason {
+        guard payload.readableBytes == 5, payload.getInteger(at: payload.readerIndex, as: UInt8.self) == 1,
+            let ms = payload.getInteger(at: payload.readerIndex + 1, as: UInt32.self)
+        else { return .remoteClose }
+        return .remoteCloseUnused(.milliseconds(Int64(ms)))
     }
 
     // MARK: Internals

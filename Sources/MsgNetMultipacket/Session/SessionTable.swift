@@ -263,12 +263,18 @@ public struct SessionTable<Path: Hashable & Sendable>: Sendable {
     }
 
     /// Closes a session (an established one tells its peer with an authenticated Close).
+    ///
+    /// - Parameter unusedFor: when the session is closed because it carried nothing for this
+    ///   long, the Close says so (B.9), and the peer knows that nothing it first sent within that
+    ///   time was received; only say it when no messaging payload arrived in that time.
     @_specialize(exported:true,where Path == DatagramPath)
-    public mutating func close(session id: SessionID, now: NIODeadline) -> [SessionAction<Path>] {
+    public mutating func close(
+        session id: SessionID, now: NIODeadline, unusedFor: TimeAmount? = nil
+    ) -> [SessionAction<Path>] {
         var actions: [SessionAction<Path>] = []
         guard sessions[id] != nil else { return actions }
         dispatch(id, now: now, actions: &actions) { machine, actions in
-            machine.close(.localClose, now: now, actions: &actions)
+            machine.close(.localClose, now: now, actions: &actions, unusedFor: unusedFor)
         }
         return actions
     }

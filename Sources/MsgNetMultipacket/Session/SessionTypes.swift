@@ -77,6 +77,10 @@ public enum SessionCloseReason: Equatable, Sendable, CustomStringConvertible {
     case localClose
     /// The peer sent an authenticated Close.
     case remoteClose
+    /// The peer sent an authenticated Close saying the session had carried nothing for the given
+    /// time (it closed the session as unused): no messaging payload of ours reached it in that
+    /// time, so nothing we first sent within it was received.
+    case remoteCloseUnused(TimeAmount)
     /// No authenticated packet arrived for ``SessionLimits/idleTimeout``.
     case idleTimeout
     /// The handshake did not complete (and get confirmed) within ``SessionLimits/handshakeTimeout``.
@@ -96,6 +100,7 @@ public enum SessionCloseReason: Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .localClose: return "closed locally"
         case .remoteClose: return "closed by the peer"
+        case .remoteCloseUnused(let time): return "closed by the peer, unused for \(time.nanoseconds / 1_000_000) ms"
         case .idleTimeout: return "idle timeout"
         case .handshakeTimeout: return "handshake timed out"
         case .handshakeFailed(let error): return "handshake failed: \(error)"

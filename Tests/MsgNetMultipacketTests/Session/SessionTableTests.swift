@@ -674,6 +674,32 @@ struct SessionPathTests {
         #expect(net.closed["B"]?.map(\.reason) == [.remoteClose])
     }
 
+    @Test func closeAsUnusedTellsThePeerForHowLong() throws {
+        var net = connected(seed: 56)
+        let id = try #require(net.tables["A"]!.session(with: net.peer("B")))
+        net.perform("A", net.tables["A"]!.close(session: id, now: net.now, unusedFor: .milliseconds(120_345)))
+        net.run(for: .seconds(1))
+        #expect(net.closed["A"]?.map(\.reason) == [.localClose])
+        #expect(net.closed["B"]?.map(\.reason) == [.remoteCloseUnused(.milliseconds(120_345))])
+    }
+
+    @Test func closePayloadsDecodeToWhatTheySayOrToAPlainClose() {
+        typealias Machine = SessionMachine<String>
+        for ms: Int64 in [0, 1, 120_000, Int64(UInt32.max)] {
+            let payload = Machine.closePayload(unusedFor: .milliseconds(ms))
+            #expect(payload.readableBytes == 5)
+            #expect(Machine.closeReason(payload) == .remoteCloseUnused(.milliseconds(ms)))
+        }
+        // Longer than a u32 of milliseconds: capped, never wrapped to a short time.
+        let capped = Machine.closeReason(Machine.closePayload(unusedFor: .hours(24 * 365)))
+        #expect(capped == .remoteCloseUnused(.milliseconds(Int64(UInt32.max))))
+        #expect(Machine.closePayload(unusedFor: nil).readableBytes == 0)
+        // Anything else is a plain Close: empty, another kind byte, truncated, or too long.
+        for bytes: [UInt8] in [[], [1], [1, 0, 0, 0], [2, 0, 0, 0, 1], [1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 9]] {
+            #expect(Machine.closeReason(ByteBuffer(bytes: bytes)) == .remoteClose, "\(bytes)")
+        }
+    }
+
     @Test func packetNumberExhaustionClosesTheSession() throws {
         var limits = SessionLimits()
         limits.maxPacketNumber = 5
