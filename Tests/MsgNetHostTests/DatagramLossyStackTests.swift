@@ -13,10 +13,11 @@ import Testing
 /// own tests do the same on a simulated link; this one checks the layers together.
 @Suite("Datagram stack over a lossy link", .timeLimit(.minutes(2)))
 struct DatagramLossyStackTests {
-    static func node(seed: UInt64) -> (MessageHost, LossyDatagrams) {
+    static func node(seed: UInt64) -> (MessageHost, LossyLink) {
         let identity = PrivateKey.generate()
         let loop = MultiThreadedEventLoopGroup.singleton.next()
-        let lossy = LossyDatagrams(inner: UDPTransport(group: loop), seed: seed, loss: 0.10, duplicate: 0.05)
+        let link = LossyLink(seed: seed, loss: 0.10, duplicate: 0.05)
+        let lossy = FilteredDatagrams(inner: UDPTransport(group: loop), outbound: link.plan)
         var configuration = DatagramTransportConfiguration()
         configuration.connectTimeout = .seconds(20)
         configuration.messaging.deliveryTimeout = .seconds(60)
@@ -26,7 +27,7 @@ struct DatagramLossyStackTests {
         hostConfiguration.defaultRequestTimeout = .seconds(60)
         let host = MessageHost(
             identity: identity, transports: [transport], peerstore: Peerstore(), configuration: hostConfiguration)
-        return (host, lossy)
+        return (host, link)
     }
 
     /// Message `i`: sizes from empty to several fragments; equal sizes differ in content
@@ -103,11 +104,11 @@ struct DatagramLossyStackTests {
     }
 }
 
-/// A ``DatagramTransport`` whose sockets drop, duplicate and reorder what they send: each
-/// datagram is lost with probability `loss`, sent twice with probability `duplicate`, and one
-/// in ten is held back and sent after the next one (on the socket that sends that one: use one
-/// socket per transport). A datagram held back when nothing follows is lost.
-final class LossyDatagrams: DatagramTransport {
+/// A lossy link for ``FilteredDatagrams`` (`outbound: link.plan`): each datagram sent is lost
+/// with probability `loss`, sent twice with probability `duplicate`, and one in ten is held back
+/// and sent after the next one (on the socket that sends that one: use one socket per
+/// transport). A datagram held back when nothing follows is lost.
+final class LossyLink: Sendable {
     struct Stats: Sendable, CustomStringConvertible {
         var sent = 0
         var dropped = 0
@@ -120,28 +121,15 @@ final class LossyDatagrams: DatagramTransport {
         var stats = Stats()
         var held: (ByteBuffer, SocketAddress)?
     }
-    let inner: any DatagramTransport
     let loss: Double
     let duplicate: Double
     let state: NIOLockedValueBox<State>
     var stats: Stats { state.withLockedValue { $0.stats } }
 
-    init(inner: any DatagramTransport, seed: UInt64, loss: Double, duplicate: Double) {
-        self.inner = inner
+    init(seed: UInt64, loss: Double, duplicate: Double) {
         self.loss = loss
         self.duplicate = duplicate
         self.state = NIOLockedValueBox(State(rng: SplitMix64(seed: seed)))
-    }
-
-    func canHandle(_ address: Multiaddr) -> Bool { inner.canHandle(address) }
-    func resolve(_ address: Multiaddr) async throws -> [SocketAddress] { try await inner.resolve(address) }
-
-    func bind(
-        _ address: Multiaddr,
-        handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
-        flush: @escaping @Sendable () -> Void
-    ) async throws -> any DatagramSocket {
-        LossySocket(inner: try await inner.bind(address, handler: handler, flush: flush), link: self)
     }
 
     /// What to send for one datagram written: nothing, it once or twice, possibly after the
@@ -168,24 +156,4 @@ final class LossyDatagrams: DatagramTransport {
             return out
         }
     }
-
-}
-
-/// A socket of ``LossyDatagrams``.
-final class LossySocket: DatagramSocket {
-    let inner: any DatagramSocket
-    let link: LossyDatagrams
-    init(inner: any DatagramSocket, link: LossyDatagrams) {
-        self.inner = inner
-        self.link = link
-    }
-    var localAddress: Multiaddr { inner.localAddress }
-    var eventLoop: any EventLoop { inner.eventLoop }
-    func write(_ datagram: ByteBuffer, to address: SocketAddress) {
-        for (d, a) in link.plan(datagram, to: address) { inner.write(d, to: a) }
-    }
-    func flush() {
-        inner.flush()
-    }
-    func close() async { await inner.close() }
 }

@@ -18,12 +18,13 @@ struct DatagramUnusedCloseTests {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         // a: never closes sessions as unused; its sends to the first session can be cut off.
         let aIdentity = PrivateKey.generate()
-        let gate = SessionGateDatagrams(inner: UDPTransport(group: loop))
+        let gate = SessionGate()
         var aConfiguration = DatagramTransportConfiguration()
         aConfiguration.sessionIdleTimeout = nil
         aConfiguration.connectTimeout = .seconds(10)
         let aTransport = DatagramMessageTransport(
-            identity: aIdentity, datagrams: gate, eventLoop: loop, configuration: aConfiguration)
+            identity: aIdentity, datagrams: FilteredDatagrams(inner: UDPTransport(group: loop), outbound: gate.pass),
+            eventLoop: loop, configuration: aConfiguration)
         var hostConfiguration = MessageHostConfiguration()
         hostConfiguration.defaultRequestTimeout = .seconds(30)
         let a = MessageHost(
@@ -68,62 +69,31 @@ struct DatagramUnusedCloseTests {
     }
 }
 
-/// A ``DatagramTransport`` that, once told, drops every datagram it sends to one session: the
-/// one named by the next transport packet (destination id, bytes 1–8) it sends. Handshakes and
-/// other sessions pass.
-final class SessionGateDatagrams: DatagramTransport {
+/// For ``FilteredDatagrams`` (`outbound: gate.pass`): once told, drops every datagram sent to
+/// one session, the one named by the next transport packet (destination id, bytes 1–8) sent.
+/// Handshakes and other sessions pass.
+final class SessionGate: Sendable {
     struct State {
         var armed = false
         var cut: [UInt8]?
         var dropped = 0
     }
-    let inner: any DatagramTransport
     let state = NIOLockedValueBox(State())
     var dropped: Int { state.withLockedValue { $0.dropped } }
-
-    init(inner: any DatagramTransport) { self.inner = inner }
 
     /// Cuts off the session of the next transport packet sent.
     func cutNextSession() { state.withLockedValue { $0.armed = true } }
 
-    func canHandle(_ address: Multiaddr) -> Bool { inner.canHandle(address) }
-    func resolve(_ address: Multiaddr) async throws -> [SocketAddress] { try await inner.resolve(address) }
-
-    func bind(
-        _ address: Multiaddr,
-        handler: @escaping @Sendable (ByteBuffer, SocketAddress) -> Void,
-        flush: @escaping @Sendable () -> Void
-    ) async throws -> any DatagramSocket {
-        GatedSocket(inner: try await inner.bind(address, handler: handler, flush: flush), gate: self)
-    }
-
-    /// Whether `datagram` may leave.
-    func passes(_ datagram: ByteBuffer) -> Bool {
+    /// `datagram`, unless its session is cut off.
+    func pass(_ datagram: ByteBuffer, to address: SocketAddress) -> [(ByteBuffer, SocketAddress)] {
         guard datagram.readableBytes >= 31, let type = datagram.getInteger(at: datagram.readerIndex, as: UInt8.self),
             (0x14...0x19).contains(type), let destination = datagram.getBytes(at: datagram.readerIndex + 1, length: 8)
-        else { return true }
+        else { return [(datagram, address)] }
         return state.withLockedValue { s in
             if s.armed, s.cut == nil { s.cut = destination }
-            guard destination == s.cut else { return true }
+            guard destination == s.cut else { return [(datagram, address)] }
             s.dropped += 1
-            return false
+            return []
         }
     }
-}
-
-/// A socket of ``SessionGateDatagrams``.
-final class GatedSocket: DatagramSocket {
-    let inner: any DatagramSocket
-    let gate: SessionGateDatagrams
-    init(inner: any DatagramSocket, gate: SessionGateDatagrams) {
-        self.inner = inner
-        self.gate = gate
-    }
-    var localAddress: Multiaddr { inner.localAddress }
-    var eventLoop: any EventLoop { inner.eventLoop }
-    func write(_ datagram: ByteBuffer, to address: SocketAddress) {
-        if gate.passes(datagram) { inner.write(datagram, to: address) }
-    }
-    func flush() { inner.flush() }
-    func close() async { await inner.close() }
 }

@@ -37,6 +37,25 @@ struct PathChoiceTests {
             configuration: configuration)
     }
 
+    /// Makes `host` echo `/p/1` requests and returns the paths of the messages it gets there.
+    static func recordPaths(of host: MessageHost) -> NIOLockedValueBox<[MessagePath?]> {
+        let paths = NIOLockedValueBox<[MessagePath?]>([])
+        host.setMessageHandler(for: "/p/1") { message in
+            paths.withLockedValue { $0.append(message.path) }
+            try await message.reply(message.data)
+        }
+        return paths
+    }
+
+    /// A loopback UDP port nobody answers on: one bound and closed again.
+    static func deadUDPPort() async throws -> Int {
+        let dead = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(dead.localAddress?.port)
+        try await dead.close()
+        return port
+    }
+
     /// A dual host that answers `/echo/1` requests with their payload.
     static func echoServer() -> MessageHost {
         let server = dualHost()
@@ -79,11 +98,7 @@ struct PathChoiceTests {
         // machine from falling back to TCP.
         let a = Self.dualHost(connectTimeout: .seconds(10))
         let b = Self.dualHost()
-        let paths = NIOLockedValueBox<[MessagePath?]>([])
-        b.setMessageHandler(for: "/p/1") { message in
-            paths.withLockedValue { $0.append(message.path) }
-            try await message.reply(message.data)
-        }
+        let paths = Self.recordPaths(of: b)
         try await running([a, b]) {
             let addresses = try await b.network.listen(on: [
                 try Multiaddr("/ip4/127.0.0.1/tcp/0"), try Multiaddr("/ip4/127.0.0.1/udp/0"),
@@ -105,11 +120,7 @@ struct PathChoiceTests {
         let b = Self.dualHost()
         let expected = preference[0]
         #expect(a.transports.map(\.path) == (expected == .datagram ? [.datagram, .stream] : [.stream, .datagram]))
-        let paths = NIOLockedValueBox<[MessagePath?]>([])
-        b.setMessageHandler(for: "/p/1") { message in
-            paths.withLockedValue { $0.append(message.path) }
-            try await message.reply(message.data)
-        }
+        let paths = Self.recordPaths(of: b)
         try await running([a, b]) {
             let addresses = try await b.network.listen(on: [
                 try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/tcp/0"),
@@ -125,11 +136,7 @@ struct PathChoiceTests {
     func liveSessionWinsOverPreference() async throws {
         let a = Self.dualHost(connectTimeout: .seconds(10))
         let b = Self.dualHost()
-        let paths = NIOLockedValueBox<[MessagePath?]>([])
-        b.setMessageHandler(for: "/p/1") { message in
-            paths.withLockedValue { $0.append(message.path) }
-            try await message.reply(message.data)
-        }
+        let paths = Self.recordPaths(of: b)
         try await running([a, b]) {
             let addresses = try await b.network.listen(on: [
                 try Multiaddr("/ip4/127.0.0.1/udp/0"), try Multiaddr("/ip4/127.0.0.1/tcp/0"),
@@ -149,50 +156,26 @@ struct PathChoiceTests {
         #expect(paths.withLockedValue { $0 }.count >= 3)
     }
 
-    @Test("TCP is the fallback when UDP gets no answer within the connect deadline")
-    func fallsBackToTCP() async throws {
+    @Test(
+        "TCP is the fallback when UDP gets no answer within the connect deadline, for a request and for newSession",
+        arguments: [false, true])
+    func fallsBackToTCP(viaNewSession: Bool) async throws {
         let a = Self.dualHost(connectTimeout: .milliseconds(300))
         let b = Self.dualHost()
-        let paths = NIOLockedValueBox<[MessagePath?]>([])
-        b.setMessageHandler(for: "/p/1") { message in
-            paths.withLockedValue { $0.append(message.path) }
-            try await message.reply(message.data)
-        }
-        // A UDP port nobody answers on: bind one and close it.
-        let dead = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let deadPort = dead.localAddress!.port!
-        try await dead.close()
+        let paths = Self.recordPaths(of: b)
+        let deadPort = try await Self.deadUDPPort()
         try await running([a, b]) {
             let tcp = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
             a.peerstore.addAddresses(
                 [try Multiaddr("/ip4/127.0.0.1/udp/\(deadPort)"), tcp.withoutPeerID()], for: b.peerID)
-            let reply = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
-            #expect(reply.path == .stream)
-        }
-        #expect(paths.withLockedValue { $0 } == [.stream])
-    }
-
-    @Test("newSession falls back to TCP as a send does when UDP gets no answer within the connect deadline")
-    func newSessionFallsBackToTCP() async throws {
-        let a = Self.dualHost(connectTimeout: .milliseconds(300))
-        let b = Self.dualHost()
-        let paths = NIOLockedValueBox<[MessagePath?]>([])
-        b.setMessageHandler(for: "/p/1") { message in
-            paths.withLockedValue { $0.append(message.path) }
-            try await message.reply(message.data)
-        }
-        let dead = try await DatagramBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(host: "127.0.0.1", port: 0).get()
-        let deadPort = dead.localAddress!.port!
-        try await dead.close()
-        try await running([a, b]) {
-            let tcp = try await b.network.listen(on: try Multiaddr("/ip4/127.0.0.1/tcp/0"))
-            a.peerstore.addAddresses(
-                [try Multiaddr("/ip4/127.0.0.1/udp/\(deadPort)"), tcp.withoutPeerID()], for: b.peerID)
-            let session = try await a.network.newSession(to: b.peerID, protocol: "/p/1")
-            #expect(session.path == .stream)
-            let reply = try await session.request(ByteBuffer(string: "x"))
+            let reply: Message
+            if viaNewSession {
+                let session = try await a.network.newSession(to: b.peerID, protocol: "/p/1")
+                #expect(session.path == .stream)
+                reply = try await session.request(ByteBuffer(string: "x"))
+            } else {
+                reply = try await a.request(ByteBuffer(string: "x"), to: b.peerID, protocol: "/p/1")
+            }
             #expect(String(buffer: reply.data) == "x" && reply.path == .stream)
         }
         #expect(paths.withLockedValue { $0 } == [.stream])
