@@ -1116,18 +1116,19 @@ public final class DatagramMessageTransport: MessageTransport, Sendable {
             _ = machine.close()
         }
         let error = MessageError(.connectionClosed, "the datagram session closed (\(reason)); outcome unknown")
-        // The peer closed the session as unused for `unused`: what we first sent within that
-        // time never reached it, so it goes again on a new session (`onSession`).
-        var undelivered: (NIODeadline) -> Bool = { _ in false }
-        if case .remoteCloseUnused(let unused) = reason {
-            let since = NIODeadline.now() - unused
-            undelivered = { $0 >= since }
+        // The peer closed the session as unused for `unused`: what we handed to it within that
+        // time never reached the peer, so it goes again on a new session (`onSession`).
+        var quietSince: NIODeadline?
+        if case .remoteCloseUnused(let unused) = reason { quietSince = .now() - unused }
+        func failure(sent: NIODeadline) -> any Error {
+            if let quietSince, sent >= quietSince { return SessionGone() }
+            return error
         }
         for (_, send) in core.pendingSends.removeValue(forKey: session) ?? [:] {
-            send.continuation.resume(throwing: undelivered(send.sent) ? SessionGone() : error)
+            send.continuation.resume(throwing: failure(sent: send.sent))
         }
         for (rid, request) in core.requests where request.session == session {
-            core.finishRequest(rid, .failure(undelivered(request.sent) ? SessionGone() : error))
+            core.finishRequest(rid, .failure(failure(sent: request.sent)))
         }
         core.machineWakeups.set(session, nil)
         core.sessionPeers[session] = nil

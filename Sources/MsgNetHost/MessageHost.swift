@@ -347,7 +347,7 @@ public final class MessageHost: Sendable {
         if Task.isCancelled { throw MessageError(.cancelled, "cancelled") }
     }
 
-    /// Runs `body` on the path for `peer` (see ``transport(for:)``). When the peer has no live
+    /// Runs `body` on the path for `peer` (see ``paths(for:)``). When the peer has no live
     /// session and the preferred path cannot reach it (`dialFailed` — the datagram path gives up
     /// after its short connect deadline), the next path that knows an address of the peer is
     /// tried, in the order of ``transports`` (``MessageHostConfiguration/pathPreference``; by
@@ -384,15 +384,6 @@ public final class MessageHost: Sendable {
         let addresses = peerstore.addresses(for: peer)
         let usable = transports.filter { t in addresses.contains(where: t.canHandle) }
         return usable.isEmpty ? [transports[0]] : usable
-    }
-
-    /// The path for `peer`: one already connected to it, else the first that can dial one of
-    /// its known addresses, else the first.
-    func transport(for peer: PeerID) -> any MessageTransport {
-        if transports.count == 1 { return transports[0] }
-        if let connected = transports.first(where: { $0.isConnected(to: peer) }) { return connected }
-        let addresses = peerstore.addresses(for: peer)
-        return transports.first { t in addresses.contains(where: t.canHandle) } ?? transports[0]
     }
 }
 
