@@ -46,11 +46,9 @@ struct DatagramMessageSizeTests {
             let reply = try await a.request(largest, to: b.peerID, protocol: "/big/1")
             #expect(String(buffer: reply.data) == "\(maxMessageSize)" && reply.path == .datagram)
             try await a.send(largest, to: b.peerID, protocol: "/big/1")
-            await #expect(throws: MessageError.self) {
-                try await a.send(Self.pattern(maxMessageSize + 1), to: b.peerID, protocol: "/big/1")
-            }
             do {
                 try await a.send(Self.pattern(maxMessageSize + 1), to: b.peerID, protocol: "/big/1")
+                Issue.record("a message one byte over the limit was sent")
             } catch {
                 #expect(MessageError.from(error).code == .messageTooLarge)
             }
